@@ -1,0 +1,1 @@
+"""Process plumbing for running Crunch without Docker: embedded Redis and the supervisor."""

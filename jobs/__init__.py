@@ -1,0 +1,1 @@
+"""Crunch job types, the job service and the worker-side runner."""

@@ -1,0 +1,128 @@
+"""Job change notifications: one pub/sub connection per process wakes every waiting request.
+
+Waiters register before they re-read the job, and the listener is subscribed before the
+first waiter returns from `watch`, so no change between "read" and "wait" is missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+import orjson
+from redis import Redis
+
+from jobs.keys import EVENTS_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+def publish(conn: Any, job_id: str, status: str, kind: str = "status") -> None:
+    """Announce a change; conn may be a pipeline so it rides along with the write."""
+    conn.publish(EVENTS_CHANNEL, orjson.dumps({"id": job_id, "status": status, "kind": kind}))
+
+
+class Watch:
+    """A waiter's mailbox: receives the event dicts of one job."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.q: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        """Next event, or None on timeout."""
+        try:
+            return self.q.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+
+
+class EventHub:
+    """Fans pub/sub messages out to the threads waiting on each job id."""
+
+    def __init__(self, conn: Redis) -> None:
+        self.conn = conn
+        self._lock = threading.Lock()
+        self._watches: dict[str, set[Watch]] = {}
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def _ensure_started(self) -> None:
+        """Start the listener lazily, once per process (gunicorn forks after import)."""
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._ready.clear()
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="crunch-events", daemon=True)
+                self._thread.start()
+        self._ready.wait(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            pubsub = self.conn.pubsub(ignore_subscribe_messages=False)
+            try:
+                pubsub.subscribe(EVENTS_CHANNEL)
+                while True:
+                    msg = pubsub.get_message(timeout=5.0)
+                    if msg is None:
+                        continue
+                    if msg["type"] == "subscribe":
+                        self._ready.set()
+                        self._wake_all({"kind": "resync"})
+                    elif msg["type"] == "message":
+                        self._dispatch(msg["data"])
+            except Exception:
+                log.warning("event listener lost Redis; reconnecting", exc_info=True)
+                self._ready.clear()
+                self._wake_all({"kind": "resync"})
+                time.sleep(0.5)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        with self._lock:
+            targets = list(self._watches.get(event.get("id", ""), ()))
+        for w in targets:
+            w.q.put(event)
+
+    def _wake_all(self, event: dict[str, Any]) -> None:
+        """After a (re)subscribe, every waiter re-reads its job: messages may have been lost."""
+        with self._lock:
+            targets = [w for ws in self._watches.values() for w in ws]
+        for w in targets:
+            w.q.put(event)
+
+    def watch(self, job_id: str) -> Watch:
+        """Register interest before reading the job's state."""
+        self._ensure_started()
+        w = Watch(job_id)
+        with self._lock:
+            self._watches.setdefault(job_id, set()).add(w)
+        return w
+
+    def unwatch(self, w: Watch) -> None:
+        with self._lock:
+            ws = self._watches.get(w.job_id)
+            if ws is not None:
+                ws.discard(w)
+                if not ws:
+                    del self._watches[w.job_id]
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(ws) for ws in self._watches.values())

@@ -1,0 +1,8 @@
+"""Every job type Crunch offers, by the name used in URLs and records."""
+
+from __future__ import annotations
+
+from jobs.fibonacci import FibonacciJob
+from jobs.spec import JobSpec
+
+JOB_TYPES: dict[str, JobSpec] = {spec.name: spec for spec in (FibonacciJob(),)}

@@ -1,0 +1,72 @@
+"""The request cache (canonical request -> job id) with a JSON serializer instead of pickle.
+
+The web process reaches it through Flask-Caching; workers use the same cachelib class
+directly, so both agree on key prefix and encoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from cachelib import RedisCache
+from cachelib.serializers import BaseSerializer
+
+from jobs.keys import REQUEST_CACHE_PREFIX
+
+#: Compare-and-delete: drop a mapping only if it still points at the given job.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+#: Compare-and-expire: refresh the TTL of a mapping only if it still points at the job.
+_EXPIRE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class JsonSerializer(BaseSerializer):
+    """Cache values are JSON: nothing a client sends is ever unpickled."""
+
+    def dumps(self, value: Any, *args: Any, **kwargs: Any) -> bytes:
+        return orjson.dumps(value)
+
+    def loads(self, bvalue: bytes | None, *args: Any, **kwargs: Any) -> Any:
+        if bvalue is None:
+            return None
+        try:
+            return orjson.loads(bvalue)
+        except orjson.JSONDecodeError:
+            return None
+
+
+class RequestCache(RedisCache):
+    """cachelib RedisCache with JSON values and the compare-and-set helpers dedupe needs."""
+
+    serializer = JsonSerializer()
+
+    def __init__(self, host: Any = "localhost", key_prefix: str | None = None, **kwargs: Any) -> None:
+        super().__init__(host=host, key_prefix=key_prefix or REQUEST_CACHE_PREFIX, **kwargs)
+
+    def add(self, key: str, value: Any, timeout: Any = None) -> bool:
+        """Claim key atomically with its expiry in one SET NX EX (cachelib uses two calls)."""
+        ttl = self._normalize_timeout(timeout)
+        return bool(self._write_client.set(self._get_prefix() + key, self.serializer.dumps(value),
+                                           nx=True, ex=ttl if ttl > 0 else None))
+
+    def release(self, key: str, job_id: str) -> bool:
+        """Forget key only while it maps to job_id, so a newer job's entry survives."""
+        client = self._write_client
+        return bool(client.eval(_RELEASE_LUA, 1, self._get_prefix() + key, self.serializer.dumps(job_id)))
+
+    def refresh(self, key: str, job_id: str, timeout: int) -> bool:
+        """Keep the entry exactly as long as the finished result it points to."""
+        client = self._write_client
+        return bool(client.eval(_EXPIRE_LUA, 1, self._get_prefix() + key,
+                                self.serializer.dumps(job_id), int(timeout)))
+
+
+def request_cache_for(conn: Any) -> RequestCache:
+    """The worker-side handle on the same cache the web process uses."""
+    return RequestCache(host=conn, default_timeout=0)

@@ -1,0 +1,236 @@
+"""Chunked result storage: big results never sit in one Redis key, and pages need no decoding.
+
+Array results are stored as JSON text of the items, comma-joined without brackets, in
+chunks of at most CHUNK_ITEMS items; a parallel list holds the item count of each chunk.
+Numbers never contain commas, so a page is a slice of comma-split tokens: exact for
+integers of any size, with no JSON decoding at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+from redis import Redis
+
+from jobs.keys import RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY
+
+CHUNK_ITEMS = 65_536
+VALUE_CHUNK_BYTES = 1 << 20
+#: Results this small are inlined in the job resource (the contract's limits).
+INLINE_MAX_ITEMS = 10_000
+INLINE_MAX_BYTES = 1 << 20
+#: Flush buffered chunks to Redis once this many bytes are pending.
+_FLUSH_BYTES = 8 << 20
+
+
+def _encode_items(items: Sequence[Any]) -> bytes:
+    """Comma-joined JSON numbers; orjson for speed, stdlib json for ints beyond 64 bits."""
+    if hasattr(items, "dtype"):
+        return orjson.dumps(items, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+    try:
+        return orjson.dumps(items)[1:-1]
+    except (orjson.JSONEncodeError, TypeError, OverflowError):
+        if sys.get_int_max_str_digits():
+            sys.set_int_max_str_digits(0)
+        return json.dumps(list(items), separators=(",", ":"), allow_nan=False).encode()[1:-1]
+
+
+class RedisResultWriter:
+    """ResultWriter that streams a kernel's output into Redis lists with pipelined pushes."""
+
+    def __init__(self, conn: Redis, job_id: str, position: dict[str, Any] | None = None) -> None:
+        self.conn = conn
+        self.chunks_key = RESULT_CHUNKS_KEY.format(id=job_id)
+        self.counts_key = RESULT_COUNTS_KEY.format(id=job_id)
+        pos = position or {}
+        self.kind: str | None = pos.get("kind")
+        self.chunks = int(pos.get("chunks", 0))
+        self.items = int(pos.get("items", 0))
+        self.bytes = int(pos.get("bytes", 0))
+        self.nonempty = int(pos.get("nonempty", 0))
+        self._pipe = conn.pipeline(transaction=False)
+        self._pending = 0
+        # Drop anything a crashed or stopped run wrote after its last checkpoint.
+        pipe = conn.pipeline(transaction=False)
+        if self.chunks:
+            pipe.ltrim(self.chunks_key, 0, self.chunks - 1)
+            pipe.ltrim(self.counts_key, 0, self.chunks - 1)
+        else:
+            pipe.delete(self.chunks_key, self.counts_key)
+        pipe.execute()
+
+    def _push(self, data: bytes, count: int) -> None:
+        self._pipe.rpush(self.chunks_key, data)
+        self._pipe.rpush(self.counts_key, count)
+        self.chunks += 1
+        self.items += count
+        self.bytes += len(data)
+        self.nonempty += 1 if data else 0
+        self._pending += len(data)
+        if self._pending >= _FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send buffered chunks; called before checkpoints so saved positions are durable."""
+        if self._pending or len(self._pipe):
+            self._pipe.execute()
+        self._pending = 0
+
+    def write_value(self, value: Any) -> None:
+        self.kind = "value"
+        data = orjson.dumps(value)
+        for i in range(0, max(len(data), 1), VALUE_CHUNK_BYTES):
+            self._push(data[i:i + VALUE_CHUNK_BYTES], 0)
+        self.items = 1
+        self.flush()
+
+    def append(self, items: Sequence[Any]) -> None:
+        self.kind = "array"
+        for i in range(0, len(items), CHUNK_ITEMS):
+            piece = items[i:i + CHUNK_ITEMS]
+            self._push(_encode_items(piece), len(piece))
+
+    def position(self) -> dict[str, Any]:
+        """Where the output stands, saved with each checkpoint."""
+        self.flush()
+        return {"kind": self.kind, "chunks": self.chunks, "items": self.items,
+                "bytes": self.bytes, "nonempty": self.nonempty}
+
+    def finish(self) -> dict[str, Any]:
+        """Result metadata for the job record."""
+        meta = self.position()
+        meta["kind"] = self.kind or "array"
+        if meta["kind"] == "array":
+            meta["json_bytes"] = meta["bytes"] + max(meta["nonempty"] - 1, 0) + 2
+        else:
+            meta["json_bytes"] = meta["bytes"]
+        return meta
+
+
+class ResultReader:
+    """Streams a stored result as JSON, CSV or text, whole or one page at a time."""
+
+    def __init__(self, conn: Redis, job_id: str, meta: dict[str, Any], job_type: str = "") -> None:
+        self.conn = conn
+        self.meta = meta
+        self.job_type = job_type
+        self.chunks_key = RESULT_CHUNKS_KEY.format(id=job_id)
+        self.counts_key = RESULT_COUNTS_KEY.format(id=job_id)
+
+    @property
+    def is_array(self) -> bool:
+        return self.meta.get("kind") == "array"
+
+    @property
+    def total(self) -> int:
+        return int(self.meta.get("items", 0))
+
+    def exists(self) -> bool:
+        """False once the chunks expired or were deleted."""
+        return bool(self.conn.exists(self.chunks_key)) or self.meta.get("chunks", 0) == 0
+
+    def inline_allowed(self) -> bool:
+        """Whether the job resource may carry the result itself."""
+        return self.meta.get("json_bytes", 0) <= INLINE_MAX_BYTES and (
+            not self.is_array or self.total <= INLINE_MAX_ITEMS)
+
+    def _chunks(self, start: int = 0, stop: int = -1, batch: int = 16) -> Iterator[bytes]:
+        """Fetch chunks in batches so memory stays bounded while streaming."""
+        last = self.meta.get("chunks", 0) - 1 if stop < 0 else stop
+        i = start
+        while i <= last:
+            j = min(i + batch - 1, last)
+            yield from self.conn.lrange(self.chunks_key, i, j)
+            i = j + 1
+
+    def json_bytes(self) -> bytes:
+        """The whole result as JSON (only for small results)."""
+        return b"".join(self.iter_json())
+
+    def iter_json(self) -> Iterator[bytes]:
+        if not self.is_array:
+            yield from self._chunks()
+            return
+        yield b"["
+        first = True
+        for chunk in self._chunks():
+            if not chunk:
+                continue
+            if not first:
+                yield b","
+            yield chunk
+            first = False
+        yield b"]"
+
+    def value(self) -> Any:
+        """Decoded value result (count, Fibonacci)."""
+        return orjson.loads(b"".join(self._chunks()))
+
+    def _page_tokens(self, offset: int, limit: int | None) -> Iterator[list[bytes]]:
+        """Token lists of the items in [offset, offset+limit), chunk by chunk."""
+        counts = [int(c) for c in self.conn.lrange(self.counts_key, 0, -1)]
+        end = self.total if limit is None else min(self.total, offset + limit)
+        pos = 0
+        for idx, n in enumerate(counts):
+            lo, hi = pos, pos + n
+            pos = hi
+            if hi <= offset or n == 0:
+                continue
+            if lo >= end:
+                break
+            chunk = self.conn.lindex(self.chunks_key, idx) or b""
+            tokens = chunk.split(b",")
+            yield tokens[max(offset - lo, 0): min(end, hi) - lo]
+
+    def iter_page_json(self, offset: int, limit: int | None) -> Iterator[bytes]:
+        yield b"["
+        first = True
+        for tokens in self._page_tokens(offset, limit):
+            if not tokens:
+                continue
+            if not first:
+                yield b","
+            yield b",".join(tokens)
+            first = False
+        yield b"]"
+
+    def iter_lines(self, offset: int = 0, limit: int | None = None,
+                   header: bool = False) -> Iterator[bytes]:
+        """One item per line, for CSV and TXT downloads."""
+        if not self.is_array:
+            value = self.value()
+            yield from _value_lines(value, header)
+            return
+        if header:
+            yield b"prime\r\n" if self.job_type == "primes" else b"number\r\n"
+        eol = b"\r\n" if header else b"\n"
+        if offset == 0 and limit is None:
+            for chunk in self._chunks():
+                if chunk:
+                    yield chunk.replace(b",", eol) + eol
+            return
+        for tokens in self._page_tokens(offset, limit):
+            if tokens:
+                yield eol.join(tokens) + eol
+
+
+def _value_lines(value: Any, csv: bool) -> Iterator[bytes]:
+    """Text forms of object results: the bare value for TXT, a header and a row for CSV."""
+    if not isinstance(value, dict):
+        yield orjson.dumps(value) + b"\n"
+        return
+    if csv:
+        yield ",".join(value).encode() + b"\r\n"
+        yield ",".join(str(v) for v in value.values()).encode() + b"\r\n"
+        return
+    if "value" in value:
+        yield str(value["value"]).encode() + b"\n"
+    elif len(value) == 1:
+        yield str(next(iter(value.values()))).encode() + b"\n"
+    else:
+        for k, v in value.items():
+            yield f"{k}: {v}\n".encode()

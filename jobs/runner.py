@@ -1,0 +1,248 @@
+"""Runs one Crunch job inside an RQ worker: the only function RQ ever executes.
+
+The runner owns the job's STARTED state: it takes it with a compare-and-set, heartbeats
+while the kernel works, and leaves through exactly one of finished, failed, canceled,
+paused or queued (re-queued on worker shutdown), saving a checkpoint where it can.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+import traceback
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from redis import Redis
+from rq import get_current_job
+
+from jobs.context import Stop
+from jobs.events import publish
+from jobs.keys import JOB_CHECKPOINT_KEY, JOB_CONTROL_KEY, JOB_INPUT_KEY, JOB_KEY, RUNNING_KEY
+from jobs.record import JobRecord
+from jobs.registry import JOB_TYPES
+from jobs.request_cache import request_cache_for
+from jobs.results import RedisResultWriter
+from jobs.service import HEARTBEAT_TIMEOUT, JobService, ServiceConfig
+from jobs.status import JobStatus
+
+log = logging.getLogger("crunch.runner")
+
+#: Progress is written at most this often (seconds), and always at the end.
+PROGRESS_INTERVAL = 0.2
+#: Control requests are looked up at most this often from checkpoints.
+CONTROL_INTERVAL = 0.1
+#: A crash-recovery checkpoint is saved at least this often while a kernel runs.
+CHECKPOINT_INTERVAL = 5.0
+HEARTBEAT_INTERVAL = 5.0
+
+
+@lru_cache(maxsize=4)
+def _service(conn: Redis) -> JobService:
+    """One service per connection and process."""
+    ttl = int(os.environ.get("RESULT_TTL", "86400"))
+    return JobService(conn, request_cache_for(conn), ServiceConfig(result_ttl=ttl))
+
+
+def _kernel(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class RedisContext:
+    """KernelContext backed by the job's Redis keys."""
+
+    def __init__(self, conn: Redis, rec: JobRecord, result_ttl: int) -> None:
+        self.conn = conn
+        self.rec = rec
+        self.job_id = rec.id
+        self.resume_state: dict[str, Any] | None = None
+        position = None
+        raw = conn.get(JOB_CHECKPOINT_KEY.format(id=rec.id))
+        if raw:
+            saved = orjson.loads(raw)
+            self.resume_state = saved.get("kernel")
+            position = saved.get("output")
+        self.output = RedisResultWriter(conn, rec.id, position)
+        self.stop_reason: str | None = None
+        self._last_progress = 0.0
+        self._last_control = 0.0
+        self._last_checkpoint = time.monotonic()
+        self._progress: tuple[int, int] | None = None
+        if rec.type == "primes":
+            from jobs.segment_store import RedisSegmentStore
+            self.segments = RedisSegmentStore(conn, result_ttl)
+
+    def input(self) -> bytes:
+        return b"".join(self.conn.lrange(JOB_INPUT_KEY.format(id=self.job_id), 0, -1))
+
+    def progress(self, done: int, total: int, force: bool = False) -> None:
+        self._progress = (done, total)
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_INTERVAL and done < total:
+            return
+        self._last_progress = now
+        percent = round(100.0 * done / total, 2) if total else 0.0
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.hset(JOB_KEY.format(id=self.job_id), "progress",
+                  orjson.dumps({"done": done, "total": total, "percent": percent}))
+        publish(pipe, self.job_id, JobStatus.STARTED.value, kind="progress")
+        pipe.execute()
+
+    def save_checkpoint(self, state: dict[str, Any] | None) -> None:
+        """Persist kernel state with the output position it matches; None means restart from zero."""
+        key = JOB_CHECKPOINT_KEY.format(id=self.job_id)
+        if state is None:
+            self.conn.delete(key)
+        else:
+            self.conn.set(key, orjson.dumps({"kernel": state, "output": self.output.position()}))
+        self._last_checkpoint = time.monotonic()
+
+    def checkpoint(self, state: dict[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last_control < CONTROL_INTERVAL:
+            return
+        self._last_control = now
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.get(JOB_CONTROL_KEY.format(id=self.job_id))
+        pipe.hget(JOB_KEY.format(id=self.job_id), "status")
+        control, status = pipe.execute()
+        if status is None:
+            self.stop_reason = "deleted"
+            raise Stop()
+        if control:
+            self.stop_reason = control.decode()
+            if self.stop_reason in ("pause", "requeue"):
+                self.save_checkpoint(state)
+            raise Stop()
+        if state is not None and now - self._last_checkpoint >= CHECKPOINT_INTERVAL:
+            self.save_checkpoint(state)
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the job's deadline in the running set fresh even inside long C calls."""
+
+    def __init__(self, conn: Redis, job_id: str) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.conn, self.job_id = conn, job_id
+        self.done = threading.Event()
+
+    def beat(self) -> None:
+        self.conn.zadd(RUNNING_KEY, {self.job_id: time.time() + HEARTBEAT_TIMEOUT}, xx=False)
+
+    def run(self) -> None:
+        while not self.done.wait(HEARTBEAT_INTERVAL):
+            try:
+                self.beat()
+            except Exception:
+                log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
+
+
+def execute(job_id: str) -> dict[str, Any] | None:
+    """Entry point for RQ (enqueued by dotted name as jobs.runner.execute)."""
+    rq_job = get_current_job()
+    conn: Redis = rq_job.connection
+    svc = _service(conn)
+    rec = svc.get(job_id)
+    if rec is None or rec.rq_id != rq_job.id:
+        log.info("job %s: run %s superseded or deleted; skipping", job_id, rq_job.id)
+        return None
+    control = conn.get(JOB_CONTROL_KEY.format(id=job_id))
+    if control in (b"cancel", b"pause"):
+        # A control request for a job the queue still held: honour it without running.
+        target = JobStatus.CANCELED if control == b"cancel" else JobStatus.PAUSED
+        if svc.transition(job_id, (JobStatus.QUEUED,), target, {"ended_at": repr(time.time())}
+                          if target is JobStatus.CANCELED else None):
+            conn.delete(JOB_CONTROL_KEY.format(id=job_id))
+            if target is JobStatus.CANCELED:
+                svc.finish_terminal(rec, target)
+            else:
+                publish(conn, job_id, target.value)
+        return None
+    started = time.time()
+    worker = os.environ.get("RQ_WORKER_ID") or rq_job.worker_name or str(os.getpid())
+    fields = {"worker": worker}
+    if rec.started_at is None:
+        fields["started_at"] = repr(started)
+    heartbeat = _Heartbeat(conn, job_id)
+    heartbeat.beat()
+    if svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, fields) is None:
+        conn.zrem(RUNNING_KEY, job_id)
+        return None
+    publish(conn, job_id, JobStatus.STARTED.value)
+    heartbeat.start()
+    ctx = RedisContext(conn, rec, svc.config.result_ttl)
+    t0 = time.perf_counter()
+
+    def run_ms() -> str:
+        return repr(rec.run_ms + (time.perf_counter() - t0) * 1000)
+
+    try:
+        spec = JOB_TYPES[rec.type]
+        stats = _kernel(spec.kernel)(rec.params, ctx)
+        meta = ctx.output.finish()
+        total = (ctx._progress or (1, 1))[1]
+        fields = {"result_meta": orjson.dumps(meta).decode(), "ended_at": repr(time.time()),
+                  "run_ms": run_ms(),
+                  "progress": orjson.dumps({"done": total, "total": total, "percent": 100.0}).decode()}
+        if isinstance(stats, dict):
+            fields["stats"] = orjson.dumps(stats).decode()
+        if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FINISHED, fields):
+            svc.finish_terminal(rec, JobStatus.FINISHED)
+        return {"job": job_id, "status": "finished"}
+    except Stop:
+        return _stopped(svc, rec, ctx, run_ms())
+    except Exception as exc:
+        error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+        log.error("job %s failed: %s", job_id, "".join(traceback.format_exception(exc)))
+        if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FAILED,
+                          {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time()),
+                           "run_ms": run_ms()}):
+            svc.finish_terminal(rec, JobStatus.FAILED)
+        raise
+    finally:
+        heartbeat.done.set()
+
+
+def _stopped(svc: JobService, rec: JobRecord, ctx: RedisContext, run_ms: str) -> dict[str, Any]:
+    """Leave the job in the state its stop reason asks for."""
+    conn, job_id, reason = svc.conn, rec.id, ctx.stop_reason
+    if reason == "deleted":
+        conn.zrem(RUNNING_KEY, job_id)
+        conn.delete(*[k.format(id=job_id) for k in (JOB_CHECKPOINT_KEY,)])
+        return {"job": job_id, "status": "deleted"}
+    conn.delete(JOB_CONTROL_KEY.format(id=job_id))
+    if reason == "cancel":
+        if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.CANCELED,
+                          {"ended_at": repr(time.time()), "run_ms": run_ms}):
+            svc.finish_terminal(rec, JobStatus.CANCELED)
+        return {"job": job_id, "status": "canceled"}
+    conn.zrem(RUNNING_KEY, job_id)
+    if reason == "pause":
+        if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.PAUSED, {"run_ms": run_ms}):
+            publish(conn, job_id, JobStatus.PAUSED.value)
+        return {"job": job_id, "status": "paused"}
+    # "requeue": the worker is shutting down; another run continues from the checkpoint.
+    if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.QUEUED, {"run_ms": run_ms, "worker": ""}):
+        svc._enqueue(rec)
+    return {"job": job_id, "status": "requeued"}
+
+
+def on_rq_failure(job: Any, connection: Redis, exc_type: Any, value: Any, tb: Any) -> None:
+    """RQ failure callback: marks the job failed when its work horse died without a word."""
+    job_id = job.args[0] if job.args else None
+    if not job_id:
+        return
+    svc = _service(connection)
+    rec = svc.get(job_id)
+    if rec is None or rec.rq_id != job.id or rec.status is not JobStatus.STARTED:
+        return
+    name = getattr(exc_type, "__name__", str(exc_type))
+    error = {"type": name, "message": str(value) or "the work horse ended unexpectedly"}
+    if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FAILED,
+                      {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time())}):
+        svc.finish_terminal(rec, JobStatus.FAILED)

@@ -1,0 +1,90 @@
+"""What every job type declares, so the service can treat them all alike."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from jobs.errors import InvalidParams
+
+FAST_QUEUE = "fast"
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits from the settings table, enforced before anything is queued."""
+
+    max_fib_n: int = 10_000_000
+    max_primes_end: int = 1_000_000_000_000
+    max_primes_list_width: int = 1_000_000_000
+    max_sort_length: int = 10_000_000
+    max_body_bytes: int = 268_435_456
+
+
+@dataclass
+class Submission:
+    """A validated request: what the job shows, what the worker reads, and its identity."""
+
+    type: str
+    params: dict[str, Any]
+    key_material: bytes
+    queue: str = DEFAULT_QUEUE
+    input: bytes | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cache_key(self) -> str:
+        """Canonical identity of the request: identical requests share it."""
+        return f"{self.type}:{hashlib.sha256(self.key_material).hexdigest()}"
+
+
+def pydantic_errors(exc: ValidationError) -> InvalidParams:
+    """Convert pydantic's errors to the contract's [{loc, msg}] list."""
+    return InvalidParams([{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()])
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Stable encoding of params so equal requests hash equally."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+class JobSpec:
+    """Base for a job type: params schema, canonical key, routing and kernel path."""
+
+    name: ClassVar[str]
+    params_model: ClassVar[type[BaseModel]]
+    #: Dotted path "module:function" of the kernel, imported only by workers.
+    kernel: ClassVar[str]
+    #: Seconds a single run may take before the worker gives up on it.
+    timeout: ClassVar[int] = 3600
+    #: Whether the kernel checkpoints so the job can be paused and resumed.
+    pausable: ClassVar[bool] = True
+    #: Whether the JSON body is accepted (CSV is multipart only).
+    accepts_json: ClassVar[bool] = True
+    accepts_form: ClassVar[bool] = False
+
+    def parse_json(self, body: Any, limits: Limits) -> Submission:
+        """Validate a decoded JSON body; raises InvalidParams."""
+        try:
+            model = self.params_model.model_validate(body, context={"limits": limits})
+        except ValidationError as exc:
+            raise pydantic_errors(exc) from None
+        params = model.model_dump(mode="json")
+        return Submission(self.name, params, canonical_json(params), self.queue_for(params))
+
+    def parse_form(self, form: Any, files: Any, limits: Limits) -> Submission:
+        """Validate a multipart form; only types with accepts_form override this."""
+        raise InvalidParams([{"loc": ["body"], "msg": "multipart is not accepted for this job type"}])
+
+    def queue_for(self, params: dict[str, Any]) -> str:
+        """Route cheap jobs to the no-fork fast queue and the rest to forking workers."""
+        return DEFAULT_QUEUE
+
+    def expected_seconds(self, params: dict[str, Any]) -> float:
+        """Rough run time, for Retry-After."""
+        return 1.0

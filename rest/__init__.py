@@ -1,0 +1,34 @@
+"""Crunch's HTTP layer: a Flask app factory that registers the API and health blueprints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from rest.settings import Settings
+
+
+def create_app(overrides: dict[str, Any] | None = None, settings: Settings | None = None) -> Flask:
+    """Build the app; tests pass overrides, production reads the environment."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config.update(
+        REDIS_URL=settings.redis_url,
+        RESULT_TTL=settings.result_ttl,
+        LIMITS=settings.limits,
+        MAX_CONTENT_LENGTH=settings.limits.max_body_bytes,
+        MAX_FORM_MEMORY_SIZE=settings.limits.max_body_bytes,
+        WAIT_SLOTS=settings.wait_slots,
+        JSON_SORT_KEYS=False,
+    )
+    if overrides:
+        app.config.update(overrides)
+
+    from rest import api, extensions, health, problems
+
+    extensions.init_app(app)
+    problems.init_app(app)
+    api.init_app(app)
+    health.init_app(app)
+    return app

@@ -1,0 +1,301 @@
+"""The /api/v1 blueprint: validation, then one call into the job service."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, request, stream_with_context
+
+from jobs.record import JobRecord
+from jobs.registry import JOB_TYPES
+from jobs.service import Outcome
+from jobs.spec import Submission
+from jobs.status import TERMINAL, JobStatus
+from rest.extensions import crunch, service
+from rest.problems import PROBLEM_BASE, Problem, validation_problem
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+MAX_WAIT = 30
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """orjson everywhere: fast, and it passes pre-encoded result fragments through."""
+    resp = Response(orjson.dumps(obj), status=status, mimetype="application/json")
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def not_found(job_id: str) -> Problem:
+    return Problem(404, "Not Found", f"no job with id {job_id!r} (unknown or expired)",
+                   type_=PROBLEM_BASE + "unknown-job")
+
+
+def query_int(name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+    """A non-negative integer query parameter, or 422 naming it."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"\d+", raw) or int(raw) < lo or (hi is not None and int(raw) > hi):
+        bound = f" between {lo} and {hi}" if hi is not None else f" >= {lo}"
+        raise validation_problem([{"loc": ["query", name], "msg": f"must be an integer{bound}"}],
+                                 f"query parameter {name!r} must be an integer{bound}")
+    return int(raw)
+
+
+def read_submission(job_type: str) -> Submission:
+    """Parse the body by content type; 415 for anything but JSON (or multipart where allowed)."""
+    spec = JOB_TYPES[job_type]
+    limits = current_app.config["LIMITS"]
+    mimetype = request.mimetype
+    if mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json")):
+        if not spec.accepts_json:
+            raise unsupported(spec)
+        raw = request.get_data(cache=False)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}",
+                          type_=PROBLEM_BASE + "malformed-json") from None
+        if job_type == "sort":
+            return spec.parse_json(body, limits, raw=raw)  # type: ignore[call-arg]
+        return spec.parse_json(body, limits)
+    if mimetype == "multipart/form-data" and spec.accepts_form:
+        return spec.parse_form(request.form, request.files, limits)
+    raise unsupported(spec)
+
+
+def unsupported(spec: Any) -> Problem:
+    accepted = ["application/json"] if spec.accepts_json else []
+    if spec.accepts_form:
+        accepted.append("multipart/form-data")
+    return Problem(415, "Unsupported Media Type",
+                   f"send the body as {' or '.join(accepted)}, not {request.mimetype or 'nothing'!r}",
+                   type_=PROBLEM_BASE + "media-type", headers={"Accept-Post": ", ".join(accepted)})
+
+
+def prefer_wait() -> int:
+    """Seconds asked for with RFC 7240 `Prefer: wait=N`, capped at 30."""
+    m = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
+    return min(int(m.group(1)), MAX_WAIT) if m else 0
+
+
+def wait_for(job_id: str, seconds: float) -> JobRecord | None:
+    """Long-poll within this process's wait slots so waiters never starve other requests."""
+    ext = crunch()
+    if seconds <= 0 or not ext.wait_slots.acquire(blocking=False):
+        return ext.service.get(job_id)
+    try:
+        return ext.service.wait(job_id, seconds)
+    finally:
+        ext.wait_slots.release()
+
+
+def accepted(rec: JobRecord, deduplicated: bool) -> Response:
+    spec = JOB_TYPES[rec.type]
+    retry = max(1, min(30, math.ceil(spec.expected_seconds(rec.params) / 4)))
+    return json_response(service().resource(rec, deduplicated=deduplicated), 202,
+                         {"Location": f"/api/v1/jobs/{rec.id}", "Retry-After": str(retry)})
+
+
+def submit(job_type: str) -> Response:
+    sub = read_submission(job_type)
+    wait = prefer_wait()
+    svc = service()
+    rec, outcome = svc.submit(sub)
+    if outcome is Outcome.CACHED:
+        return json_response(svc.resource(rec, cached=True), 200,
+                             {"Location": f"/api/v1/jobs/{rec.id}"})
+    if wait:
+        done = wait_for(rec.id, wait)
+        if done is not None and done.status in TERMINAL:
+            return json_response(svc.resource(done, deduplicated=outcome is Outcome.JOINED), 200,
+                                 {"Location": f"/api/v1/jobs/{rec.id}",
+                                  "Preference-Applied": f"wait={wait}"})
+        rec = done or rec
+    return accepted(rec, outcome is Outcome.JOINED)
+
+
+for _name in JOB_TYPES:
+    bp.add_url_rule(f"/{_name}", f"submit_{_name}", submit, methods=["POST"], defaults={"job_type": _name})
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    wait = query_int("wait", 0, 0, MAX_WAIT) or 0
+    rec = wait_for(job_id, wait) if wait else service().get(job_id)
+    if rec is None:
+        raise not_found(job_id)
+    return json_response(service().resource(rec))
+
+
+@bp.get("/jobs")
+def list_jobs() -> Response:
+    status = request.args.get("status") or None
+    type_ = request.args.get("type") or None
+    errors = []
+    if status and status not in {s.value for s in JobStatus}:
+        errors.append({"loc": ["query", "status"], "msg": f"must be one of {', '.join(s.value for s in JobStatus)}"})
+    if type_ and type_ not in JOB_TYPES:
+        errors.append({"loc": ["query", "type"], "msg": f"must be one of {', '.join(JOB_TYPES)}"})
+    if errors:
+        raise validation_problem(errors, "; ".join(f"{e['loc'][1]}: {e['msg']}" for e in errors))
+    limit = query_int("limit", 50, 1, 500) or 50
+    try:
+        recs, cursor = service().list(status, type_, limit, request.args.get("cursor") or None)
+    except ValueError:
+        raise validation_problem([{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
+                                 "cursor: invalid cursor") from None
+    svc = service()
+    return json_response({"jobs": [svc.resource(r, inline=False) for r in recs], "next_cursor": cursor})
+
+
+_FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8", "txt": "text/plain; charset=utf-8"}
+
+
+@bp.get("/jobs/<job_id>/result")
+def get_result(job_id: str) -> Response:
+    svc = service()
+    rec = svc.get(job_id)
+    if rec is None:
+        raise not_found(job_id)
+    fmt = request.args.get("format", "json")
+    if fmt not in _FORMATS:
+        raise validation_problem([{"loc": ["query", "format"], "msg": "must be json, csv or txt"}],
+                                 "format: must be json, csv or txt")
+    offset = query_int("offset", 0, 0) or 0
+    limit = query_int("limit", None, 0)
+    if rec.status is not JobStatus.FINISHED:
+        raise Problem(409, "Result not ready",
+                      f"the job is {rec.status.value}; a result exists only once it is finished",
+                      type_=PROBLEM_BASE + "not-finished",
+                      headers={"Retry-After": "1"} if rec.status.live else None)
+    reader = svc.reader(rec)
+    if reader is None or not reader.exists():
+        raise Problem(404, "Not Found", "the result of this job has expired", type_=PROBLEM_BASE + "expired")
+    paged = reader.is_array and (offset > 0 or limit is not None)
+    headers = {"X-Total-Count": str(reader.total)}
+    if paged:
+        headers["X-Offset"] = str(offset)
+        if limit is not None:
+            headers["X-Limit"] = str(limit)
+            if offset + limit < reader.total:
+                headers["Link"] = (f'</api/v1/jobs/{job_id}/result?offset={offset + limit}&limit={limit}'
+                                   f'&format={fmt}>; rel="next"')
+    body: Iterator[bytes]
+    if fmt == "json":
+        body = reader.iter_page_json(offset, limit) if paged else reader.iter_json()
+        if not paged:
+            headers["Content-Length"] = str(rec.result_meta.get("json_bytes", 0)) if rec.result_meta else "0"
+    else:
+        body = reader.iter_lines(offset if paged else 0, limit if paged else None, header=fmt == "csv")
+        headers["Content-Disposition"] = f'attachment; filename="{rec.type}-{rec.id}.{fmt}"'
+    resp = Response(stream_with_context(body), mimetype=_FORMATS[fmt].split(";")[0],
+                    content_type=_FORMATS[fmt], headers=headers)
+    return resp
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    ext = crunch()
+    svc = ext.service
+    if svc.get(job_id) is None:
+        raise not_found(job_id)
+    if not ext.wait_slots.acquire(blocking=False):
+        raise Problem(503, "Too many open streams", "this server holds its maximum of waiting clients; poll instead",
+                      headers={"Retry-After": "5"})
+
+    def stream() -> Iterator[bytes]:
+        watch = svc.hub.watch(job_id)
+        try:
+            last = b""
+            seq = 0
+            yield b"retry: 2000\n\n"
+            while True:
+                rec = svc.get(job_id)
+                if rec is None:
+                    yield b"event: deleted\ndata: {\"id\": \"" + job_id.encode() + b"\"}\n\n"
+                    return
+                data = orjson.dumps(svc.resource(rec))
+                if data != last:
+                    seq += 1
+                    kind = "progress" if rec.status is JobStatus.STARTED and last else "status"
+                    yield f"id: {seq}\nevent: {kind}\n".encode() + b"data: " + data + b"\n\n"
+                    last = data
+                if rec.status.terminal:
+                    return
+                if watch.get(15.0) is None:
+                    yield b": keep-alive\n\n"
+        finally:
+            svc.hub.unwatch(watch)
+            ext.wait_slots.release()
+
+    return Response(stream(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _action(job_id: str, fn: Any, status: int = 200) -> Response:
+    try:
+        rec = fn(job_id)
+    except KeyError:
+        raise not_found(job_id) from None
+    return json_response(service().resource(rec), status)
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    return _action(job_id, service().cancel)
+
+
+@bp.post("/jobs/<job_id>/pause")
+def pause_job(job_id: str) -> Response:
+    return _action(job_id, service().pause)
+
+
+@bp.post("/jobs/<job_id>/resume")
+def resume_job(job_id: str) -> Response:
+    return _action(job_id, service().resume, 202)
+
+
+@bp.post("/jobs/<job_id>/retry")
+def retry_job(job_id: str) -> Response:
+    return _action(job_id, service().retry, 202)
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str) -> Response:
+    try:
+        service().delete(job_id)
+    except KeyError:
+        raise not_found(job_id) from None
+    return Response(status=204)
+
+
+@bp.get("/queues")
+def list_queues() -> Response:
+    return json_response(service().queues())
+
+
+@bp.get("/queues/<name>/jobs")
+def queue_jobs(name: str) -> Response:
+    svc = service()
+    if name not in {q["name"] for q in svc.queues()}:
+        raise Problem(404, "Not Found", f"no queue named {name!r}")
+    recs = [r for r in (svc.get(i) for i in svc.queue_job_ids(name)) if r is not None]
+    return json_response({"queue": name, "jobs": [svc.resource(r, inline=False) for r in recs]})
+
+
+@bp.get("/workers")
+def list_workers() -> Response:
+    return json_response(service().workers())
+
+
+def init_app(app: Any) -> None:
+    app.register_blueprint(bp)
+

@@ -1,0 +1,58 @@
+"""Flask extensions, created unbound and attached in create_app (flaskr style)."""
+
+from __future__ import annotations
+
+import threading
+
+from flask import Flask, current_app
+from flask_caching import Cache
+from flask_caching.backends.rediscache import RedisCache
+from flask_rq2 import RQ
+
+from jobs.events import EventHub
+from jobs.request_cache import JsonSerializer, RequestCache
+from jobs.service import JobService, ServiceConfig
+
+rq = RQ()
+cache = Cache()
+
+
+class JsonRedisCache(RedisCache, RequestCache):
+    """Flask-Caching backend: cachelib's Redis cache with JSON values and compare-and-set helpers."""
+
+    serializer = JsonSerializer()
+
+
+class Crunch:
+    """Per-app handles: the job service and this process's event hub."""
+
+    def __init__(self, app: Flask) -> None:
+        self.hub = EventHub(rq.connection)
+        self.service = JobService(
+            rq.connection, cache.cache, ServiceConfig(result_ttl=app.config["RESULT_TTL"]),
+            queue_factory=rq.get_queue, hub=self.hub,
+        )
+        self.wait_slots = threading.BoundedSemaphore(app.config["WAIT_SLOTS"])
+
+
+def init_app(app: Flask) -> None:
+    """Bind RQ and the request cache to this app's Redis."""
+    app.config.setdefault("RQ_REDIS_URL", app.config["REDIS_URL"])
+    app.config["RQ_QUEUE_CLASS"] = "jobs.queueing.JsonQueue"
+    app.config["RQ_JOB_CLASS"] = "jobs.queueing.JsonJob"
+    app.config["RQ_QUEUES"] = ["fast", "default"]
+    app.config.setdefault("CACHE_TYPE", "rest.extensions.JsonRedisCache")
+    app.config.setdefault("CACHE_REDIS_URL", app.config["REDIS_URL"])
+    app.config.setdefault("CACHE_KEY_PREFIX", "crunch:request:")
+    app.config.setdefault("CACHE_DEFAULT_TIMEOUT", 0)
+    rq.init_app(app)
+    cache.init_app(app)
+    app.extensions["crunch"] = Crunch(app)
+
+
+def crunch() -> Crunch:
+    return current_app.extensions["crunch"]
+
+
+def service() -> JobService:
+    return current_app.extensions["crunch"].service

@@ -1,0 +1,14 @@
+"""gunicorn settings: threads so long-polls and event streams do not block submissions."""
+
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_PROCESSES", "2"))
+threads = int(os.environ.get("WEB_THREADS", "128"))
+# Long-polls last up to 30 s and event streams longer; keep sync timeouts out of the way.
+timeout = 120
+graceful_timeout = 10
+keepalive = 5
+accesslog = "-" if os.environ.get("ACCESS_LOG", "1") == "1" else None
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None

@@ -1,0 +1,87 @@
+"""RFC 9457 problem+json for every error, so clients parse one error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Flask, Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from werkzeug.exceptions import HTTPException
+
+from jobs.errors import BadRequest, InvalidParams
+from jobs.service import Conflict
+
+PROBLEM_BASE = "/problems/"
+
+
+class Problem(Exception):
+    """An HTTP error raised from a view, rendered as problem+json."""
+
+    def __init__(self, status: int, title: str, detail: str, *, type_: str = "",
+                 errors: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+        self.type = type_ or "about:blank"
+        self.errors, self.headers = errors, headers or {}
+
+
+def problem_response(p: Problem) -> Response:
+    body: dict[str, Any] = {"type": p.type, "title": p.title, "status": p.status, "detail": p.detail}
+    if p.errors is not None:
+        body["errors"] = p.errors
+    resp = Response(orjson.dumps(body), status=p.status, mimetype="application/problem+json")
+    for k, v in p.headers.items():
+        resp.headers[k] = v
+    return resp
+
+
+def validation_problem(errors: list[dict[str, Any]], detail: str) -> Problem:
+    return Problem(422, "Validation failed", detail, type_=PROBLEM_BASE + "validation", errors=errors)
+
+
+def init_app(app: Flask) -> None:
+    """Register handlers that turn every exception into problem+json."""
+
+    @app.errorhandler(Problem)
+    def _problem(p: Problem) -> Response:
+        return problem_response(p)
+
+    @app.errorhandler(InvalidParams)
+    def _invalid(e: InvalidParams) -> Response:
+        return problem_response(validation_problem(e.errors, e.detail))
+
+    @app.errorhandler(BadRequest)
+    def _bad(e: BadRequest) -> Response:
+        return problem_response(Problem(400, "Malformed request", str(e), type_=PROBLEM_BASE + "malformed"))
+
+    @app.errorhandler(Conflict)
+    def _conflict(e: Conflict) -> Response:
+        return problem_response(Problem(409, "Conflict with the job's state", str(e),
+                                        type_=PROBLEM_BASE + "conflict"))
+
+    @app.errorhandler(RedisConnectionError)
+    @app.errorhandler(RedisTimeoutError)
+    def _redis_down(e: Exception) -> Response:
+        app.logger.error("Redis unavailable: %s", e)
+        return problem_response(Problem(503, "Service unavailable", "the job store (Redis) is unreachable",
+                                        type_=PROBLEM_BASE + "unavailable", headers={"Retry-After": "5"}))
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException) -> Response:
+        detail = e.description or e.name
+        if e.code == 413:
+            detail = f"the request body is larger than MAX_BODY_BYTES ({app.config['MAX_CONTENT_LENGTH']} bytes)"
+        resp = problem_response(Problem(e.code or 500, e.name, detail))
+        if e.code == 405 and e.get_headers():
+            for k, v in e.get_headers():
+                if k.lower() == "allow":
+                    resp.headers["Allow"] = v
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> Response:
+        app.logger.exception("unhandled error")
+        return problem_response(Problem(500, "Internal Server Error", "an unexpected error occurred"))

@@ -1,0 +1,46 @@
+"""Settings from the environment, the single table the README documents."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from jobs.spec import Limits
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"setting {name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the web process reads from the environment, parsed once."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    result_ttl: int = 86_400
+    limits: Limits = field(default_factory=Limits)
+    #: Long-polls and event streams one web process holds at once; the rest answer at once.
+    wait_slots: int = 112
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        limits = Limits(
+            max_fib_n=_int("MAX_FIB_N", 10_000_000),
+            max_primes_end=_int("MAX_PRIMES_END", 1_000_000_000_000),
+            max_primes_list_width=_int("MAX_PRIMES_LIST_WIDTH", 1_000_000_000),
+            max_sort_length=_int("MAX_SORT_LENGTH", 10_000_000),
+            max_body_bytes=_int("MAX_BODY_BYTES", 268_435_456),
+        )
+        return cls(
+            redis_url=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            result_ttl=_int("RESULT_TTL", 86_400),
+            limits=limits,
+            # Leave threads free for submissions however many clients wait.
+            wait_slots=_int("WAIT_SLOTS", max(1, _int("WEB_THREADS", 128) - 16)),
+        )

