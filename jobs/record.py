@@ -128,6 +128,7 @@ class JobRecord:
             "error": self.error,
             "pausable": self.pausable,
             "attempt": self.attempt,
+            "runs": self.runs,
             "queue": self.queue,
             "links": links,
         }

@@ -38,7 +38,7 @@ PROGRESS_INTERVAL = 0.2
 CONTROL_INTERVAL = 0.1
 #: A crash-recovery checkpoint is saved at least this often while a kernel runs.
 CHECKPOINT_INTERVAL = 5.0
-HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_INTERVAL = min(5.0, HEARTBEAT_TIMEOUT / 4)
 
 
 @lru_cache(maxsize=4)

@@ -7,6 +7,7 @@ and a start in a worker can race without either clobbering the other.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import time
 import uuid
@@ -45,8 +46,8 @@ from jobs.status import SETTLED, JobStatus
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 INPUT_CHUNK_BYTES = 4 << 20
-#: A running job whose heartbeat is older than this is presumed lost with its worker.
-HEARTBEAT_TIMEOUT = 30
+#: A running job whose heartbeat is older than this (seconds) is presumed lost with its worker.
+HEARTBEAT_TIMEOUT = int(os.environ.get("HEARTBEAT_TIMEOUT", "30"))
 #: Crash recoveries before a job is failed instead of re-queued.
 MAX_ATTEMPTS = 3
 #: Most records one list request reads while filtering, so a rare filter cannot stall it.

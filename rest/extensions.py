@@ -46,6 +46,10 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("CACHE_KEY_PREFIX", "crunch:request:")
     app.config.setdefault("CACHE_DEFAULT_TIMEOUT", 0)
     rq.init_app(app)
+    # Flask-RQ2 caches one connection on its module-level object; a new app (tests make
+    # several, each with its own Redis URL) must not inherit the previous app's.
+    rq._connection = None
+    rq._queue_instances = {}
     cache.init_app(app)
     app.extensions["crunch"] = Crunch(app)
 

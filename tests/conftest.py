@@ -12,7 +12,7 @@ from infra.embedded_redis import EmbeddedRedis
 from jobs.spec import Limits
 from rest import create_app
 from rest.settings import Settings
-from tests.support import Api, Web, Workers
+from infra.processes import Api, Web, Workers
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,7 @@ def client(app):
 
 @pytest.fixture(scope="session")
 def workers(redis_url: str, log_dir: Path) -> Iterator[Workers]:
-    w = Workers(redis_url, log_dir, count=2).start()
+    w = Workers(redis_url, log_dir, count=2, HEARTBEAT_TIMEOUT=5).start()
     yield w
     w.stop()
 

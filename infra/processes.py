@@ -1,4 +1,4 @@
-"""Real processes for the suite: gunicorn and RQ worker supervisors, started and stopped for real."""
+"""Real Crunch processes (gunicorn, worker supervisors) started and stopped for tests and benchmarks."""
 
 from __future__ import annotations
 

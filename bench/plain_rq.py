@@ -1,0 +1,92 @@
+"""Plain RQ, the reference for job throughput: a worker process and the driver that feeds it.
+
+`python -m bench.plain_rq --url URL --queue Q [--fork]` runs one rq.SimpleWorker (or the
+forking rq.Worker) with rq's defaults (pickle), exactly as a plain RQ user would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from rq import Queue, SimpleWorker, Worker
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+from rq.utils import utcparse
+
+from bench.common import BenchError, pct
+from bench.trivial import fib
+from infra.processes import Proc, base_env
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="a plain RQ worker for the benchmark")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--fork", action="store_true", help="rq.Worker (fork per job) instead of SimpleWorker")
+    args = parser.parse_args(argv)
+    conn = Redis.from_url(args.url)
+    cls = Worker if args.fork else SimpleWorker
+    worker = cls([Queue(args.queue, connection=conn)], connection=conn, name=f"bench-plain-{os.getpid()}")
+    worker.work(logging_level="WARNING", with_scheduler=False)
+    return 0
+
+
+def measure(redis_url: str, log_dir: Path, n_jobs: int, fork: bool, procs: int = 2,
+            sampler: Any = None, timeout: float = 120) -> dict[str, Any]:
+    """Start `procs` plain workers, enqueue n_jobs trivial jobs from this process, time to completion."""
+    kind = "fork" if fork else "simple"
+    qname = f"bench-plain-{kind}"
+    conn = Redis.from_url(redis_url)
+    queue = Queue(qname, connection=conn)
+    queue.empty()
+    finished = FinishedJobRegistry(queue=queue)
+    failed = FailedJobRegistry(queue=queue)
+    conn.delete(finished.key, failed.key)
+    argv = [sys.executable, "-m", "bench.plain_rq", "--url", redis_url, "--queue", qname] + (["--fork"] if fork else [])
+    workers = [Proc(f"plain-rq-{kind}-{i}", argv, base_env(redis_url), log_dir) for i in range(procs)]
+    try:
+        for i, w in enumerate(workers):
+            w.start()
+            if sampler is not None:
+                sampler.track(f"plain_rq_{kind}_{i}", w.proc.pid)
+        deadline = time.monotonic() + 30
+        while Worker.count(connection=conn, queue=queue) < procs:
+            if time.monotonic() > deadline or not all(w.alive for w in workers):
+                raise BenchError(f"plain RQ workers did not register:\n{workers[0].tail()}")
+            time.sleep(0.05)
+        ids = []
+        t0 = time.perf_counter()
+        for n in range(10, 10 + n_jobs):
+            ids.append(queue.enqueue(fib, n, result_ttl=600).id)
+        t_enqueued = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        while (done := conn.zcard(finished.key) + conn.zcard(failed.key)) < n_jobs:
+            if time.monotonic() > deadline:
+                raise BenchError(f"plain RQ ({kind}) finished only {done}/{n_jobs} jobs in {timeout}s")
+            time.sleep(0.002)
+        wall = time.perf_counter() - t0
+        n_failed = conn.zcard(failed.key)
+        pipe = conn.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(f"rq:job:{job_id}", "enqueued_at", "ended_at")
+        lat = []
+        for enq, end in pipe.execute():
+            if enq and end:
+                lat.append((utcparse(end.decode()) - utcparse(enq.decode())).total_seconds() * 1000)
+    finally:
+        for w in workers:
+            w.stop(timeout=15)
+        if sampler is not None:
+            for i in range(procs):
+                sampler.untrack(f"plain_rq_{kind}_{i}")
+    return {"jobs": n_jobs, "wall_s": wall, "rate": n_jobs / wall, "enqueue_s": t_enqueued - t0,
+            "failed": n_failed, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

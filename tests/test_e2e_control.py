@@ -1,0 +1,167 @@
+"""Steering jobs end to end: cancel, pause/resume, retry, delete and live events, with real workers."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+import requests
+
+from infra.processes import Api
+
+pytestmark = pytest.mark.e2e
+rng = random.Random()
+
+
+def long_count_body(width: int = 30 * 10**9) -> dict:
+    lo = rng.randrange(10**11, 9 * 10**11)
+    return {"start": lo, "end": lo + width, "output": "count"}
+
+
+def submit(api: Api, kind: str, body: dict) -> dict:
+    r = api.post(f"/api/v1/{kind}", json=body)
+    assert r.status_code in (200, 202), r.text
+    return r.json()
+
+
+def wait_for(api: Api, job_id: str, pred, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = api.get(f"/api/v1/jobs/{job_id}").json()
+        if pred(job):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+def test_cancel_a_queued_job_at_once_and_start_fresh_after(api: Api, workers) -> None:
+    workers.stop()
+    try:
+        body = {"n": rng.randrange(100_000, 110_000)}
+        job = submit(api, "fibonacci", body)
+        r = api.post(f"/api/v1/jobs/{job['id']}/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "canceled"
+        again = submit(api, "fibonacci", body)
+        assert again["id"] != job["id"] and again["deduplicated"] is False
+    finally:
+        workers.start()
+    assert api.wait_done(again["id"])["status"] == "finished"
+    assert api.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "canceled"
+
+
+def test_cancel_a_running_job_frees_the_worker(api: Api) -> None:
+    job = submit(api, "primes", long_count_body())
+    wait_for(api, job["id"], lambda j: j["status"] == "started")
+    r = api.post(f"/api/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 200
+    assert r.json()["status"] == "canceled", "a running job stops within the 2 s the contract allows"
+    assert api.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 409
+    assert api.get(f"{job['result_url']}").status_code == 409
+    nxt = api.post("/api/v1/fibonacci", json={"n": rng.randrange(110_000, 120_000)},
+                   headers={"Prefer": "wait=10"})
+    assert nxt.status_code == 200 and nxt.json()["status"] == "finished"
+
+
+def test_pause_keeps_progress_and_resume_continues_to_the_same_count(api: Api) -> None:
+    body = long_count_body(12 * 10**9)
+    job = submit(api, "primes", body)
+    wait_for(api, job["id"], lambda j: (j["progress"] or {}).get("percent", 0) > 5, timeout=120)
+    r = api.post(f"/api/v1/jobs/{job['id']}/pause")
+    assert r.status_code == 200
+    paused = r.json()
+    assert paused["status"] == "paused"
+    assert api.get(f"/api/v1/jobs/{job['id']}?wait=5").json()["status"] == "paused"
+    time.sleep(1.0)
+    still = api.get(f"/api/v1/jobs/{job['id']}").json()
+    assert still["progress"] == paused["progress"], "a paused job does not move"
+    workers = api.get("/api/v1/workers").json()
+    assert all(w["current_job"] != job["id"] for w in workers), "a paused job holds no worker"
+    r = api.post(f"/api/v1/jobs/{job['id']}/resume")
+    assert r.status_code == 202 and r.json()["status"] in ("queued", "started")
+    done = api.wait_done(job["id"], timeout=240)
+    assert done["status"] == "finished"
+    assert done["progress"]["percent"] == 100.0
+    from primes import count_primes  # the uninterrupted run, in-process
+    assert done["result"]["count"] == count_primes(body["start"], body["end"])
+
+
+def test_pause_conflicts(api: Api) -> None:
+    fib = submit(api, "fibonacci", {"n": rng.randrange(120_000, 130_000)})
+    assert api.post(f"/api/v1/jobs/{fib['id']}/pause").status_code == 409
+    done = api.wait_done(fib["id"])
+    assert api.post(f"/api/v1/jobs/{done['id']}/resume").status_code == 409
+    assert api.post(f"/api/v1/jobs/{done['id']}/retry").status_code == 409
+
+
+def test_pause_a_queued_job_then_resume(api: Api, workers) -> None:
+    workers.stop()
+    try:
+        lo = rng.randrange(10**6, 10**7)
+        job = submit(api, "primes", {"start": lo, "end": lo + 1000})
+        r = api.post(f"/api/v1/jobs/{job['id']}/pause")
+        assert r.status_code == 200 and r.json()["status"] == "paused"
+        joined = submit(api, "primes", {"start": lo, "end": lo + 1000})
+        assert joined["id"] == job["id"] and joined["deduplicated"] is True, "a paused job is joined"
+    finally:
+        workers.start()
+    time.sleep(0.5)
+    assert api.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "paused", "held back from dispatch"
+    assert api.post(f"/api/v1/jobs/{job['id']}/resume").status_code == 202
+    assert api.wait_done(job["id"])["status"] == "finished"
+
+
+def test_retry_a_canceled_job(api: Api, workers) -> None:
+    workers.stop()
+    try:
+        job = submit(api, "fibonacci", {"n": rng.randrange(130_000, 140_000)})
+        assert api.post(f"/api/v1/jobs/{job['id']}/cancel").json()["status"] == "canceled"
+        r = api.post(f"/api/v1/jobs/{job['id']}/retry")
+        assert r.status_code == 202 and r.json()["status"] == "queued"
+    finally:
+        workers.start()
+    done = api.wait_done(job["id"])
+    assert done["status"] == "finished" and done["error"] is None
+
+
+def test_delete_forgets_job_result_and_cache(api: Api) -> None:
+    body = {"n": rng.randrange(140_000, 150_000)}
+    r = api.post("/api/v1/fibonacci", json=body, headers={"Prefer": "wait=10"})
+    job = r.json()
+    assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+    assert api.get(f"/api/v1/jobs/{job['id']}").status_code == 404
+    assert api.get(job["result_url"]).status_code == 404
+    again = submit(api, "fibonacci", body)
+    assert again["id"] != job["id"] and again["cached"] is False
+
+
+def test_delete_a_running_job(api: Api) -> None:
+    job = submit(api, "primes", long_count_body())
+    wait_for(api, job["id"], lambda j: j["status"] == "started")
+    assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+    assert api.get(f"/api/v1/jobs/{job['id']}").status_code == 404
+    time.sleep(0.5)
+    workers = api.get("/api/v1/workers").json()
+    assert all(w["current_job"] != job["id"] for w in workers)
+
+
+def test_events_stream_until_terminal(api: Api) -> None:
+    lo = rng.randrange(10**11, 9 * 10**11)
+    job = submit(api, "primes", {"start": lo, "end": lo + 3 * 10**9, "output": "count"})
+    events = []
+    with requests.get(api.base + f"/api/v1/jobs/{job['id']}/events", stream=True, timeout=120) as r:
+        assert r.status_code == 200
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        kind = None
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((kind, json.loads(line[5:])))
+    statuses = [data["status"] for _, data in events]
+    assert statuses[-1] == "finished"
+    assert events[-1][1]["result"] is not None
+    assert len(events) >= 2
+    percents = [d["progress"]["percent"] for _, d in events if d["progress"]]
+    assert percents == sorted(percents), "progress never goes backwards"
