@@ -84,7 +84,6 @@ class Web(Proc):
     def __init__(self, redis_url: str, log_dir: Path, port: int | None = None, **env: Any) -> None:
         self.port = port or free_port()
         env.setdefault("WEB_PROCESSES", 2)
-        env.setdefault("WEB_THREADS", 32)
         super().__init__("web", [sys.executable, "-m", "gunicorn", "-c", "python:rest.gunicorn_conf",
                                  "rest.wsgi:app"],
                          base_env(redis_url, PORT=self.port, HOST="127.0.0.1", **env), log_dir)

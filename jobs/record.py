@@ -104,7 +104,7 @@ class JobRecord:
         return {
             "self": base, "result": f"{base}/result", "events": f"{base}/events",
             "cancel": f"{base}/cancel", "pause": f"{base}/pause", "resume": f"{base}/resume",
-            "retry": f"{base}/retry", "page": f"/jobs/{self.id}",
+            "retry": f"{base}/retry",
         }
 
     def to_resource(self, *, result: Any = None, cached: bool = False,

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from redis import Redis
 from rq.callbacks import Callback
+from rq.command import send_stop_job_command
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.worker import Worker
@@ -41,8 +42,8 @@ from jobs.record import JobRecord
 from jobs.registry import JOB_TYPES
 from jobs.request_cache import RequestCache
 from jobs.results import ResultReader
-from jobs.spec import Submission
-from jobs.status import SETTLED, JobStatus
+from jobs.spec import FAST_QUEUE, Submission
+from jobs.status import SETTLED, TERMINAL, JobStatus
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 INPUT_CHUNK_BYTES = 4 << 20
@@ -309,11 +310,20 @@ class JobService:
             self._remove_from_queue(rec)
             self.finish_terminal(rec, JobStatus.CANCELED)
             return self._require(job_id)
-        # Running: ask the worker to stop at its next checkpoint.
+        # Running: ask the worker to stop at its next checkpoint...
         self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "cancel", ex=3600)
-        rec = self._settle_wait(job_id, frozenset({JobStatus.CANCELED, JobStatus.FINISHED,
-                                                   JobStatus.FAILED}), wait)
-        return rec or self._require(job_id)
+        rec = self._settle_wait(job_id, TERMINAL, wait * 0.6) or self._require(job_id)
+        if rec.status is JobStatus.STARTED and rec.queue != FAST_QUEUE and rec.rq_id:
+            # ...and if a long uncheckpointed step holds it, kill the work horse instead.
+            try:
+                send_stop_job_command(self.conn, rec.rq_id)
+            except Exception:  # noqa: BLE001 - the horse may have just finished
+                pass
+            if self.transition(job_id, (JobStatus.STARTED,), JobStatus.CANCELED,
+                               {"ended_at": repr(time.time())}) is not None:
+                self.finish_terminal(rec, JobStatus.CANCELED)
+            rec = self._settle_wait(job_id, TERMINAL, wait * 0.4) or self._require(job_id)
+        return rec
 
     def pause(self, job_id: str, wait: float = 2.5) -> JobRecord:
         rec = self._require(job_id)

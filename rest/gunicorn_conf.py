@@ -5,7 +5,7 @@ import os
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_PROCESSES", "2"))
-threads = int(os.environ.get("WEB_THREADS", "128"))
+threads = int(os.environ.get("WEB_THREADS", "256"))
 # Long-polls last up to 30 s and event streams longer; keep sync timeouts out of the way.
 timeout = 120
 graceful_timeout = 10

@@ -26,7 +26,7 @@ class Settings:
     result_ttl: int = 86_400
     limits: Limits = field(default_factory=Limits)
     #: Long-polls and event streams one web process holds at once; the rest answer at once.
-    wait_slots: int = 112
+    wait_slots: int = 240
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -42,5 +42,5 @@ class Settings:
             result_ttl=_int("RESULT_TTL", 86_400),
             limits=limits,
             # Leave threads free for submissions however many clients wait.
-            wait_slots=_int("WAIT_SLOTS", max(1, _int("WEB_THREADS", 128) - 16)),
+            wait_slots=_int("WAIT_SLOTS", max(1, _int("WEB_THREADS", 256) - 16)),
         )

@@ -165,3 +165,22 @@ def test_events_stream_until_terminal(api: Api) -> None:
     assert len(events) >= 2
     percents = [d["progress"]["percent"] for _, d in events if d["progress"]]
     assert percents == sorted(percents), "progress never goes backwards"
+
+
+def test_two_hundred_open_streams_do_not_starve_submissions(api: Api, workers) -> None:
+    workers.stop()
+    streams: list[requests.Response] = []
+    try:
+        held = submit(api, "fibonacci", {"n": rng.randrange(150_000, 160_000)})
+        for _ in range(200):
+            r = requests.get(api.base + f"/api/v1/jobs/{held['id']}/events", stream=True, timeout=30)
+            streams.append(r)
+        assert [r.status_code for r in streams] == [200] * 200
+        for _ in range(5):
+            r = api.post("/api/v1/fibonacci", json={"n": rng.randrange(160_000, 170_000)}, timeout=10)
+            assert r.status_code == 202, r.text
+    finally:
+        workers.start()
+    for r in streams:
+        r.close()
+    assert api.wait_done(held["id"])["status"] == "finished"
