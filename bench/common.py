@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -76,7 +79,7 @@ def row_from_dict(section: str, d: dict[str, Any]) -> Row:
                 return k, want(d[k])
         return None, None
 
-    case_key, case = pick(_CASE_KEYS, lambda v: v if isinstance(v, str) else None)
+    _, case = pick(_CASE_KEYS, lambda v: v if isinstance(v, str) else None)
     ours_key, ours = pick(_OURS_KEYS, _number)
     ref_key, ref = pick(_REF_KEYS, _number)
     _, ref_name = pick(_NAME_KEYS, lambda v: v if isinstance(v, str) else None)
@@ -86,7 +89,7 @@ def row_from_dict(section: str, d: dict[str, Any]) -> Row:
     used.add("unit")
     if unit is None:
         keys = f"{ours_key or ''} {ref_key or ''}"
-        unit = "s" if ("_s" in keys or "time" in keys or "seconds" in keys) else ""
+        unit = "" if ("rate" in keys or "per" in keys) else "s"  # kernel benches time things
     extra = {k: v for k, v in d.items() if k not in used}
     return Row(section, case or repr(d)[:60], ours, ref, unit, ref_name or "", note or "", extra, given_ratio)
 
@@ -120,6 +123,8 @@ def fmt(v: float | None, unit: str) -> str:
         return f"{v * 1000:.4g} ms"
     if unit in TIME_UNITS:
         return f"{v:.4g} {unit}"
+    if v >= 1e6:
+        return f"{v / 1e6:.3g}M {unit}".strip()
     if v >= 100:
         return f"{v:,.0f} {unit}".strip()
     return f"{v:.3g} {unit}".strip()
@@ -139,21 +144,90 @@ def print_header(title: str, reference: str) -> None:
     print(f"== {title}")
     print(f"   reference: {reference}")
     print(f"   {'case':<{_W[0]}} {'ours':>{_W[1]}} {'reference':>{_W[2]}} {'ours/ref':>{_W[3]}}  "
-          "reference measured / notes")
+          "reference is / notes")
     print(f"   {'-' * (sum(_W) + 3 + 30)}")
 
 
 def print_row(r: Row) -> None:
+    """One table line; the reference's description and notes wrap onto indented lines below it."""
     case = r.case if len(r.case) <= _W[0] else r.case[:_W[0] - 1] + "~"
     tail = "; ".join(x for x in (r.ref_name, r.note) if x)
     if r.extra and r.section != "e2e":
         tail = "; ".join(x for x in (tail, ", ".join(f"{k}={v}" for k, v in r.extra.items())) if x)
-    print(f"   {case:<{_W[0]}} {fmt(r.ours, r.unit):>{_W[1]}} {fmt(r.ref, r.unit):>{_W[2]}} "
-          f"{fmt_ratio(r):>{_W[3]}}  {tail}", flush=True)
+    head = (f"   {case:<{_W[0]}} {fmt(r.ours, r.unit):>{_W[1]}} {fmt(r.ref, r.unit):>{_W[2]}} "
+            f"{fmt_ratio(r):>{_W[3]}}  ")
+    lines = textwrap.wrap(tail, width=max(40, 150 - len(head))) or [""]
+    print(head + lines[0])
+    rest = " ".join(lines[1:])
+    for line in textwrap.wrap(rest, width=140):
+        print(f"{'':9}{line}")
+    sys.stdout.flush()
 
 
 def note(msg: str) -> None:
     print(f"   note: {msg}", flush=True)
+
+
+# -- CPU time of process trees ------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process and its live descendants, plus the children they reaped.
+
+    For this very process only its own threads count (its children are the measured servers).
+    """
+    try:
+        root = psutil.Process(pid)
+        if pid == os.getpid():
+            t = root.cpu_times()
+            return t.user + t.system
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+class CpuMeter:
+    """CPU seconds spent by named process trees between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> CpuMeter:
+        self.before = {k: cpu_seconds(v) for k, v in self.pids.items()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self.used = {k: cpu_seconds(v) - self.before[k] for k, v in self.pids.items()}
+        return self.used
+
+    def per_job_ms(self, jobs: int) -> str:
+        """'web 5.1 + workers 6.2 + ... = 14.0 CPU ms/job'."""
+        parts = [f"{k} {v / jobs * 1000:.1f}" for k, v in self.used.items()]
+        return " + ".join(parts) + f" = {sum(self.used.values()) / jobs * 1000:.1f} CPU ms/job"
+
+
+# -- Redis commands -------------------------------------------------------------------
+
+def redis_calls(conn: Any) -> dict[str, int]:
+    """Calls per command so far (INFO commandstats; commands run inside Lua scripts count too)."""
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in conn.info("commandstats").items()}
+
+
+def calls_since(conn: Any, before: dict[str, int]) -> dict[str, int]:
+    """Commands executed since `before`, most frequent first (the INFO calls themselves excluded)."""
+    after = redis_calls(conn)
+    diff = {k: v - before.get(k, 0) for k, v in after.items()}
+    diff["info"] = diff.get("info", 0) - 1
+    return dict(sorted(((k, v) for k, v in diff.items() if v > 0), key=lambda kv: -kv[1]))
 
 
 # -- peak RSS of process trees ------------------------------------------------------

@@ -7,8 +7,10 @@ forking rq.Worker) with rq's defaults (pickle), exactly as a plain RQ user would
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ from typing import Any
 from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
+from rq.results import Result
 from rq.utils import utcparse
 
-from bench.common import BenchError, pct
+from bench.common import BenchError, CpuMeter, calls_since, pct, redis_calls
 from bench.trivial import fib
 from infra.processes import Proc, base_env
 
@@ -36,9 +39,14 @@ def worker_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(redis_url: str, log_dir: Path, n_jobs: int, fork: bool, procs: int = 2,
-            sampler: Any = None, timeout: float = 120) -> dict[str, Any]:
-    """Start `procs` plain workers, enqueue n_jobs trivial jobs from this process, time to completion."""
+def measure(redis_url: str, log_dir: Path, n_jobs: int, fork: bool, procs: int = 2, clients: int = 0,
+            sampler: Any = None, redis_pid: int | None = None, timeout: float = 120) -> dict[str, Any]:
+    """Start `procs` plain workers and time n_jobs trivial jobs to completion.
+
+    clients=0: one thread enqueues them all at once (a burst), latency = RQ's enqueued_at -> ended_at.
+    clients=K: K threads each enqueue one job and block on its result (Job.latest_result, an XREAD),
+    like Crunch's HTTP clients; latency = enqueue call -> result in hand.
+    """
     kind = "fork" if fork else "simple"
     qname = f"bench-plain-{kind}"
     conn = Redis.from_url(redis_url)
@@ -53,39 +61,88 @@ def measure(redis_url: str, log_dir: Path, n_jobs: int, fork: bool, procs: int =
         for i, w in enumerate(workers):
             w.start()
             if sampler is not None:
-                sampler.track(f"plain_rq_{kind}_{i}", w.proc.pid)
+                sampler.track(f"plain_rq_{i}", w.proc.pid)
         deadline = time.monotonic() + 30
         while Worker.count(connection=conn, queue=queue) < procs:
             if time.monotonic() > deadline or not all(w.alive for w in workers):
                 raise BenchError(f"plain RQ workers did not register:\n{workers[0].tail()}")
             time.sleep(0.05)
-        ids = []
-        t0 = time.perf_counter()
-        for n in range(10, 10 + n_jobs):
-            ids.append(queue.enqueue(fib, n, result_ttl=600).id)
-        t_enqueued = time.perf_counter()
-        deadline = time.monotonic() + timeout
-        while (done := conn.zcard(finished.key) + conn.zcard(failed.key)) < n_jobs:
-            if time.monotonic() > deadline:
-                raise BenchError(f"plain RQ ({kind}) finished only {done}/{n_jobs} jobs in {timeout}s")
-            time.sleep(0.002)
-        wall = time.perf_counter() - t0
+        pids = {f"worker{i}": w.proc.pid for i, w in enumerate(workers)}  # type: ignore[union-attr]
+        if redis_pid:
+            pids["redis"] = redis_pid
+        pids["client"] = os.getpid()
+        calls0 = redis_calls(conn)
+        cpu = CpuMeter(pids).start()
+        if clients:
+            wall, lat = _closed_loop(queue, n_jobs, clients, timeout)
+        else:
+            wall, lat = _burst(conn, queue, finished, failed, n_jobs, timeout)
+        cpu.stop()
+        calls = calls_since(conn, calls0)
         n_failed = conn.zcard(failed.key)
-        pipe = conn.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(f"rq:job:{job_id}", "enqueued_at", "ended_at")
-        lat = []
-        for enq, end in pipe.execute():
-            if enq and end:
-                lat.append((utcparse(end.decode()) - utcparse(enq.decode())).total_seconds() * 1000)
     finally:
         for w in workers:
             w.stop(timeout=15)
         if sampler is not None:
             for i in range(procs):
-                sampler.untrack(f"plain_rq_{kind}_{i}")
-    return {"jobs": n_jobs, "wall_s": wall, "rate": n_jobs / wall, "enqueue_s": t_enqueued - t0,
-            "failed": n_failed, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+                sampler.untrack(f"plain_rq_{i}")
+    used = dict(cpu.used)
+    used = {"workers": sum(v for k, v in used.items() if k.startswith("worker")),
+            **{k: v for k, v in used.items() if not k.startswith("worker")}}
+    cpu.used = used
+    return {"jobs": n_jobs, "wall_s": wall, "rate": n_jobs / wall, "failed": n_failed,
+            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "cpu_s": used, "cpu_per_job": cpu.per_job_ms(n_jobs),
+            "redis_calls": calls, "redis_calls_per_job": sum(calls.values()) / n_jobs}
+
+
+def _burst(conn: Redis, queue: Queue, finished: Any, failed: Any, n_jobs: int,
+           timeout: float) -> tuple[float, list[float]]:
+    ids = []
+    t0 = time.perf_counter()
+    for n in range(10, 10 + n_jobs):
+        ids.append(queue.enqueue(fib, n, result_ttl=600).id)
+    deadline = time.monotonic() + timeout
+    while (done := conn.zcard(finished.key) + conn.zcard(failed.key)) < n_jobs:
+        if time.monotonic() > deadline:
+            raise BenchError(f"plain RQ finished only {done}/{n_jobs} jobs in {timeout}s")
+        time.sleep(0.002)
+    wall = time.perf_counter() - t0
+    pipe = conn.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(f"rq:job:{job_id}", "enqueued_at", "ended_at")
+    lat = [(utcparse(end.decode()) - utcparse(enq.decode())).total_seconds() * 1000
+           for enq, end in pipe.execute() if enq and end]
+    return wall, lat
+
+
+def _closed_loop(queue: Queue, n_jobs: int, clients: int, timeout: float) -> tuple[float, list[float]]:
+    counter = itertools.count()
+    starts = [0.0] * n_jobs
+    ends = [0.0] * n_jobs
+    errors: list[str] = []
+    barrier = threading.Barrier(clients)
+
+    def loop() -> None:
+        barrier.wait()
+        while (i := next(counter)) < n_jobs:
+            t0 = time.perf_counter()
+            try:
+                result = queue.enqueue(fib, 10 + i, result_ttl=600).latest_result(timeout=int(timeout))
+                if result is None or result.type != Result.Type.SUCCESSFUL:
+                    raise BenchError(f"plain RQ job for n={10 + i} gave {result and result.type}")
+            except Exception as exc:  # noqa: BLE001 - collected and raised below
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            starts[i], ends[i] = t0, time.perf_counter()
+
+    pool = [threading.Thread(target=loop, name=f"rq-client-{k}", daemon=True) for k in range(clients)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise BenchError(f"{len(errors)}/{n_jobs} plain RQ jobs failed; first: {errors[0]}")
+    return max(ends) - min(starts), [(e - s) * 1000 for s, e in zip(starts, ends, strict=True)]
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ class EmbeddedRedis:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited; see {self.data_dir / 'server.log'}") from None
                 if time.monotonic() > deadline:
+                    self.kill()
                     raise
                 time.sleep(0.05)
 

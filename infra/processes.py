@@ -97,13 +97,14 @@ class Web(Proc):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if requests.get(self.url + "/healthz", timeout=1).ok:
+                if requests.get(self.url + "/healthz", timeout=2).ok:
                     return self
-            except requests.ConnectionError:
-                pass
+            except requests.RequestException:
+                pass  # not listening yet, or slow to answer while booting
             if not self.alive:
                 raise RuntimeError(f"gunicorn exited:\n{self.tail()}")
             time.sleep(0.1)
+        self.kill()
         raise RuntimeError(f"gunicorn did not come up:\n{self.tail()}")
 
 
