@@ -7,6 +7,8 @@ All indices are int64 and non-negative; uint8 for sieve bytes, uint64 only for p
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -31,24 +33,36 @@ PRESIEVE_GROUPS = ((7, 11, 13, 17, 19), (23, 29, 31), (37, 41, 43), (47, 53, 59)
                    (73, 79), (83, 89), (97, 101), (103, 107), (109, 113),
                    (127, 131), (137, 139), (149, 151), (157, 163))
 PRESIEVE_MAX = PRESIEVE_GROUPS[-1][-1]
-#: Bytes sieved per L1/L2-resident block; the pattern buffers are padded by this much.
-BLOCK = 1 << 16
+#: Bytes sieved per L2-resident block (256 KiB = 7.8M numbers), like primesieve's default.
+BLOCK = 1 << 18
+#: Primes below SMALL_PRIME_MAX are crossed off SUB_BLOCK (L1-sized) bytes at a time.
+SUB_BLOCK = 1 << 15
+SMALL_PRIME_MAX = 1 << 12
 
 
 def _pattern(group: tuple[int, ...]) -> np.ndarray:
-    """One period (prod(group) bytes) of the sieve with only `group`'s multiples removed, padded by BLOCK."""
+    """One period (prod(group) bytes) of the sieve with only `group`'s multiples removed."""
     period = int(np.prod(group))
     n = np.arange(period, dtype=np.int64)[:, None] * 30 + WHEEL[None, :]
     keep = np.ones(n.shape, dtype=bool)
     for p in group:
         keep &= n % p != 0
-    byte = (keep.astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :]).sum(axis=1).astype(np.uint8)
-    reps = -(-(period + BLOCK) // period)
-    return np.tile(byte, reps)[: period + BLOCK].copy()
+    return (keep.astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :]).sum(axis=1).astype(np.uint8)
 
 
-PATTERNS = tuple(_pattern(g) for g in PRESIEVE_GROUPS)
-PERIODS = np.array([int(np.prod(g)) for g in PRESIEVE_GROUPS], dtype=np.int64)
+def _patterns() -> tuple[np.ndarray, np.ndarray]:
+    """All groups' patterns in one buffer, and per group its (start, period) in that buffer.
+
+    Passed to the kernels as arguments: numba would otherwise freeze ~1 MB of global arrays
+    into every compiled function and its on-disk cache.
+    """
+    parts = [_pattern(g) for g in PRESIEVE_GROUPS]
+    starts = np.cumsum([0] + [len(x) for x in parts[:-1]])
+    periods = [int(np.prod(g)) for g in PRESIEVE_GROUPS]
+    return np.concatenate(parts), np.array([starts, periods], dtype=np.int64).T.copy()
+
+
+PATTERN_BYTES, PATTERN_INDEX = _patterns()
 #: Bits of the first bytes that the patterns clear but that are primes themselves.
 RESTORE = np.zeros(PRESIEVE_MAX // 30 + 1, dtype=np.uint8)
 for _p in (p for g in PRESIEVE_GROUPS for p in g):
@@ -57,52 +71,49 @@ del _p
 
 
 @intrinsic
-def popcount(typingctx, x):  # type: ignore[no-untyped-def]
-    """LLVM ctpop, so counting compiles to the POPCNT instruction."""
-    if not isinstance(x, types.Integer):
+def popcount(typingctx: Any, x: Any) -> Any:
+    """LLVM ctpop as int64, so counting compiles to POPCNT and never mixes signedness."""
+    if not isinstance(x, types.Integer) or x.bitwidth > 64:
         return None
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.ctpop(args[0])
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        bits = builder.ctpop(args[0])
+        return builder.zext(bits, ir.IntType(64)) if x.bitwidth < 64 else bits
 
-    return x(x), codegen
+    return types.int64(x), codegen
 
 
 @intrinsic
-def trailing_zeros(typingctx, x):  # type: ignore[no-untyped-def]
+def trailing_zeros(typingctx: Any, x: Any) -> Any:
     """LLVM cttz, for walking the set bits of a word when listing primes."""
     if not isinstance(x, types.Integer):
         return None
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
 
     return x(x), codegen
 
 
 @njit(cache=True, nogil=True)
-def presieve(buf, n, byte0):  # type: ignore[no-untyped-def]
-    """Fill buf[:n] (absolute bytes byte0..) with the patterns: removes multiples of 7..PRESIEVE_MAX."""
-    a = PATTERNS[0][byte0 % PERIODS[0]:]
-    b = PATTERNS[1][byte0 % PERIODS[1]:]
-    c = PATTERNS[2][byte0 % PERIODS[2]:]
-    d = PATTERNS[3][byte0 % PERIODS[3]:]
-    e = PATTERNS[4][byte0 % PERIODS[4]:]
-    for i in range(n):
-        buf[i] = a[i] & b[i] & c[i] & d[i] & e[i]
-    a = PATTERNS[5][byte0 % PERIODS[5]:]
-    b = PATTERNS[6][byte0 % PERIODS[6]:]
-    c = PATTERNS[7][byte0 % PERIODS[7]:]
-    d = PATTERNS[8][byte0 % PERIODS[8]:]
-    e = PATTERNS[9][byte0 % PERIODS[9]:]
-    for i in range(n):
-        buf[i] &= a[i] & b[i] & c[i] & d[i] & e[i]
-    a = PATTERNS[10][byte0 % PERIODS[10]:]
-    b = PATTERNS[11][byte0 % PERIODS[11]:]
-    c = PATTERNS[12][byte0 % PERIODS[12]:]
-    d = PATTERNS[13][byte0 % PERIODS[13]:]
-    for i in range(n):
-        buf[i] &= a[i] & b[i] & c[i] & d[i]
+def presieve(buf: np.ndarray, n: int, byte0: int, pat: np.ndarray, pat_index: np.ndarray) -> None:
+    """Fill buf[:n] (absolute bytes byte0..) from the patterns: removes multiples of 7..PRESIEVE_MAX."""
+    for g in range(pat_index.shape[0]):
+        start, period = pat_index[g, 0], pat_index[g, 1]
+        o = byte0 % period
+        i = 0
+        while i < n:
+            run = min(n - i, period - o)
+            src = pat[start + o:start + o + run]
+            dst = buf[i:i + run]
+            if g == 0:
+                for t in range(run):
+                    dst[t] = src[t]
+            else:
+                for t in range(run):
+                    dst[t] &= src[t]
+            i += run
+            o = 0
     if byte0 < RESTORE.size:
         for j in range(byte0, min(RESTORE.size, byte0 + n)):
             buf[j - byte0] |= RESTORE[j]
@@ -111,7 +122,8 @@ def presieve(buf, n, byte0):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def first_multiples(primes, start, stop, byte0, bases, wis):  # type: ignore[no-untyped-def]
+def first_multiples(primes: np.ndarray, start: int, stop: int, byte0: int, bases: np.ndarray,
+                    wis: np.ndarray) -> None:
     """Position primes[start:stop] at their first multiple >= max(p*p, 30*byte0) coprime to 30."""
     lo = 30 * byte0
     for i in range(start, stop):
@@ -125,13 +137,14 @@ def first_multiples(primes, start, stop, byte0, bases, wis):  # type: ignore[no-
 
 
 @njit(cache=True, nogil=True)
-def cross_off(buf, n, primes, bases, wis, nprimes):  # type: ignore[no-untyped-def]
-    """Clear multiples of primes[:nprimes] in buf[:n] and advance their state by n bytes.
+def cross_off(buf: np.ndarray, n: int, primes: np.ndarray, bases: np.ndarray, wis: np.ndarray,
+              i0: int, i1: int) -> None:
+    """Clear multiples of primes[i0:i1] in buf[:n] and advance their state by n bytes.
 
     State per prime: bases[i] is the byte (relative to buf) of p*(30k+1) for the current
     wheel cycle k, wis[i] the index of the next multiple within that cycle.
     """
-    for i in range(nprimes):
+    for i in range(i0, i1):
         p = primes[i]
         q = p // 30
         ri = BIT_OF[p % 30]
@@ -192,12 +205,12 @@ def cross_off(buf, n, primes, bases, wis, nprimes):  # type: ignore[no-untyped-d
 
 
 @njit(cache=True, nogil=True)
-def count_bits(buf, start, stop):  # type: ignore[no-untyped-def]
+def count_bits(buf: np.ndarray, start: int, stop: int) -> int:
     """Set bits in buf[start:stop]."""
     total = 0
     i = start
     while i < stop and (i & 7) != 0:
-        total += popcount(np.uint64(buf[i]))
+        total += popcount(buf[i])
         i += 1
     w_end = stop & ~7
     if i < w_end:
@@ -206,57 +219,119 @@ def count_bits(buf, start, stop):  # type: ignore[no-untyped-def]
             total += popcount(words[j])
         i = w_end
     while i < stop:
-        total += popcount(np.uint64(buf[i]))
+        total += popcount(buf[i])
         i += 1
     return total
 
 
 @njit(cache=True, nogil=True)
-def sieve_block(buf, n, pos, primes, bases, wis, active):  # type: ignore[no-untyped-def]
+def sieve_block(buf: np.ndarray, n: int, pos: int, primes: np.ndarray, bases: np.ndarray, wis: np.ndarray,
+                active: int, pat: np.ndarray, pat_index: np.ndarray) -> int:
     """Sieve absolute bytes [pos, pos+n) into buf[:n]; returns the new count of active primes.
 
     Primes become active (get a position) only once p*p falls below the block end, so a
     range starting near 0 does not carry thousands of idle primes.
     """
-    presieve(buf, n, pos)
+    presieve(buf, n, pos, pat, pat_index)
     end_num = 30 * (pos + n)
     stop = active
     while stop < primes.size and primes[stop] * primes[stop] < end_num:
         stop += 1
     first_multiples(primes, active, stop, pos, bases, wis)
-    cross_off(buf, n, primes, bases, wis, stop)
+    small = 0
+    while small < stop and primes[small] < SMALL_PRIME_MAX:
+        small += 1
+    # Small primes hit every byte many times: keep their sub-block in L1 while they do.
+    s = 0
+    while s < n:
+        m = min(SUB_BLOCK, n - s)
+        cross_off(buf[s:s + m], m, primes, bases, wis, np.int64(0), small)
+        s += m
+    cross_off(buf, n, primes, bases, wis, small, stop)
     return stop
 
 
 @njit(cache=True, nogil=True)
-def sieve_into(out, byte0, primes):  # type: ignore[no-untyped-def]
+def sieve_into(out: np.ndarray, byte0: int, primes: np.ndarray, pat: np.ndarray, pat_index: np.ndarray) -> None:
     """Sieve absolute bytes [byte0, byte0+out.size) into out; primes are the sieving primes > PRESIEVE_MAX."""
     bases = np.empty(primes.size, dtype=np.int64)
     wis = np.empty(primes.size, dtype=np.int64)
-    active = 0
+    active = np.int64(0)  # not a literal 0: that would compile sieve_block a second time
     done = 0
     while done < out.size:
         n = min(BLOCK, out.size - done)
-        active = sieve_block(out[done:done + n], n, byte0 + done, primes, bases, wis, active)
+        active = sieve_block(out[done:done + n], n, byte0 + done, primes, bases, wis, active, pat, pat_index)
         done += n
 
 
 @njit(cache=True, nogil=True)
-def count_range(byte0, byte1, mask0, mask1, primes):  # type: ignore[no-untyped-def]
+def count_range(byte0: int, byte1: int, mask0: int, mask1: int, primes: np.ndarray, pat: np.ndarray,
+                pat_index: np.ndarray) -> int:
     """Primes > 5 in absolute bytes [byte0, byte1], first/last byte and-ed with mask0/mask1."""
     buf = np.zeros(BLOCK, dtype=np.uint8)
     bases = np.empty(primes.size, dtype=np.int64)
     wis = np.empty(primes.size, dtype=np.int64)
-    active = 0
+    active = np.int64(0)
     total = 0
     pos = byte0
     while pos <= byte1:
         n = min(BLOCK, byte1 + 1 - pos)
-        active = sieve_block(buf, n, pos, primes, bases, wis, active)
+        active = sieve_block(buf, n, pos, primes, bases, wis, active, pat, pat_index)
         if pos == byte0:
             buf[0] &= mask0
         if pos + n - 1 == byte1:
             buf[n - 1] &= mask1
-        total += count_bits(buf, 0, n)
+        total += count_bits(buf, np.int64(0), n)
         pos += n
     return total
+
+
+@njit(cache=True, nogil=True)
+def count_masked(buf: np.ndarray, i0: int, i1: int, mask0: int, mask1: int) -> int:
+    """Set bits in buf[i0..i1] (inclusive), with the first/last byte and-ed with mask0/mask1."""
+    if i0 > i1:
+        return 0
+    if i0 == i1:
+        return popcount(np.uint8(buf[i0] & mask0 & mask1))
+    return (popcount(np.uint8(buf[i0] & mask0)) + count_bits(buf, i0 + 1, i1)
+            + popcount(np.uint8(buf[i1] & mask1)))
+
+
+@njit(cache=True, nogil=True)
+def _emit(word: int, byte_index: int, out: np.ndarray, j: int) -> int:
+    """Append the numbers of the set bits of `word` (8 bytes from absolute byte_index)."""
+    while word != 0:
+        t = trailing_zeros(word)
+        out[j] = 30 * (byte_index + np.int64(t >> 3)) + WHEEL[t & 7]
+        j += 1
+        word &= word - np.uint64(1)
+    return j
+
+
+@njit(cache=True, nogil=True)
+def extract_masked(buf: np.ndarray, i0: int, i1: int, mask0: int, mask1: int, byte0: int) -> np.ndarray:
+    """Sorted int64 numbers of the set bits of buf[i0..i1]; buf[0] is absolute byte byte0."""
+    out = np.empty(count_masked(buf, i0, i1, mask0, mask1), dtype=np.int64)
+    if i0 > i1:
+        return out
+    first = buf[i0] & mask0
+    if i0 == i1:
+        first &= mask1
+    j = _emit(np.uint64(first), byte0 + i0, out, np.int64(0))
+    if i0 == i1:
+        return out
+    i = i0 + 1
+    while i < i1 and (i & 7) != 0:
+        j = _emit(np.uint64(buf[i]), byte0 + i, out, j)
+        i += 1
+    w_end = i1 & ~7
+    if i < w_end:
+        words = buf[i:w_end].view(np.uint64)
+        for w in range(words.size):
+            j = _emit(words[w], byte0 + i + 8 * w, out, j)
+        i = w_end
+    while i < i1:
+        j = _emit(np.uint64(buf[i]), byte0 + i, out, j)
+        i += 1
+    _emit(np.uint64(buf[i1] & mask1), byte0 + i1, out, j)
+    return out

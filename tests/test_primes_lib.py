@@ -1,0 +1,205 @@
+"""The prime library against independent references: a plain sieve, a numpy segmented sieve, gmpy2."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import gmpy2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from primes import (
+    SEGMENT_BYTES,
+    SEGMENT_SPAN,
+    Segment,
+    count_primes,
+    primes_between,
+    segment_bounds,
+    segment_index,
+    sieve_segment,
+)
+
+#: Everything below this is checked against one plain (non-segmented) sieve of Eratosthenes.
+SMALL_LIMIT = 1 << 22
+#: Widest window the reference segmented sieve is asked for.
+MAX_WIDTH = 200_000
+
+
+@lru_cache(maxsize=1)
+def plain_sieve(limit: int = SMALL_LIMIT) -> np.ndarray:
+    """is_prime[n] for n <= limit, by the textbook sieve."""
+    is_prime = np.ones(limit + 1, dtype=bool)
+    is_prime[:2] = False
+    for p in range(2, math.isqrt(limit) + 1):
+        if is_prime[p]:
+            is_prime[p * p::p] = False
+    return is_prime
+
+
+@lru_cache(maxsize=1)
+def small_primes() -> np.ndarray:
+    return np.flatnonzero(plain_sieve()).astype(np.int64)
+
+
+def reference(lo: int, hi: int) -> np.ndarray:
+    """Primes in [lo, hi] by a straightforward numpy segmented sieve (independent of primes/)."""
+    if hi < lo or hi < 2:
+        return np.zeros(0, dtype=np.int64)
+    if hi <= SMALL_LIMIT:
+        return np.flatnonzero(plain_sieve()[lo:hi + 1]).astype(np.int64) + lo
+    assert math.isqrt(hi) <= SMALL_LIMIT
+    mark = np.ones(hi - lo + 1, dtype=bool)
+    for p in small_primes()[: np.searchsorted(small_primes(), math.isqrt(hi), side="right")]:
+        p = int(p)
+        first = max(p * p, -(-lo // p) * p)
+        mark[first - lo::p] = False
+    mark[: max(0, 2 - lo)] = False
+    return np.flatnonzero(mark).astype(np.int64) + lo
+
+
+def near_boundary() -> st.SearchStrategy[int]:
+    """Numbers within a small distance of a segment boundary k*SEGMENT_SPAN."""
+    return st.builds(lambda k, d: max(0, k * SEGMENT_SPAN + d),
+                     st.integers(0, 40), st.integers(-3000, 3000))
+
+
+def ranges() -> st.SearchStrategy[tuple[int, int]]:
+    """(lo, hi) pairs biased to the interesting places: 0..small, segment edges, big numbers."""
+    # Hypothesis favours small integers, so large starts are built from a spread-out high part.
+    big = st.builds(lambda a, b: a * 1_000_000 + b, st.integers(1, 10**6 - 1), st.integers(0, 10**6 - 1))
+    lo = st.one_of(st.integers(0, 40), st.integers(0, SMALL_LIMIT), near_boundary(), big)
+    width = st.one_of(st.integers(-2, 40), st.integers(0, 5000), st.integers(0, MAX_WIDTH))
+    return st.builds(lambda a, w: (a, a + w), lo, width)
+
+
+def check(lo: int, hi: int) -> None:
+    expected = reference(lo, hi)
+    got = primes_between(lo, hi)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
+    assert count_primes(lo, hi) == expected.size
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ranges())
+@example((0, 0)).via("zero")
+@example((0, 1)).via("zero and one")
+@example((2, 2)).via("two")
+@example((0, 2)).via("up to two")
+@example((1, 7)).via("wheel primes")
+@example((3, 5)).via("three to five")
+@example((7, 7)).via("first wheel prime")
+@example((6, 6)).via("composite point")
+@example((0, 200)).via("presieved primes themselves")
+@example((SEGMENT_SPAN - 1, SEGMENT_SPAN)).via("one boundary")
+@example((SEGMENT_SPAN - 100, 2 * SEGMENT_SPAN + 100)).via("two boundaries")
+def test_matches_reference(bounds: tuple[int, int]) -> None:
+    lo, hi = bounds
+    assume(hi < 0 or math.isqrt(hi) <= SMALL_LIMIT)
+    check(lo, hi)
+
+
+def test_random_large_windows() -> None:
+    """Seeded windows spread over [1e9, 1e12], where every base prime up to 10^6 is in play."""
+    rng = np.random.default_rng(12345)
+    for lo in rng.integers(10**9, 10**12 - MAX_WIDTH, size=8):
+        check(int(lo), int(lo) + int(rng.integers(0, MAX_WIDTH)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, SMALL_LIMIT - 2), st.integers(0, 3000), st.booleans())
+def test_endpoints_on_primes(a: int, width: int, at_end: bool) -> None:
+    """Ranges that start or end exactly on a prime keep that prime."""
+    primes = small_primes()
+    p = int(primes[min(np.searchsorted(primes, a), primes.size - 1)])
+    lo, hi = (max(0, p - width), p) if at_end else (p, p + width)
+    got = primes_between(lo, hi)
+    assert p in got
+    check(lo, hi)
+
+
+def test_empty_and_tiny() -> None:
+    assert count_primes(5, 4) == 0
+    assert primes_between(5, 4).size == 0
+    assert count_primes(0, -2) == 0
+    assert primes_between(0, -2).dtype == np.int64
+    assert count_primes(0, 0) == count_primes(1, 1) == 0
+    assert primes_between(2, 2).tolist() == [2]
+    assert primes_between(0, 30).tolist() == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+    assert count_primes(24, 28) == 0
+    with pytest.raises(ValueError):
+        count_primes(-1, 5)
+
+
+@pytest.mark.parametrize(("n", "pi"), [(10**6, 78498), (10**7, 664579), (10**8, 5761455),
+                                       (10**9, 50847534)])
+def test_known_pi(n: int, pi: int) -> None:
+    assert count_primes(0, n) == pi
+
+
+def test_pi_1e8_list() -> None:
+    got = primes_between(0, 10**8)
+    assert got.size == 5761455
+    assert got[-1] == 99999989
+    assert np.all(np.diff(got) > 0)
+
+
+def test_near_1e12_against_gmpy2() -> None:
+    lo, hi = 10**12 - 10**6, 10**12
+    expected = []
+    p = gmpy2.next_prime(lo - 1)
+    while p <= hi:
+        expected.append(int(p))
+        p = gmpy2.next_prime(p)
+    got = primes_between(lo, hi)
+    assert got.tolist() == expected
+    assert count_primes(lo, hi) == len(expected)
+
+
+def test_segment_grid() -> None:
+    assert segment_index(0) == 0
+    assert segment_index(SEGMENT_SPAN - 1) == 0
+    assert segment_index(SEGMENT_SPAN) == 1
+    assert segment_bounds(3) == (3 * SEGMENT_SPAN, 4 * SEGMENT_SPAN - 1)
+    assert SEGMENT_SPAN == 30 * SEGMENT_BYTES
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, segment_index(10**12)])
+def test_segment_round_trip(k: int) -> None:
+    seg = sieve_segment(k)
+    lo, hi = segment_bounds(k)
+    assert seg.k == k
+    assert seg.count == count_primes(lo, hi)
+    data = seg.to_bytes()
+    assert len(data) == SEGMENT_BYTES
+    again = Segment.from_bytes(k, data)
+    assert again.count == seg.count
+    assert again.to_bytes() == data
+    assert again.count_in(lo, hi) == seg.count
+    rng = np.random.default_rng(k)
+    for _ in range(5):
+        a, b = sorted(int(x) for x in rng.integers(lo, hi + 1, size=2))
+        b = min(b, a + 300_000)
+        expected = primes_between(a, b)
+        np.testing.assert_array_equal(again.primes_in(a, b), expected)
+        assert again.count_in(a, b) == expected.size
+    # Sub-ranges are clipped to the segment.
+    assert again.count_in(lo - 1000, lo + 1000) == count_primes(lo, lo + 1000)
+    np.testing.assert_array_equal(again.primes_in(hi - 500, hi + 500), primes_between(hi - 500, hi))
+    assert again.count_in(hi + 1, hi + 100) == 0
+
+
+def test_segment_zero_small_numbers() -> None:
+    seg = sieve_segment(0)
+    assert seg.primes_in(0, 50).tolist() == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47]
+    assert seg.count_in(0, 5) == 3
+    assert seg.count_in(4, 4) == 0
+    assert seg.primes_in(5, 7).tolist() == [5, 7]
+
+
+def test_from_bytes_rejects_wrong_size() -> None:
+    with pytest.raises(ValueError):
+        Segment.from_bytes(0, b"\x00" * 10)
