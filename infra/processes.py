@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 from infra.embedded_redis import free_port
@@ -46,14 +47,28 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.kill()
 
+    def session(self) -> list[int]:
+        """Pids in this child's session: it, its workers and their work horses (own groups)."""
+        if self.proc is None:
+            return []
+        pids = []
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == self.proc.pid:
+                    pids.append(p.pid)
+            except (ProcessLookupError, PermissionError):
+                continue
+        return pids
+
     def kill(self) -> None:
-        """SIGKILL to the whole process group: a crash, nothing gets to clean up."""
+        """SIGKILL to every process of the session at once: a crash, nothing gets to clean up."""
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in self.session():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait()
 
     def tail(self, n: int = 60) -> str:

@@ -68,6 +68,10 @@ class JobSpec:
     accepts_json: ClassVar[bool] = True
     accepts_form: ClassVar[bool] = False
 
+    def decode_body(self, raw: bytes) -> Any:
+        """Decode a JSON body; ValueError when malformed (types with huge ints override this)."""
+        return orjson.loads(raw)
+
     def parse_json(self, body: Any, limits: Limits) -> Submission:
         """Validate a decoded JSON body; raises InvalidParams."""
         try:

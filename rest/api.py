@@ -59,8 +59,8 @@ def read_submission(job_type: str) -> Submission:
             raise unsupported(spec)
         raw = request.get_data(cache=False)
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            body = spec.decode_body(raw)
+        except ValueError as exc:
             raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}",
                           type_=PROBLEM_BASE + "malformed-json") from None
         if job_type == "sort":

@@ -9,10 +9,10 @@ import pytest
 from redis import Redis
 
 from infra.embedded_redis import EmbeddedRedis
+from infra.processes import Api, Web, Workers
 from jobs.spec import Limits
 from rest import create_app
 from rest.settings import Settings
-from infra.processes import Api, Web, Workers
 
 
 @pytest.fixture(scope="session")

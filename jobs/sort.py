@@ -1,0 +1,333 @@
+"""The sort job type: numbers from a JSON body or an uploaded file, sorted exactly.
+
+Both forms reduce to one canonical input, a JSON array text of the numbers as orjson writes
+them (integers as digits, floats always with '.' or an exponent, so 2 and 2.0 differ), and
+the job's identity is its hash, so the same numbers sent either way share a cache key.
+
+The job resource's params are {"numbers": [...], "descending": bool, "count": N}, where
+"numbers" echoes the input only when N <= ECHO_MAX and every integer fits in 64 bits
+(records are stored with orjson, which cannot hold wider integers exactly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any, ClassVar
+
+import gmpy2
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
+
+from jobs.errors import InvalidParams, invalid
+from jobs.kernels.sort import (
+    MAX_INT_DIGITS,
+    Oversized,
+    has_wide_int_literal,
+    loads_exact,
+    parse_int_text,
+)
+from jobs.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, pydantic_errors
+
+#: Up to this many numbers the params echo them, so small jobs show their input.
+ECHO_MAX = 1000
+#: Up to this many numbers a sort takes milliseconds, so it is not worth a fork.
+FAST_COUNT = 100_000
+#: Item errors reported per request, so 10^7 bad items do not make a 10^7-entry answer.
+MAX_ERRORS = 20
+
+_NUMBER_TYPES = frozenset((int, float))
+_TRUE = frozenset(("true", "1", "on"))
+_FALSE = frozenset(("false", "0", "off"))
+_UTF8_BOM = b"\xef\xbb\xbf"
+_FILE_INT = re.compile(rb"[+-]?[0-9]+")
+_FILE_FLOAT = re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_FILE_NONFINITE = re.compile(rb"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+#: orjson turns integers beyond 64 bits into floats of 2^63 or more, which it writes with an
+#: exponent of 18 or more; spotting one in the encoded numbers is far cheaper than scanning the body.
+_BIG_FLOAT = re.compile(rb"e\+(?:1[89]|[2-9]|1[0-5]|1[67][0-9])")
+#: Two-byte needles: re finds these faster than bytes.find when commas are frequent.
+_COMMA_PAIR = re.compile(rb",,")
+_MINUS_COMMA = re.compile(rb"-,")
+_PLUS_COMMA = re.compile(rb"\+,")
+#: Separators in an upload, commas and ASCII whitespace, all made commas.
+_SEPARATORS_TO_COMMA = bytes(44 if chr(i) in " \t\n\r\x0b\x0c," else i for i in range(256))
+
+
+class SortParams(BaseModel):
+    """Body of POST /api/v1/sort; the items of `numbers` are checked in bulk, not by this model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    numbers: list[StrictInt | StrictFloat] = Field(
+        description="Numbers to sort; integers stay exact at any size, floats stay floats.")
+    descending: StrictBool = Field(False, description="Largest first.")
+
+
+def _json_type(x: Any) -> str:
+    """What a wrong item is, in JSON words."""
+    if isinstance(x, bool):
+        return "a boolean"
+    if x is None:
+        return "null"
+    if isinstance(x, str):
+        return "a string"
+    if isinstance(x, list):
+        return "an array"
+    if isinstance(x, dict):
+        return "an object"
+    return type(x).__name__
+
+
+def _oversized_msg(digits: int) -> str:
+    return (f"integer with {digits} digits is too long: at most {MAX_INT_DIGITS} digits are allowed, "
+            "because CPython converts huge integers to and from text in quadratic time")
+
+
+def _item_errors(numbers: list[Any]) -> list[dict[str, Any]]:
+    """Errors for items that are not finite numbers; a Python loop, run only when something is wrong."""
+    errors: list[dict[str, Any]] = []
+    for i, x in enumerate(numbers):
+        t = type(x)
+        if (t is float and math.isfinite(x)) or t is int:
+            continue
+        if t is float:
+            msg = "must be a finite number"
+        elif t is Oversized:
+            msg = _oversized_msg(x.digits)
+        else:
+            msg = f"must be a number, not {_json_type(x)}"
+        errors.append({"loc": ["body", "numbers", i], "msg": msg})
+        if len(errors) >= MAX_ERRORS:
+            break
+    return errors
+
+
+def _has_non_number(encoded: bytes) -> bool:
+    """Whether encoded items hold true/false/null (also NaN and Infinity), strings, arrays or objects."""
+    return (b"t" in encoded or b"f" in encoded or b"n" in encoded or b'"' in encoded
+            or b"{" in encoded or encoded.find(b"[", 1) >= 0)
+
+
+def _wide_int(x: Any) -> Any:
+    """An int orjson cannot encode as pre-encoded JSON digits; anything else as it is."""
+    if type(x) is not int or -(1 << 63) <= x < (1 << 64):
+        return x
+    # str() is quadratic in the digits (and capped by sys.get_int_max_str_digits()); gmpy2 is not.
+    return orjson.Fragment(str(x) if x.bit_length() < 4000 else gmpy2.mpz(x).digits(10))
+
+
+def encode_numbers(numbers: Any) -> tuple[bytes, bool]:
+    """Canonical JSON array text of the numbers, and whether every integer fit in 64 bits."""
+    if isinstance(numbers, np.ndarray):
+        return orjson.dumps(numbers, option=orjson.OPT_SERIALIZE_NUMPY), True
+    try:
+        return orjson.dumps(numbers), True
+    except TypeError:  # an integer beyond 64 bits (or a non-number, which orjson still refuses)
+        pass
+    parts = []
+    for i in range(0, len(numbers), 65_536):
+        chunk = numbers[i:i + 65_536]
+        try:
+            parts.append(orjson.dumps(chunk)[1:-1])
+        except TypeError:
+            parts.append(orjson.dumps(list(map(_wide_int, chunk)))[1:-1])
+    return b"[" + b",".join(parts) + b"]", False
+
+
+def join_tokens(data: bytes) -> tuple[bytes, int]:
+    """The upload's tokens joined by single commas, and how many there are."""
+    text = data.translate(_SEPARATORS_TO_COMMA)
+    while _COMMA_PAIR.search(text):  # each pass halves runs of separators, so few passes are needed
+        text = text.replace(b",,", b",")
+    text = text.strip(b",")
+    return text, (text.count(b",") + 1 if text else 0)
+
+
+def _int64_tokens(text: bytes, count: int) -> np.ndarray | None:
+    """All tokens as int64 when each is [+-]?digits within int64 range; else None."""
+    if b"." in text or b"e" in text or b"E" in text or text.translate(None, b"0123456789+-,"):
+        return None
+    if (text.endswith((b"-", b"+")) or (b"-" in text and _MINUS_COMMA.search(text))
+            or (b"+" in text and _PLUS_COMMA.search(text))):
+        return None  # a lone sign, which numpy would read as 0
+    try:
+        values = np.fromstring(text, dtype=np.int64, sep=",")
+    except ValueError:  # a sign inside a token
+        return None
+    # fromstring saturates on overflow, so the extremes may stand for wider integers.
+    if len(values) != count or values.min() <= np.iinfo(np.int64).min or values.max() >= np.iinfo(np.int64).max:
+        return None
+    return values
+
+
+def _json_tokens(text: bytes, count: int) -> list[Any] | None:
+    """All tokens via orjson, or None; the caller still rejects true/false/null/strings, and
+    integers beyond 64 bits come back as floats."""
+    try:
+        numbers = orjson.loads(b"[" + text + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    return numbers if len(numbers) == count else None
+
+
+def _token_error(pos: int, token: bytes, msg: str) -> InvalidParams:
+    shown = token[:40].decode("utf-8", "replace") + ("..." if len(token) > 40 else "")
+    return invalid(["body", "file"], f"token {shown!r} at position {pos} {msg}")
+
+
+def _lenient_tokens(text: bytes) -> list[Any]:
+    """Token by token, for files orjson cannot take whole; names the first bad token (positions count from 0)."""
+    numbers: list[Any] = []
+    for pos, token in enumerate(text.split(b",")):
+        if _FILE_INT.fullmatch(token):
+            value = parse_int_text(token)
+            if isinstance(value, Oversized):
+                raise invalid(["body", "file"], f"token at position {pos}: {_oversized_msg(value.digits)}")
+        elif _FILE_FLOAT.fullmatch(token):
+            value = float(token)
+            if not math.isfinite(value):
+                raise _token_error(pos, token, "is out of range for a 64-bit float")
+        elif _FILE_NONFINITE.fullmatch(token):
+            raise _token_error(pos, token, "is not a finite number (NaN and Infinity are not allowed)")
+        else:
+            raise _token_error(pos, token, "is not a number")
+        numbers.append(value)
+    return numbers
+
+
+class SortJob(JobSpec):
+    """Exact sort of up to MAX_SORT_LENGTH numbers; not pausable since 10^7 restart from zero in seconds."""
+
+    name: ClassVar[str] = "sort"
+    params_model = SortParams
+    kernel = "jobs.kernels.sort:run"
+    timeout = 600
+    pausable = False
+    accepts_form = True
+
+    def decode_body(self, raw: bytes) -> Any:
+        """orjson, except when it rejects an integer wider than a double ("number is infinity"):
+        then the stdlib json module, exactly; raises ValueError for malformed JSON."""
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            if not has_wide_int_literal(raw):
+                raise
+        try:
+            return loads_exact(raw)
+        except RecursionError:  # orjson stops at 1024 levels; the stdlib parser recurses until it fails
+            raise ValueError("the body is nested too deeply") from None
+
+    def parse_json(self, body: Any, limits: Limits, raw: bytes | None = None) -> Submission:
+        """Validate the decoded body; `raw` (the body bytes) keeps integers beyond 64 bits exact."""
+        numbers = body.get("numbers") if isinstance(body, dict) else None
+        is_list = isinstance(numbers, list)
+        errors: list[dict[str, Any]] = []
+        descending = False
+        try:
+            # The model checks the shape; items are checked in bulk below.
+            model = SortParams.model_validate({**body, "numbers": []} if is_list else body)
+            descending = model.descending
+        except ValidationError as exc:
+            errors.extend(pydantic_errors(exc).errors)
+        if not isinstance(body, dict):
+            raise invalid(["body"], "must be a JSON object with a numbers array")
+        if not is_list:
+            raise InvalidParams(errors or [{"loc": ["body", "numbers"], "msg": "must be an array"}])
+        if len(numbers) > limits.max_sort_length:
+            errors.append({"loc": ["body", "numbers"], "msg": f"at most {limits.max_sort_length} numbers "
+                           f"are allowed (MAX_SORT_LENGTH), got {len(numbers)}"})
+            raise InvalidParams(errors)
+        # Encoding first and looking for letters, quotes or brackets is cheaper than checking 10^7 types.
+        try:
+            encoded, fits = encode_numbers(numbers)
+        except TypeError:  # not a JSON type at all (Python callers)
+            encoded, fits = b"", False
+            errors.extend(_item_errors(numbers) or [{"loc": ["body", "numbers"], "msg": "must hold only numbers"}])
+        if _has_non_number(encoded):
+            errors.extend(_item_errors(numbers) or [{"loc": ["body", "numbers"], "msg": "must hold only numbers"}])
+        if errors:
+            raise InvalidParams(errors)
+        # Wider integers already in the body mean an exact decoder read it; else orjson may have
+        # made floats of them, which only happens if a float of 2^63 or more is present.
+        if (raw is not None and fits and b"e" in encoded and _BIG_FLOAT.search(encoded)
+                and has_wide_int_literal(raw)):
+            numbers = self._exact_numbers(raw)
+            encoded, fits = encode_numbers(numbers)
+        return self._submission(numbers, encoded, fits, descending)
+
+    def _exact_numbers(self, raw: bytes) -> list[Any]:
+        """The numbers decoded again with every integer exact."""
+        try:
+            body = loads_exact(raw)
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise invalid(["body"], f"the body could not be decoded exactly: {exc}") from None
+        numbers = body["numbers"]
+        if not set(map(type, numbers)) <= _NUMBER_TYPES:
+            raise InvalidParams(_item_errors(numbers))
+        return numbers
+
+    def parse_form(self, form: Any, files: Any, limits: Limits) -> Submission:
+        """Validate a multipart upload: a `file` of numbers separated by commas or whitespace,
+        and an optional `descending` of true/false/1/0/on/off."""
+        errors: list[dict[str, Any]] = []
+        for name in sorted((set(form.keys()) - {"descending"}) | (set(files.keys()) - {"file"})):
+            errors.append({"loc": ["body", name], "msg": "unexpected field; send 'file' and optionally 'descending'"})
+        descending = False
+        flags = form.getlist("descending")
+        if len(flags) > 1:
+            errors.append({"loc": ["body", "descending"], "msg": "give descending at most once"})
+        elif flags:
+            flag = flags[0].strip().lower()
+            if flag in _TRUE or flag in _FALSE:
+                descending = flag in _TRUE
+            else:
+                errors.append({"loc": ["body", "descending"], "msg": "must be one of true, false, 1, 0, on, off"})
+        uploads = files.getlist("file")
+        if len(uploads) != 1:
+            errors.append({"loc": ["body", "file"],
+                           "msg": "field required" if not uploads else "give exactly one file"})
+        if errors:
+            raise InvalidParams(errors)
+        return self.parse_file(uploads[0].read(), descending, limits)
+
+    def parse_file(self, data: bytes, descending: bool, limits: Limits) -> Submission:
+        """Numbers from file bytes, canonicalized exactly as parse_json would the same values."""
+        if data.startswith(_UTF8_BOM):
+            data = data[len(_UTF8_BOM):]
+        text, count = join_tokens(data)
+        if count > limits.max_sort_length:
+            raise invalid(["body", "file"], f"at most {limits.max_sort_length} numbers are allowed "
+                          f"(MAX_SORT_LENGTH), the file holds {count}")
+        if count == 0:
+            raise invalid(["body", "file"], "file contains no numbers")
+        values = _int64_tokens(text, count)
+        if values is not None:
+            return self._submission(values, *encode_numbers(values), descending)
+        numbers = _json_tokens(text, count)
+        if numbers is not None:
+            encoded, fits = encode_numbers(numbers)
+            if not _has_non_number(encoded) and not (
+                    b"e" in encoded and _BIG_FLOAT.search(encoded) and has_wide_int_literal(text)):
+                return self._submission(numbers, encoded, fits, descending)
+        numbers = _lenient_tokens(text)
+        return self._submission(numbers, *encode_numbers(numbers), descending)
+
+    def _submission(self, numbers: Any, encoded: bytes, fits: bool, descending: bool) -> Submission:
+        count = len(numbers)
+        params: dict[str, Any] = {}
+        if count <= ECHO_MAX and fits:
+            params["numbers"] = numbers.tolist() if isinstance(numbers, np.ndarray) else list(numbers)
+        params.update(descending=descending, count=count)
+        key = b"sort|" + (b"desc" if descending else b"asc") + b"|" + hashlib.sha256(encoded).hexdigest().encode()
+        return Submission(self.name, params, key, self.queue_for(params), input=encoded)
+
+    def queue_for(self, params: dict[str, Any]) -> str:
+        return FAST_QUEUE if params["count"] <= FAST_COUNT else DEFAULT_QUEUE
+
+    def expected_seconds(self, params: dict[str, Any]) -> float:
+        return max(1.0, params["count"] / 3_000_000)
