@@ -68,6 +68,9 @@ def preload() -> None:
 
     for spec in JOB_TYPES.values():
         importlib.import_module(spec.kernel.partition(":")[0])
+    import primes
+
+    primes.warmup()  # load (or compile once) the numba kernels before the first job
 
 
 def run_worker(url: str, queues: list[str], burst: bool = False) -> None:

@@ -129,6 +129,7 @@ class JobRecord:
             "pausable": self.pausable,
             "attempt": self.attempt,
             "runs": self.runs,
+            "stats": self.stats,
             "queue": self.queue,
             "links": links,
         }

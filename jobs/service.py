@@ -11,7 +11,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -242,16 +242,24 @@ class JobService:
         rec = JobRecord(
             id=uuid.uuid4().hex, type=sub.type, params=sub.params, queue=sub.queue,
             cache_key=sub.cache_key, pausable=spec.pausable, created_at=time.time(),
-            has_input=sub.input is not None,
+            has_input=sub.input is not None or sub.input_chunks is not None,
             progress={"done": 0, "total": 0, "percent": 0.0},
         )
+        ikey = JOB_INPUT_KEY.format(id=rec.id)
+        if rec.has_input:
+            # Stream the blob in bounded pieces first; the record appears only once it is whole.
+            pipe = self.conn.pipeline(transaction=False)
+            pushed = 0
+            for chunk in _rechunk(sub.iter_input(), INPUT_CHUNK_BYTES):
+                pipe.rpush(ikey, chunk)
+                pushed += 1
+                if len(pipe) >= 8:
+                    pipe.execute()
+            if not pushed:
+                pipe.rpush(ikey, b"")
+            pipe.execute()
         pipe = self.conn.pipeline(transaction=True)
         pipe.hset(JOB_KEY.format(id=rec.id), mapping=rec.to_hash())
-        if sub.input is not None:
-            ikey = JOB_INPUT_KEY.format(id=rec.id)
-            data = memoryview(sub.input)
-            for i in range(0, max(len(data), 1), INPUT_CHUNK_BYTES):
-                pipe.rpush(ikey, bytes(data[i:i + INPUT_CHUNK_BYTES]))
         pipe.zadd(JOBS_INDEX_KEY, {rec.id: rec.created_at * 1000})
         pipe.execute()
         return rec
@@ -475,6 +483,22 @@ class JobService:
                 "last_heartbeat": hb.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if hb else None,
             })
         return out
+
+
+def _rechunk(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """Re-cut a stream of byte pieces into chunks of exactly `size` (the last may be shorter)."""
+    buf = bytearray()
+    for piece in pieces:
+        view = memoryview(piece)
+        while view.nbytes:
+            take = min(size - len(buf), view.nbytes)
+            buf += view[:take]
+            view = view[take:]
+            if len(buf) == size:
+                yield bytes(buf)
+                buf.clear()
+    if buf:
+        yield bytes(buf)
 
 
 def _encode_cursor(score: float, job_id: str) -> str:

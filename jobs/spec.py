@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,7 +36,17 @@ class Submission:
     key_material: bytes
     queue: str = DEFAULT_QUEUE
     input: bytes | None = None
+    #: Alternative to `input` for big uploads: yields the blob in pieces (e.g. from a spooled
+    #: temp file), so the web process never holds it whole. Called once, after the dedupe check.
+    input_chunks: Callable[[], Iterator[bytes]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def iter_input(self) -> Iterator[bytes]:
+        """The input blob in pieces, whichever way it was given."""
+        if self.input_chunks is not None:
+            yield from self.input_chunks()
+        elif self.input is not None:
+            yield self.input
 
     @property
     def cache_key(self) -> str:

@@ -385,3 +385,23 @@ def _big_ints() -> Iterator[None]:
     sys.set_int_max_str_digits(0)
     yield
     sys.set_int_max_str_digits(old)
+
+
+def test_overlapping_prime_ranges_reuse_sieved_segments(api: Api) -> None:
+    from primes import SEGMENT_SPAN
+
+    base = SEGMENT_SPAN * rng.randrange(20_000, 30_000)  # a fresh part of the grid
+    a = {"start": base, "end": base + 6 * 10**7, "output": "count"}
+    b = {"start": base + 4 * 10**7, "end": base + 10**8, "output": "count"}
+    whole = {"start": base, "end": base + 10**8, "output": "count"}
+    _, first = submit(api, "primes", a, wait=30)
+    _, second = submit(api, "primes", b, wait=30)
+    assert first["stats"]["sieved"] > 0 and second["stats"]["reused"] >= 1
+    _, third = submit(api, "primes", whole, wait=30)
+    assert third["status"] == "finished"
+    assert third["stats"]["sieved"] == 0, third["stats"]
+    assert third["stats"]["reused"] >= 3
+    _, listed = submit(api, "primes", {"start": base + 5 * 10**7, "end": base + 5 * 10**7 + 10**5}, wait=30)
+    from primes import count_primes
+    assert third["result"]["count"] == count_primes(base, base + 10**8)
+    assert len(api.get(listed["result_url"]).json()) == count_primes(base + 5 * 10**7, base + 5 * 10**7 + 10**5)
