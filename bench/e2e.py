@@ -259,28 +259,75 @@ def _cold_run(svc: Service, path: str, data: bytes, reps: int = 2) -> tuple[floa
     return median(totals[1:]), median(posts[1:]), median(gets[1:]), result
 
 
+def flush_segments(conn: Redis) -> int:
+    """Forget every sieved segment, so a primes job really sieves (cold) instead of reusing."""
+    keys = list(conn.scan_iter(match="crunch:primes:*", count=1000))
+    return conn.delete(*keys) if keys else 0
+
+
+def primesieve_t1(end: int) -> tuple[float | None, int | None]:
+    """Median wall time of the primesieve CLI on one thread, and its count."""
+    exe = shutil.which("primesieve")
+    if not exe:
+        return None, None
+    runs, out = [], ""
+    for _ in range(3):
+        t, out = timed(lambda: subprocess.run([exe, str(end), "-t1", "--count", "--quiet"], capture_output=True,
+                                              text=True, check=True).stdout)
+        runs.append(t)
+    return median(runs), int(out.split()[-1])
+
+
 def primes_e2e(svc: Service) -> list[Row]:
     end = 10**9
-    total, _post, _get, result = _cold_run(svc, "/api/v1/primes",
-                                           orjson.dumps({"start": 0, "end": end, "output": "count"}))
-    count = result.get("count") if isinstance(result, dict) else None
-    ref = None
-    ref_name = "primesieve CLI not installed (apt-get install primesieve)"
-    exe = shutil.which("primesieve")
-    if exe:
-        runs = []
+    body = orjson.dumps({"start": 0, "end": end, "output": "count"})
+    s = requests.Session()
+    ref, ref_count = primesieve_t1(end)
+    ref_name = ("`primesieve 1000000000 -t1 --count` CLI wall time" if ref is not None
+                else "primesieve CLI not installed (apt-get install primesieve)")
+    rows = []
+    for label, flush_segs in (("cold: every segment sieved", True), ("warm: segment counts reused", False)):
+        walls, execs, job = [], [], {}
         for _ in range(3):
-            t, out = timed(lambda: subprocess.run([exe, str(end), "--count", "--quiet"], capture_output=True,
-                                                  text=True, check=True).stdout)
-            runs.append(t)
-        ref = median(runs)
-        ref_name = f"`primesieve {end} --count` CLI wall time, 2 threads"
-        if count is not None and int(out.split()[-1]) != count:
-            raise BenchError(f"primes count {count} but primesieve says {out.strip()}")
-    row = Row(SECTION, "primes count [0, 10^9]: POST wait=30", total, ref, "s", ref_name,
-              f"median of 2, cold; count={count} (inline in the POST answer)")
+            flush_request_cache(svc.conn)
+            if flush_segs:
+                flush_segments(svc.conn)
+            t0 = time.perf_counter()
+            job = submit_wait(s, svc.base, "/api/v1/primes", body)
+            walls.append(time.perf_counter() - t0)
+            execs.append(job["duration_ms"] / 1000)
+        count = job["result"]["count"]
+        if ref_count is not None and count != ref_count:
+            raise BenchError(f"primes count {count} but primesieve says {ref_count}")
+        row = Row(SECTION, f"primes count [0, 10^9] job execution, {label.split(':')[0]}", median(execs), ref, "s",
+                  ref_name, f"{label}; duration_ms of the job, median of 3; POST wait=30 round trip "
+                  f"{median(walls) * 1000:.0f} ms; stats {job.get('stats')}; count={count}")
+        print_row(row)
+        rows.append(row)
+    # Listing mode: 50,847,534 primes streamed through /result.
+    flush_request_cache(svc.conn)
+    flush_segments(svc.conn)
+    t0 = time.perf_counter()
+    job = submit_wait(s, svc.base, "/api/v1/primes", orjson.dumps({"start": 0, "end": end}))
+    t1 = time.perf_counter()
+    nbytes = commas = 0
+    with s.get(svc.base + job["result_url"], stream=True, timeout=600) as r:
+        total = int(r.headers["X-Total-Count"])
+        for chunk in r.iter_content(1 << 20):
+            nbytes += len(chunk)
+            commas += chunk.count(b",")
+    t2 = time.perf_counter()
+    if total != 50_847_534 or commas + 1 != total:
+        raise BenchError(f"listing returned {total} items ({commas + 1} in the body)")
+    mem = svc.conn.info("memory")
+    row = Row(SECTION, "primes list [0, 10^9]: job + stream /result", t2 - t0, ref, "s", ref_name,
+              f"50,847,534 primes, {nbytes / 2**20:.0f} MiB of JSON; job {job['duration_ms'] / 1000:.2f} s "
+              f"(POST wait {t1 - t0:.2f} s), stream {t2 - t1:.2f} s; Redis used_memory_peak "
+              f"{mem['used_memory_peak'] / 2**20:.0f} MiB")
     print_row(row)
-    return [row]
+    rows.append(row)
+    svc.conn.delete(*[k for k in svc.conn.scan_iter(match=f"crunch:job:{job['id']}*")])
+    return rows
 
 
 def sort_e2e(svc: Service) -> list[Row]:
