@@ -153,16 +153,20 @@ class JobService:
         rec = self.get(job_id)
         if rec is None or rec.status in SETTLED or timeout <= 0:
             return rec
+        return self.wait_until(job_id, SETTLED, timeout)
+
+    def wait_until(self, job_id: str, statuses: frozenset[JobStatus], timeout: float) -> JobRecord | None:
+        """The job once its status is in `statuses` (or gone, or timed out), woken by its events."""
         deadline = time.monotonic() + timeout
         watch = self.hub.watch(job_id)
         try:
             while True:
                 rec = self.get(job_id)
                 remaining = deadline - time.monotonic()
-                if rec is None or rec.status in SETTLED or remaining <= 0:
+                if rec is None or rec.status in statuses or remaining <= 0:
                     return rec
                 # The slice cap is a safety net for a lost connection, not the wake-up path.
-                watch.get(min(remaining, 5.0))
+                watch.get(min(remaining, 2.0))
         finally:
             self.hub.unwatch(watch)
 
@@ -293,20 +297,6 @@ class JobService:
             except Exception:  # noqa: BLE001 - already dequeued is fine
                 pass
 
-    def _settle_wait(self, job_id: str, statuses: frozenset[JobStatus], timeout: float) -> JobRecord | None:
-        """Wait for a worker to act on a control request, woken by its status event."""
-        deadline = time.monotonic() + timeout
-        watch = self.hub.watch(job_id)
-        try:
-            while True:
-                rec = self.get(job_id)
-                remaining = deadline - time.monotonic()
-                if rec is None or rec.status in statuses or remaining <= 0:
-                    return rec
-                watch.get(min(remaining, 1.0))
-        finally:
-            self.hub.unwatch(watch)
-
     def cancel(self, job_id: str, wait: float = 2.5) -> JobRecord:
         rec = self._require(job_id)
         if rec.status.terminal:
@@ -320,7 +310,7 @@ class JobService:
             return self._require(job_id)
         # Running: ask the worker to stop at its next checkpoint...
         self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "cancel", ex=3600)
-        rec = self._settle_wait(job_id, TERMINAL, wait * 0.6) or self._require(job_id)
+        rec = self.wait_until(job_id, TERMINAL, wait * 0.6) or self._require(job_id)
         if rec.status is JobStatus.STARTED and rec.queue != FAST_QUEUE and rec.rq_id:
             # ...and if a long uncheckpointed step holds it, kill the work horse instead.
             try:
@@ -330,7 +320,7 @@ class JobService:
             if self.transition(job_id, (JobStatus.STARTED,), JobStatus.CANCELED,
                                {"ended_at": repr(time.time())}) is not None:
                 self.finish_terminal(rec, JobStatus.CANCELED)
-            rec = self._settle_wait(job_id, TERMINAL, wait * 0.4) or self._require(job_id)
+            rec = self.wait_until(job_id, TERMINAL, wait * 0.4) or self._require(job_id)
         return rec
 
     def pause(self, job_id: str, wait: float = 2.5) -> JobRecord:
@@ -347,7 +337,7 @@ class JobService:
             publish(self.conn, job_id, JobStatus.PAUSED.value)
             return self._require(job_id)
         self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "pause", ex=3600)
-        return self._settle_wait(job_id, SETTLED, wait) or self._require(job_id)
+        return self.wait_until(job_id, SETTLED, wait) or self._require(job_id)
 
     def resume(self, job_id: str) -> JobRecord:
         rec = self._require(job_id)
