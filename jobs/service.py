@@ -226,7 +226,7 @@ class JobService:
             rec = self._create(sub)
             if self.cache.add(key, rec.id, timeout=0):
                 self._enqueue(rec, fresh=True)
-                return self.get(rec.id) or rec, Outcome.CREATED
+                return rec, Outcome.CREATED
             self._discard(rec.id)
         raise RuntimeError(f"request cache entry {key} kept changing")
 
@@ -249,6 +249,7 @@ class JobService:
             has_input=sub.input is not None or sub.input_chunks is not None,
             progress={"done": 0, "total": 0, "percent": 0.0},
         )
+        rec.runs, rec.rq_id = 1, f"{rec.id}-1"
         ikey = JOB_INPUT_KEY.format(id=rec.id)
         if rec.has_input:
             # Stream the blob in bounded pieces first; the record appears only once it is whole.
@@ -278,15 +279,20 @@ class JobService:
     def _enqueue(self, rec: JobRecord, fresh: bool = False) -> None:
         """Put a queued job on its RQ queue under a new per-run RQ id."""
         spec = JOB_TYPES[rec.type]
-        runs = self.conn.hincrby(JOB_KEY.format(id=rec.id), "runs", 1)
-        rq_id = f"{rec.id}-{runs}"
-        self.conn.hset(JOB_KEY.format(id=rec.id), "rq_id", rq_id)
+        if fresh:
+            # _create already wrote runs=1 and the RQ id, and nobody can be watching a new id.
+            rq_id = rec.rq_id
+        else:
+            runs = self.conn.hincrby(JOB_KEY.format(id=rec.id), "runs", 1)
+            rq_id = f"{rec.id}-{runs}"
+            self.conn.hset(JOB_KEY.format(id=rec.id), "rq_id", rq_id)
         self.queue(rec.queue).enqueue_call(
             RUNNER, args=(rec.id,), job_id=rq_id, timeout=spec.timeout, result_ttl=600,
             failure_ttl=self.config.result_ttl, on_failure=Callback(ON_FAILURE),
             description=f"{rec.type} {rec.id}",
         )
-        publish(self.conn, rec.id, JobStatus.QUEUED.value)
+        if not fresh:
+            publish(self.conn, rec.id, JobStatus.QUEUED.value)
 
     # -- steering -----------------------------------------------------------------
 
