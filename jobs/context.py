@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 
@@ -19,6 +19,25 @@ class ResultWriter(Protocol):
     def append(self, items: Sequence[Any]) -> None:
         """Append numbers (numpy int64/uint64/float64 array or list of int/float) to an array result."""
 
+    def write_text(self, data: bytes, items: int = 0) -> None:
+        """Append raw output bytes (a CSV file) holding `items` records, so a text result streams as is."""
+
+    def set_summary(self, summary: Any) -> None:
+        """The small JSON object shown inline as the result of a text result (its file is at /result)."""
+
+
+class ScratchStore(Protocol):
+    """Temporary lists of byte chunks that outlive a pause (external sort runs); dropped when the job ends."""
+
+    def write(self, name: str, chunks: Iterable[bytes]) -> None:
+        """Replace list `name` with `chunks`; durable before the next checkpoint."""
+
+    def read(self, name: str, index: int) -> bytes:
+        """Chunk `index` of list `name`; KeyError when it is gone."""
+
+    def clear(self) -> None:
+        """Forget every list of this job."""
+
 
 class KernelContext(Protocol):
     """Progress, checkpoints, input and output of one job run."""
@@ -26,12 +45,20 @@ class KernelContext(Protocol):
     #: JSON-able state saved by the last checkpoint before a pause or crash, else None.
     resume_state: dict[str, Any] | None
     output: ResultWriter
+    scratch: ScratchStore
 
     def input(self) -> bytes:
         """Raw input blob stored at submit time (sort numbers, CSV file); b"" if none."""
 
+    def input_chunks(self, offset: int = 0) -> Iterator[bytes]:
+        """The stored input from byte `offset` on, piece by piece, so a 200 MB upload never sits whole in memory."""
+
     def progress(self, done: int, total: int) -> None:
         """Report progress; cheap to call often, the context throttles writes."""
+
+    def stopping(self) -> bool:
+        """Whether the next checkpoint will save the state and stop (pause, shutdown), so a kernel can
+        make buffered work durable first."""
 
     def checkpoint(self, state: dict[str, Any] | None = None) -> None:
         """Mark a safe point: saves `state` and raises Stop if the job must stop."""
@@ -43,6 +70,9 @@ class MemoryWriter:
     def __init__(self) -> None:
         self.value: Any = None
         self.items: list[Any] = []
+        self.text = bytearray()
+        self.text_items = 0
+        self.summary: Any = None
 
     def write_value(self, value: Any) -> None:
         self.value = value
@@ -50,15 +80,41 @@ class MemoryWriter:
     def append(self, items: Sequence[Any]) -> None:
         self.items.extend(items.tolist() if hasattr(items, "tolist") else items)
 
+    def write_text(self, data: bytes, items: int = 0) -> None:
+        self.text += data
+        self.text_items += items
+
+    def set_summary(self, summary: Any) -> None:
+        self.summary = summary
+
+
+class MemoryScratch:
+    """In-process ScratchStore; shared between LocalContexts to model a pause and resume."""
+
+    def __init__(self) -> None:
+        self.lists: dict[str, list[bytes]] = {}
+
+    def write(self, name: str, chunks: Iterable[bytes]) -> None:
+        self.lists[name] = list(chunks)
+
+    def read(self, name: str, index: int) -> bytes:
+        return self.lists[name][index]
+
+    def clear(self) -> None:
+        self.lists.clear()
+
 
 class LocalContext:
     """KernelContext that runs a kernel in-process, optionally stopping after N checkpoints."""
 
     def __init__(self, data: bytes = b"", resume_state: dict[str, Any] | None = None,
-                 stop_after: int | None = None) -> None:
+                 stop_after: int | None = None, chunk_bytes: int = 1 << 16,
+                 scratch: MemoryScratch | None = None) -> None:
         self.resume_state = resume_state
         self.output = MemoryWriter()
+        self.scratch = scratch if scratch is not None else MemoryScratch()
         self.data = data
+        self.chunk_bytes = chunk_bytes
         self.stop_after = stop_after
         self.checkpoints = 0
         self.saved_state: dict[str, Any] | None = None
@@ -67,8 +123,16 @@ class LocalContext:
     def input(self) -> bytes:
         return self.data
 
+    def input_chunks(self, offset: int = 0) -> Iterator[bytes]:
+        # Small pieces by default, so tests cross piece boundaries often.
+        for i in range(offset, len(self.data), self.chunk_bytes):
+            yield self.data[i:i + self.chunk_bytes]
+
     def progress(self, done: int, total: int) -> None:
         self.progress_calls.append((done, total))
+
+    def stopping(self) -> bool:
+        return self.stop_after is not None and self.checkpoints + 1 >= self.stop_after
 
     def checkpoint(self, state: dict[str, Any] | None = None) -> None:
         self.checkpoints += 1

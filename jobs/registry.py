@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from jobs.csv import CsvJob
 from jobs.fibonacci import FibonacciJob
 from jobs.primes import PrimesJob
 from jobs.sort import SortJob
 from jobs.spec import JobSpec
 
-JOB_TYPES: dict[str, JobSpec] = {spec.name: spec for spec in (PrimesJob(), FibonacciJob(), SortJob())}
+JOB_TYPES: dict[str, JobSpec] = {spec.name: spec for spec in (PrimesJob(), FibonacciJob(), SortJob(), CsvJob())}

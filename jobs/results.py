@@ -4,18 +4,22 @@ Array results are stored as JSON text of the items, comma-joined without bracket
 chunks of at most CHUNK_ITEMS items; a parallel list holds the item count of each chunk.
 Numbers never contain commas, so a page is a slice of comma-split tokens: exact for
 integers of any size, with no JSON decoding at all.
+
+Text results (the CSV job's file) are raw bytes in chunks of about 1 MiB as the kernel wrote
+them, each holding whole CSV records (the counts list says how many), plus a small JSON summary kept in
+the result meta and shown inline as the job's result. Chunk 0 is the header row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import gmpy2
 import orjson
 from redis import Redis
 
-from jobs.keys import RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY
+from jobs.keys import PREFIX, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY
 
 CHUNK_ITEMS = 65_536
 VALUE_CHUNK_BYTES = 1 << 20
@@ -24,6 +28,10 @@ INLINE_MAX_ITEMS = 10_000
 INLINE_MAX_BYTES = 1 << 20
 #: Flush buffered chunks to Redis once this many bytes are pending.
 _FLUSH_BYTES = 8 << 20
+#: List of byte chunks: one scratch list of a job (an external-sort run of the CSV kernel).
+SCRATCH_KEY = PREFIX + "job:{id}:scratch:{name}"
+#: Set: the names of a job's scratch lists, so they can be dropped without SCAN.
+SCRATCH_NAMES_KEY = PREFIX + "job:{id}:scratch"
 
 
 def _encode_items(items: Sequence[Any]) -> bytes:
@@ -51,6 +59,7 @@ class RedisResultWriter:
         self.items = int(pos.get("items", 0))
         self.bytes = int(pos.get("bytes", 0))
         self.nonempty = int(pos.get("nonempty", 0))
+        self.summary: Any = None
         self._pipe = conn.pipeline(transaction=False)
         self._pending = 0
         # Drop anything a crashed or stopped run wrote after its last checkpoint.
@@ -93,6 +102,14 @@ class RedisResultWriter:
             piece = items[i:i + CHUNK_ITEMS]
             self._push(_encode_items(piece), len(piece))
 
+    def write_text(self, data: bytes, items: int = 0) -> None:
+        """One chunk of raw bytes, never cut, so it keeps whole records (kernels send about 1 MiB at a time)."""
+        self.kind = "text"
+        self._push(data, items)
+
+    def set_summary(self, summary: Any) -> None:
+        self.summary = summary
+
     def position(self) -> dict[str, Any]:
         """Where the output stands, saved with each checkpoint."""
         self.flush()
@@ -105,6 +122,9 @@ class RedisResultWriter:
         meta["kind"] = self.kind or "array"
         if meta["kind"] == "array":
             meta["json_bytes"] = meta["bytes"] + max(meta["nonempty"] - 1, 0) + 2
+        elif meta["kind"] == "text":
+            meta["summary"] = self.summary
+            meta["json_bytes"] = len(orjson.dumps(self.summary))
         else:
             meta["json_bytes"] = meta["bytes"]
         return meta
@@ -125,6 +145,10 @@ class ResultReader:
         return self.meta.get("kind") == "array"
 
     @property
+    def is_text(self) -> bool:
+        return self.meta.get("kind") == "text"
+
+    @property
     def total(self) -> int:
         return int(self.meta.get("items", 0))
 
@@ -136,6 +160,11 @@ class ResultReader:
         """Whether the job resource may carry the result itself."""
         return self.meta.get("json_bytes", 0) <= INLINE_MAX_BYTES and (
             not self.is_array or self.total <= INLINE_MAX_ITEMS)
+
+    @property
+    def text_bytes(self) -> int:
+        """Size of the whole text result (the CSV file), for Content-Length."""
+        return int(self.meta.get("bytes", 0))
 
     def _chunks(self, start: int = 0, stop: int = -1, batch: int = 16) -> Iterator[bytes]:
         """Fetch chunks in batches so memory stays bounded while streaming."""
@@ -151,6 +180,9 @@ class ResultReader:
         return b"".join(self.iter_json())
 
     def iter_json(self) -> Iterator[bytes]:
+        if self.is_text:  # the file itself is served as text; JSON gets its summary
+            yield orjson.dumps(self.meta.get("summary"))
+            return
         if not self.is_array:
             yield from self._chunks()
             return
@@ -197,9 +229,33 @@ class ResultReader:
             first = False
         yield b"]"
 
+    def iter_text(self, offset: int = 0, limit: int | None = None) -> Iterator[bytes]:
+        """A text result as stored, or its header plus the records [offset, offset+limit)."""
+        if offset == 0 and limit is None:
+            yield from self._chunks()
+            return
+        counts = [int(c) for c in self.conn.lrange(self.counts_key, 0, -1)]
+        yield from self.conn.lrange(self.chunks_key, 0, 0)  # the header row
+        end = self.total if limit is None else min(self.total, offset + limit)
+        pos = 0
+        for idx, n in enumerate(counts):
+            lo, hi = pos, pos + n
+            pos = hi
+            if idx == 0 or hi <= offset or n == 0:
+                continue
+            if lo >= end:
+                break
+            records = split_records(self.conn.lindex(self.chunks_key, idx) or b"")
+            page = records[max(offset - lo, 0): min(end, hi) - lo]
+            if page:
+                yield b"".join(page)
+
     def iter_lines(self, offset: int = 0, limit: int | None = None,
                    header: bool = False) -> Iterator[bytes]:
         """One item per line, for CSV and TXT downloads."""
+        if self.is_text:
+            yield from self.iter_text(offset, limit)
+            return
         if not self.is_array:
             value = self.value()
             yield from _value_lines(value, header)
@@ -233,3 +289,68 @@ def _value_lines(value: Any, csv: bool) -> Iterator[bytes]:
     else:
         for k, v in value.items():
             yield f"{k}: {v}\n".encode()
+
+
+def split_records(chunk: bytes) -> list[bytes]:
+    """CRLF-terminated CSV records of a text chunk, each with its CRLF; a CRLF inside quotes stays put."""
+    lines = chunk.split(b"\r\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    if b'"' not in chunk:
+        return [line + b"\r\n" for line in lines]
+    records: list[bytes] = []
+    pending: list[bytes] = []
+    odd = False
+    for line in lines:
+        pending.append(line)
+        if line.count(b'"') & 1:
+            odd = not odd
+        if not odd:
+            records.append(b"\r\n".join(pending) + b"\r\n")
+            pending = []
+    if pending:
+        records.append(b"\r\n".join(pending) + b"\r\n")
+    return records
+
+
+class RedisScratch:
+    """ScratchStore in Redis lists, so a paused job's sort runs survive and any worker host can resume it."""
+
+    def __init__(self, conn: Redis, job_id: str, ttl: int) -> None:
+        self.conn = conn
+        self.job_id = job_id
+        self.ttl = ttl
+        self.names_key = SCRATCH_NAMES_KEY.format(id=job_id)
+        #: Whether this run wrote anything, so jobs that never use scratch skip the cleanup.
+        self.used = False
+
+    def _key(self, name: str) -> str:
+        return SCRATCH_KEY.format(id=self.job_id, name=name)
+
+    def write(self, name: str, chunks: Iterable[bytes]) -> None:
+        """Pipelined pushes; the TTL only guards against jobs abandoned while paused."""
+        self.used = True
+        key = self._key(name)
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.sadd(self.names_key, name)
+        pipe.expire(self.names_key, self.ttl)
+        pipe.delete(key)
+        pending = 0
+        for chunk in chunks:
+            pipe.rpush(key, chunk)
+            pending += len(chunk)
+            if pending >= _FLUSH_BYTES:
+                pipe.execute()
+                pending = 0
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def read(self, name: str, index: int) -> bytes:
+        data = self.conn.lindex(self._key(name), index)
+        if data is None:
+            raise KeyError(f"scratch list {name!r} of job {self.job_id} has no chunk {index} (expired?)")
+        return data
+
+    def clear(self) -> None:
+        names = [n.decode() for n in self.conn.smembers(self.names_key)]
+        self.conn.delete(self.names_key, *[self._key(n) for n in names])

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -26,8 +27,8 @@ from jobs.keys import JOB_CHECKPOINT_KEY, JOB_CONTROL_KEY, JOB_INPUT_KEY, JOB_KE
 from jobs.record import JobRecord
 from jobs.registry import JOB_TYPES
 from jobs.request_cache import request_cache_for
-from jobs.results import RedisResultWriter
-from jobs.service import HEARTBEAT_TIMEOUT, JobService, ServiceConfig
+from jobs.results import RedisResultWriter, RedisScratch
+from jobs.service import HEARTBEAT_TIMEOUT, INPUT_CHUNK_BYTES, JobService, ServiceConfig
 from jobs.status import JobStatus
 
 log = logging.getLogger("crunch.runner")
@@ -68,6 +69,7 @@ class RedisContext:
             self.resume_state = saved.get("kernel")
             position = saved.get("output")
         self.output = RedisResultWriter(conn, rec.id, position)
+        self.scratch = RedisScratch(conn, rec.id, result_ttl)
         self.stop_reason: str | None = None
         self._last_progress = 0.0
         self._last_control = 0.0
@@ -79,6 +81,26 @@ class RedisContext:
 
     def input(self) -> bytes:
         return b"".join(self.conn.lrange(JOB_INPUT_KEY.format(id=self.job_id), 0, -1))
+
+    def input_chunks(self, offset: int = 0) -> Iterator[bytes]:
+        """One stored piece per round trip (LINDEX), so a 200 MB input never sits whole in the worker.
+
+        JobService stores the input in pieces of exactly INPUT_CHUNK_BYTES (the last may be
+        shorter), so the piece holding `offset` is found without fetching the ones before it.
+        """
+        key = JOB_INPUT_KEY.format(id=self.job_id)
+        index, skip = divmod(offset, INPUT_CHUNK_BYTES)
+        count = self.conn.llen(key)
+        while index < count:
+            piece = self.conn.lindex(key, index)
+            if piece is None:
+                raise RuntimeError(f"the input of job {self.job_id} is gone")
+            if index < count - 1 and len(piece) != INPUT_CHUNK_BYTES:
+                raise RuntimeError(f"input piece {index} of job {self.job_id} has {len(piece)} bytes, "
+                                   f"not {INPUT_CHUNK_BYTES}")
+            yield piece[skip:] if skip else piece
+            skip = 0
+            index += 1
 
     def progress(self, done: int, total: int, force: bool = False) -> None:
         self._progress = (done, total)
@@ -102,9 +124,10 @@ class RedisContext:
             self.conn.set(key, orjson.dumps({"kernel": state, "output": self.output.position()}))
         self._last_checkpoint = time.monotonic()
 
-    def checkpoint(self, state: dict[str, Any] | None = None) -> None:
+    def _poll_control(self) -> None:
+        """Look for a control request (throttled); remembers the first stop reason seen."""
         now = time.monotonic()
-        if now - self._last_control < CONTROL_INTERVAL:
+        if self.stop_reason is not None or now - self._last_control < CONTROL_INTERVAL:
             return
         self._last_control = now
         pipe = self.conn.pipeline(transaction=False)
@@ -113,13 +136,21 @@ class RedisContext:
         control, status = pipe.execute()
         if status is None:
             self.stop_reason = "deleted"
-            raise Stop()
-        if control:
+        elif control:
             self.stop_reason = control.decode()
+
+    def stopping(self) -> bool:
+        """Only a pause or a shutdown saves the state; a cancel or delete needs nothing made durable."""
+        self._poll_control()
+        return self.stop_reason in ("pause", "requeue")
+
+    def checkpoint(self, state: dict[str, Any] | None = None) -> None:
+        self._poll_control()
+        if self.stop_reason is not None:
             if self.stop_reason in ("pause", "requeue"):
                 self.save_checkpoint(state)
             raise Stop()
-        if state is not None and now - self._last_checkpoint >= CHECKPOINT_INTERVAL:
+        if state is not None and time.monotonic() - self._last_checkpoint >= CHECKPOINT_INTERVAL:
             self.save_checkpoint(state)
 
 
@@ -184,6 +215,7 @@ def execute(job_id: str) -> dict[str, Any] | None:
     try:
         spec = JOB_TYPES[rec.type]
         stats = _kernel(spec.kernel)(rec.params, ctx)
+        _drop_scratch(ctx)
         meta = ctx.output.finish()
         total = (ctx._progress or (1, 1))[1]
         fields = {"result_meta": orjson.dumps(meta).decode(), "ended_at": repr(time.time()),
@@ -199,6 +231,7 @@ def execute(job_id: str) -> dict[str, Any] | None:
     except Exception as exc:
         error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
         log.error("job %s failed: %s", job_id, "".join(traceback.format_exception(exc)))
+        _drop_scratch(ctx)
         if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FAILED,
                           {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time()),
                            "run_ms": run_ms()}):
@@ -208,9 +241,20 @@ def execute(job_id: str) -> dict[str, Any] | None:
         heartbeat.done.set()
 
 
+def _drop_scratch(ctx: RedisContext) -> None:
+    """Forget a job's scratch lists once it cannot resume; costs nothing for jobs that never had any."""
+    if ctx.scratch.used or ctx.resume_state is not None:
+        try:
+            ctx.scratch.clear()
+        except Exception:
+            log.warning("could not drop the scratch lists of job %s (they expire)", ctx.job_id, exc_info=True)
+
+
 def _stopped(svc: JobService, rec: JobRecord, ctx: RedisContext, run_ms: str) -> dict[str, Any]:
     """Leave the job in the state its stop reason asks for."""
     conn, job_id, reason = svc.conn, rec.id, ctx.stop_reason
+    if reason in ("deleted", "cancel"):
+        _drop_scratch(ctx)
     if reason == "deleted":
         conn.zrem(RUNNING_KEY, job_id)
         conn.delete(*[k.format(id=job_id) for k in (JOB_CHECKPOINT_KEY,)])
