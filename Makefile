@@ -13,6 +13,7 @@ $(PY):
 
 $(RUN_STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
 $(TEST_STAMP): $(RUN_STAMP) requirements-dev.txt

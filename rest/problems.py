@@ -1,11 +1,15 @@
-"""RFC 9457 problem+json for every error, so clients parse one error shape."""
+"""RFC 9457 problem+json for every error, so clients parse one error shape.
+
+Browser pages (the "web" blueprint, and any non-/api path a browser asks for) get the same
+errors as small HTML pages instead.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from flask import Flask, Response
+from flask import Flask, Response, render_template, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
@@ -38,6 +42,28 @@ def problem_response(p: Problem) -> Response:
     return resp
 
 
+def wants_html() -> bool:
+    """Whether this error goes to a person in a browser rather than to an API client."""
+    if request.blueprint == "web":
+        return True
+    if request.blueprint is not None or request.path == "/api" or request.path.startswith("/api/"):
+        return False
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
+def html_error(p: Problem) -> Response:
+    html = render_template("error.html", title=f"{p.title} ({p.status})", detail=p.detail)
+    resp = Response(html, status=p.status, mimetype="text/html")
+    for k, v in p.headers.items():
+        resp.headers[k] = v
+    return resp
+
+
+def error_response(p: Problem) -> Response:
+    """problem+json for API clients, an HTML page for browsers."""
+    return html_error(p) if wants_html() else problem_response(p)
+
+
 def validation_problem(errors: list[dict[str, Any]], detail: str) -> Problem:
     return Problem(422, "Validation failed", detail, type_=PROBLEM_BASE + "validation", errors=errors)
 
@@ -66,15 +92,15 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(RedisTimeoutError)
     def _redis_down(e: Exception) -> Response:
         app.logger.error("Redis unavailable: %s", e)
-        return problem_response(Problem(503, "Service unavailable", "the job store (Redis) is unreachable",
-                                        type_=PROBLEM_BASE + "unavailable", headers={"Retry-After": "5"}))
+        return error_response(Problem(503, "Service unavailable", "the job store (Redis) is unreachable",
+                                      type_=PROBLEM_BASE + "unavailable", headers={"Retry-After": "5"}))
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException) -> Response:
         detail = e.description or e.name
         if e.code == 413:
             detail = f"the request body is larger than MAX_BODY_BYTES ({app.config['MAX_CONTENT_LENGTH']} bytes)"
-        resp = problem_response(Problem(e.code or 500, e.name, detail))
+        resp = error_response(Problem(e.code or 500, e.name, detail))
         if e.code == 405 and e.get_headers():
             for k, v in e.get_headers():
                 if k.lower() == "allow":
@@ -84,4 +110,4 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> Response:
         app.logger.exception("unhandled error")
-        return problem_response(Problem(500, "Internal Server Error", "an unexpected error occurred"))
+        return error_response(Problem(500, "Internal Server Error", "an unexpected error occurred"))

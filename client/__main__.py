@@ -1,0 +1,5 @@
+"""`python -m client ...` is the same as `crunch ...`."""
+
+from client.cli import main
+
+raise SystemExit(main())

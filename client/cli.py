@@ -1,0 +1,772 @@
+"""`crunch`: submit jobs, watch them with a progress bar, fetch results, steer jobs.
+
+The presentation half of the client. Results go to stdout, everything for people (progress,
+notices, errors) goes to stderr, so `crunch primes 1 1e6 > primes.txt` works as expected.
+
+Exit codes: 0 success, 1 the job failed or was canceled (or the server refused an action),
+2 a usage or validation error, 3 the server stayed unreachable for --give-up seconds,
+130 interrupted (the job keeps running on the server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from client.http import (
+    LONG_POLL,
+    ApiError,
+    Backoff,
+    CrunchClient,
+    GaveUp,
+    Job,
+    Unavailable,
+    default_url,
+)
+
+EXIT_OK, EXIT_JOB, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: How long a submit waits on the server (Prefer: wait) so quick jobs answer in one round trip.
+SUBMIT_WAIT = 1
+#: Plain progress lines (stderr not a terminal) at most this often.
+PLAIN_INTERVAL = 5.0
+FORMATS = ("json", "csv", "txt")
+
+
+class UsageError(Exception):
+    """A problem with the command line itself (exit 2)."""
+
+
+# -- presentation: progress on stderr ---------------------------------------------------------------
+
+
+def clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """A live progress line on a terminal (redrawn with \\r), plain periodic lines otherwise."""
+
+    SPIN = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, stream: IO[str], *, quiet: bool = False, tty: bool | None = None) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.tty = stream.isatty() if tty is None else tty
+        enc = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        self.fancy = enc.startswith("utf")
+        self.lock = threading.RLock()
+        self.job: dict[str, Any] | None = None
+        self.t0 = time.monotonic()
+        self.drawn = 0
+        self.frame = 0
+        self.rate_base: tuple[float, float] | None = None
+        self.last_status: str | None = None
+        self.last_line = 0.0
+        self.last_pct: float | None = None
+        self.stop = threading.Event()
+        self.ticker: threading.Thread | None = None
+        self.trouble: str | None = None
+
+    def info(self, msg: str) -> None:
+        """Chatter (what is happening, where a file went): silenced by --quiet."""
+        if not self.quiet:
+            self.note(msg)
+
+    def note(self, msg: str) -> None:
+        """Notices and errors: printed even with --quiet."""
+        with self.lock:
+            self._clear()
+            print(msg, file=self.stream, flush=True)
+            self._draw()
+
+    def retrying(self, msg: str, short: str) -> None:
+        """An outage notice: a line the first time; on a live bar, later ones update the bar only."""
+        with self.lock:
+            first = self.trouble is None
+            self.trouble = short
+            if first or not (self.tty and self.drawn):
+                self.note(msg)
+            else:
+                self._draw()
+
+    def recovered(self, msg: str) -> None:
+        with self.lock:
+            self.trouble = None
+            self.note(msg)
+
+    def seed(self, job: dict[str, Any]) -> None:
+        """The state just announced in a notice, so the plain lines do not repeat it at once."""
+        with self.lock:
+            self.last_status, self.last_pct, self.last_line = job.get("status"), percent(job), time.monotonic()
+
+    def update(self, job: dict[str, Any]) -> None:
+        with self.lock:
+            status = str(job.get("status"))
+            pct = percent(job)
+            now = time.monotonic()
+            if status == "started" and pct is not None and (
+                    self.rate_base is None or status != self.last_status or pct < self.rate_base[1]):
+                self.rate_base = (now, pct)
+            self.job = job
+            if self.quiet:
+                self.last_status = status
+                return
+            if self.tty:
+                self._draw()
+                if self.ticker is None and job.get("status") not in ("finished", "failed", "canceled"):
+                    self.ticker = threading.Thread(target=self._tick, daemon=True)
+                    self.ticker.start()
+            elif status != self.last_status or (
+                    pct is not None and pct != self.last_pct and now - self.last_line >= PLAIN_INTERVAL):
+                print(self._plain(job), file=self.stream, flush=True)
+                self.last_line, self.last_pct = now, pct
+            self.last_status = status
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.ticker is not None:
+            self.ticker.join(1.0)
+        with self.lock:
+            self._clear()
+            self.job = None
+
+    def _tick(self) -> None:
+        while not self.stop.wait(0.2):
+            with self.lock:
+                self.frame += 1
+                self._draw()
+
+    def _clear(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\r" + " " * self.drawn + "\r")
+            self.stream.flush()
+            self.drawn = 0
+
+    def _draw(self) -> None:
+        if not self.tty or self.quiet or self.job is None or self.stop.is_set():
+            return
+        width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+        line = self._line(self.job, width)[:width]
+        self.stream.write("\r" + line + " " * max(0, self.drawn - len(line)))
+        self.stream.flush()
+        self.drawn = len(line)
+
+    def _line(self, job: dict[str, Any], width: int) -> str:
+        status = str(job.get("status"))
+        spin = self.SPIN[self.frame % len(self.SPIN)] if self.fancy else "-\\|/"[self.frame % 4]
+        head = f"{spin} {job.get('type', 'job')} {str(job.get('id', ''))[:8]} {status}"
+        elapsed = time.monotonic() - self.t0
+        if self.trouble:
+            return f"{head}  {clock(elapsed)}  {self.trouble}"
+        tail = f"  {clock(elapsed)}"
+        pct = percent(job)
+        if status == "paused":
+            return f"{head}  (resume: crunch resume {job.get('id')}){tail}"
+        if pct is None or status == "queued":
+            return head + tail
+        eta = self._eta(pct)
+        tail = f" {pct:5.1f}%  {clock(elapsed)}" + (f"  ~{clock(eta)} left" if eta is not None else "")
+        # The bar keeps its width when the estimate appears: room is kept for the longest tail.
+        room = width - len(head) - len(" 100.0%  0:00:00  ~0:00:00 left") - 3
+        if room < 10:
+            return head + tail
+        bar_width = min(room, 40)
+        filled = pct / 100 * bar_width
+        full = int(filled)
+        if self.fancy:
+            partial = " ▏▎▍▌▋▊▉"[int((filled - full) * 8)] if full < bar_width else ""
+            bar = "█" * full + partial
+            bar += " " * (bar_width - len(bar))
+        else:
+            bar = ("#" * full).ljust(bar_width, "-")
+        return f"{head} [{bar}]{tail}"
+
+    def _eta(self, pct: float) -> float | None:
+        if self.rate_base is None:
+            return None
+        t0, p0 = self.rate_base
+        dt, dp = time.monotonic() - t0, pct - p0
+        if dt < 1.0 or dp <= 0:
+            return None
+        eta = (100.0 - pct) * dt / dp
+        return eta if eta >= 1.0 else None
+
+    def _plain(self, job: dict[str, Any]) -> str:
+        status = str(job.get("status"))
+        pct = percent(job)
+        text = f"job {job.get('id')}: {status}"
+        if pct is not None and status not in ("queued", "finished"):
+            text += f" {pct:.1f}%"
+        return text + f" ({clock(time.monotonic() - self.t0)})"
+
+
+def percent(job: dict[str, Any]) -> float | None:
+    progress = job.get("progress")
+    if not isinstance(progress, dict):
+        return None
+    try:
+        pct = float(progress.get("percent"))
+    except (TypeError, ValueError):
+        return None
+    return min(max(pct, 0.0), 100.0) if math.isfinite(pct) else None
+
+
+# -- the session: one client, one backoff, one progress display -----------------------------------
+
+
+class Session:
+    def __init__(self, args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> None:
+        self.args = args
+        self.out, self.err = out, err
+        url = args.url if re.match(r"^https?://", args.url) else "http://" + args.url
+        self.client = CrunchClient(url)
+        self.progress = Progress(err, quiet=args.quiet)
+        self.backoff = Backoff(args.give_up, on_retry=self._retrying, on_recover=self._recovered)
+        self.job_id: str | None = None
+
+    def _retrying(self, reason: str, delay: float) -> None:
+        self.progress.retrying(f"crunch: server unreachable ({reason}), retrying in {delay:.1f} s…",
+                               f"server unreachable, retrying in {delay:.1f} s…")
+
+    def _recovered(self, down: float) -> None:
+        what = f"; following job {self.job_id} again" if self.job_id else ""
+        self.progress.recovered(f"crunch: server is back after {down:.1f} s{what}")
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.backoff.call(fn, *args, **kwargs)
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def write_bytes(self, data: bytes) -> None:
+        buf = getattr(self.out, "buffer", None)
+        if buf is not None:
+            self.out.flush()
+            buf.write(data)
+            buf.flush()
+        else:
+            self.out.write(data.decode("utf-8", "replace"))
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def run(self, kind: str, submit: Callable[[int], Job]) -> int:
+        """Submit (retrying: identical submissions join one job), then wait and print, or not."""
+        args = self.args
+        try:
+            job = self.call(submit, 0 if args.no_wait else SUBMIT_WAIT)
+        except ApiError as exc:
+            if exc.status in (404, 405):
+                raise ApiError(exc.status, {"title": exc.title, "detail": f"this server has no {kind} jobs "
+                                            f"(POST /api/v1/{kind} answered {exc.status})"}) from None
+            raise
+        self.job_id = job["id"]
+        if args.no_wait:
+            self.write(job.raw.decode() + "\n" if args.json else job["id"] + "\n")
+            return EXIT_OK
+        return self.wait(job)
+
+    def wait(self, job: Job) -> int:
+        self.job_id = job["id"]
+        last = job
+        if not job.terminal:  # else a quick job answered within the submit: nothing to watch
+            self.progress.info(f"crunch: job {job['id']} ({job.get('type')}) is {job.get('status')}; "
+                               "Ctrl-C detaches, the job keeps running")
+            self.progress.seed(job)
+            try:
+                # Polling: short long-polls keep a progress display moving; 30 s ones when nothing shows.
+                poll_wait = LONG_POLL if self.args.quiet else 3
+                for last in self.client.follow(job, self.backoff, use_events=not self.args.poll,
+                                               poll_wait=poll_wait):
+                    self.progress.update(last)
+            finally:
+                self.progress.close()
+        return self.outcome(last)
+
+    def outcome(self, job: Job) -> int:
+        status = job.get("status")
+        if self.args.json:
+            self.write(job.raw.decode() + "\n")
+        if status == "finished":
+            if not self.args.json:
+                self.print_result(job, getattr(self.args, "output", None))
+            elif getattr(self.args, "output", None):
+                self.save_result(job, None, self.args.output)
+            return EXIT_OK
+        if status == "failed":
+            err = job.get("error") or {}
+            self.progress.note(f"crunch: job {job['id']} failed: {err.get('type', 'error')}: {err.get('message', '')}")
+        else:
+            self.progress.note(f"crunch: job {job['id']} was {status}")
+        return EXIT_JOB
+
+    # -- results -----------------------------------------------------------------------------------
+
+    def print_result(self, job: Job, output: str | None = None) -> None:
+        """The value for people: one item per line, the count, the Fibonacci digits, the CSV."""
+        kind, result = job.get("type"), job.get("result")
+        text: str | None = None
+        if isinstance(result, dict) and kind == "fibonacci" and "value" in result:
+            text = str(result["value"])
+        elif isinstance(result, dict) and kind == "primes" and "count" in result:
+            text = str(result["count"])
+        if kind == "csv":
+            if isinstance(result, dict):
+                cols = result.get("columns") or []
+                self.progress.info(f"crunch: {result.get('rows')} rows, {len(cols)} columns, "
+                                   f"{result.get('skipped', 0)} skipped (date did not parse)")
+            self.save_result(job, None, output)
+            return
+        if text is not None:
+            if output and output != "-":
+                Path(output).write_text(text + "\n")
+                self.progress.info(f"crunch: wrote {output}")
+            else:
+                self.write(text + "\n")
+            return
+        self.save_result(job, "txt", output)
+
+    def save_result(self, job: Job | str, fmt: str | None, output: str | None) -> None:
+        """Stream the result to a file (atomically, restarted if the connection drops) or stdout."""
+        if output and output != "-":
+            size = self.call(self._download, job, fmt, Path(output))
+            self.progress.info(f"crunch: wrote {size:,} bytes to {output}")
+            return
+        written = 0
+
+        def attempt() -> None:
+            nonlocal written
+            resp = self.client.result(job, fmt=fmt)
+            try:
+                for chunk in self.client.chunks(resp):
+                    self.write_bytes(chunk)
+                    written += len(chunk)
+            except Unavailable as exc:
+                if written:  # part of it is on stdout already; starting over would repeat it
+                    raise GaveUp(f"connection lost after {written:,} bytes of the result ({exc.reason})", 0) from None
+                raise
+
+        self.call(attempt)
+
+    def _download(self, job: Job | str, fmt: str | None, dest: Path) -> int:
+        resp = self.client.result(job, fmt=fmt)
+        dest = dest.expanduser()
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent or Path("."))
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in self.client.chunks(resp):
+                    f.write(chunk)
+                    size += len(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return size
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+_INT_TOKEN = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT_TOKEN = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+_SCI_INT = re.compile(r"([0-9]+)[eE]\+?([0-9]+)\Z")
+
+
+def int_arg(text: str) -> int:
+    """An integer, also written 1e9, 10**9 or 1_000_000 (handy for prime ranges)."""
+    t = text.strip().replace("_", "").replace(",", "")
+    try:
+        if m := _SCI_INT.fullmatch(t):
+            return int(m.group(1)) * 10 ** int(m.group(2))
+        if "**" in t:
+            base, _, exp = t.partition("**")
+            return int(base) ** int(exp)
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def number_json(token: str) -> str:
+    """A command-line number as exact JSON: integers keep every digit, floats stay floats."""
+    t = token.strip()
+    if _INT_TOKEN.match(t):
+        sign = "-" if t.startswith("-") else ""
+        digits = t.lstrip("+-").lstrip("0") or "0"
+        return (sign if digits != "0" else "") + digits
+    if _FLOAT_TOKEN.match(t):
+        value = float(t)
+        if math.isfinite(value):
+            return repr(value)
+        raise UsageError(f"{token!r} is too large for a float; write it as an integer to keep it exact")
+    raise UsageError(f"{token!r} is not a number")
+
+
+def cmd_primes(s: Session, a: argparse.Namespace) -> int:
+    body = json.dumps({"start": a.start, "end": a.end, "output": "count" if a.count else "list"}).encode()
+    return s.run("primes", lambda wait: s.client.submit("primes", body, wait=wait))
+
+
+def cmd_fib(s: Session, a: argparse.Namespace) -> int:
+    body = json.dumps({"n": a.n}).encode()
+    return s.run("fibonacci", lambda wait: s.client.submit("fibonacci", body, wait=wait))
+
+
+def cmd_sort(s: Session, a: argparse.Namespace) -> int:
+    if a.file and a.numbers:
+        raise UsageError("give numbers or --file, not both")
+    if a.file:
+        return _upload(s, "sort", a.file, [("descending", "true" if a.desc else "false")])
+    if not a.numbers:
+        if sys.stdin.isatty():
+            raise UsageError("give the numbers to sort, --file FILE, or pipe them in (--file -)")
+        return _upload(s, "sort", "-", [("descending", "true" if a.desc else "false")])
+    tokens = [t for arg in a.numbers for t in re.split(r"[,\s]+", arg) if t]
+    body = ('{"numbers": [' + ", ".join(number_json(t) for t in tokens) + '], "descending": '
+            + ("true" if a.desc else "false") + "}").encode()
+    return s.run("sort", lambda wait: s.client.submit("sort", body, wait=wait))
+
+
+def cmd_csv(s: Session, a: argparse.Namespace) -> int:
+    fields = [(name, value) for name, value in (("date_column", a.date_column), ("from", a.date_from),
+                                                ("till", a.till), ("sort_by", a.sort_by)) if value]
+    if a.desc:
+        fields.append(("descending", "true"))
+    return _upload(s, "csv", a.file, fields)
+
+
+def _upload(s: Session, kind: str, file: str, fields: list[tuple[str, str]]) -> int:
+    if file == "-":
+        source: Path | bytes = sys.stdin.buffer.read()
+        name = "stdin"
+    else:
+        source = Path(file).expanduser()
+        if not source.is_file():
+            raise UsageError(f"{file}: no such file")
+        name = source.name
+    return s.run(kind, lambda wait: s.client.submit_form(kind, fields, [("file", source, name)], wait=wait))
+
+
+def cmd_wait(s: Session, a: argparse.Namespace) -> int:
+    s.job_id = a.id
+    return s.wait(s.call(s.client.job, a.id))
+
+
+def cmd_status(s: Session, a: argparse.Namespace) -> int:
+    job = s.call(s.client.job, a.id)
+    if a.json:
+        s.write(job.raw.decode() + "\n")
+        return EXIT_OK
+    pct = percent(job)
+    status = str(job.get("status"))
+    if pct is not None and status not in ("queued", "finished"):
+        status += f" ({pct:.1f}%)"
+    rows = [("id", job["id"]), ("type", job.get("type")), ("params", describe_params(job)), ("status", status),
+            ("created", job.get("created_at")), ("started", job.get("started_at")), ("ended", job.get("ended_at"))]
+    if job.get("duration_ms") is not None:
+        rows.append(("duration", f"{float(job['duration_ms']) / 1000:.3f} s"))
+    for flag in ("cached", "deduplicated"):
+        if job.get(flag):
+            rows.append((flag, "yes"))
+    if job.get("error"):
+        rows.append(("error", f"{job['error'].get('type')}: {job['error'].get('message')}"))
+    if job.get("status") == "finished":
+        rows.append(("result", preview(job)))
+    s.write("".join(f"{k:<9} {v if v is not None else '-'}\n" for k, v in rows))
+    return EXIT_OK
+
+
+def preview(job: Job) -> str:
+    result = job.get("result")
+    fetch = f"crunch result {job['id']}"
+    if result is None:
+        return f"(large: {fetch} -o FILE)"
+    if isinstance(result, list):
+        shown = ", ".join(str(x) for x in result[:8])
+        more = f", … ({len(result):,} items: {fetch})" if len(result) > 8 else ""
+        return f"[{shown}{more}]"
+    if isinstance(result, dict) and "value" in result:
+        value = str(result["value"])
+        return value if len(value) <= 60 else f"{value[:25]}…{value[-25:]} ({len(value):,} digits: {fetch})"
+    return json.dumps(result)
+
+
+def describe_params(job: dict[str, Any]) -> str:
+    p = job.get("params") or {}
+    kind = job.get("type")
+    if kind == "primes" and "start" in p:
+        return f"{p['start']}..{p['end']} {p.get('output', 'list')}"
+    if kind == "fibonacci" and "n" in p:
+        return f"n={p['n']}"
+    if kind == "sort":
+        count = p.get("count", len(p.get("numbers") or []))
+        return f"{count} numbers" + (" descending" if p.get("descending") else "")
+    if kind == "csv" and "filename" in p:
+        parts = [str(p["filename"])]
+        if p.get("from") or p.get("till"):
+            parts.append(f"{p.get('date_column') or 'date'} {p.get('from') or '…'}..{p.get('till') or '…'}")
+        if p.get("sort_by"):
+            parts.append(f"by {p['sort_by']}" + (" descending" if p.get("descending") else ""))
+        return ", ".join(parts)
+    text = json.dumps(p, separators=(",", ":"))
+    return text if len(text) <= 50 else text[:49] + "…"
+
+
+def cmd_jobs(s: Session, a: argparse.Namespace) -> int:
+    jobs: list[dict[str, Any]] = []
+    cursor = a.cursor
+    while True:
+        page = s.call(s.client.jobs, status=a.status, type_=a.type, limit=min(a.limit - len(jobs), 500),
+                      cursor=cursor)
+        jobs += page.get("jobs") or []
+        cursor = page.get("next_cursor")
+        if not cursor or len(jobs) >= a.limit:
+            break
+    if a.json:
+        s.write(json.dumps({"jobs": jobs, "next_cursor": cursor}) + "\n")
+        return EXIT_OK
+    if not jobs:
+        s.progress.note("crunch: no jobs" + (" match" if a.status or a.type else ""))
+        return EXIT_OK
+    rows = [("ID", "TYPE", "STATUS", "PROGRESS", "CREATED", "PARAMS")]
+    for j in jobs:
+        pct = percent(j)
+        rows.append((str(j.get("id")), str(j.get("type")), str(j.get("status")),
+                     "-" if pct is None else f"{pct:.0f}%",
+                     str(j.get("created_at") or "-").replace("T", " ")[:19], describe_params(j)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    s.write("".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] + "\n"
+                    for r in rows))
+    if cursor:
+        s.progress.note(f"crunch: more jobs: crunch jobs --cursor {cursor}")
+    return EXIT_OK
+
+
+def cmd_action(s: Session, a: argparse.Namespace) -> int:
+    s.job_id = a.id
+    if a.command == "delete":
+        s.call(s.client.delete, a.id)
+        s.write("" if a.json else f"job {a.id} deleted\n")
+        return EXIT_OK
+    job = s.call(s.client.action, a.id, a.command)
+    s.write(job.raw.decode() + "\n" if a.json else f"job {a.id}: {job.get('status')}\n")
+    return EXIT_OK
+
+
+def cmd_result(s: Session, a: argparse.Namespace) -> int:
+    s.job_id = a.id
+    job = s.call(s.client.job, a.id)
+    if job.get("status") != "finished":
+        return _not_finished(s, job)
+    to_file = bool(a.output) and a.output != "-"
+    fmt = a.format
+    if fmt is None and to_file:
+        fmt = {".csv": "csv", ".json": "json", ".txt": "txt"}.get(Path(a.output).suffix.lower())
+    if fmt is None and a.json:
+        fmt = "json"
+    if fmt is None and job.get("type") != "csv":  # the csv job's result is a CSV file by default
+        fmt = "txt"
+    if a.offset is None and a.limit is None:
+        s.save_result(job, fmt, a.output)
+        return EXIT_OK
+
+    def page() -> None:
+        resp = s.client.result(job, fmt=fmt, offset=a.offset, limit=a.limit)
+        data = b"".join(s.client.chunks(resp))
+        if to_file:
+            Path(a.output).write_bytes(data)
+        else:
+            s.write_bytes(data)
+
+    s.call(page)
+    return EXIT_OK
+
+
+def _not_finished(s: Session, job: Job) -> int:
+    status = job.get("status")
+    hint = f"; wait for it: crunch wait {job['id']}" if status in ("queued", "started", "paused") else ""
+    s.progress.note(f"crunch: job {job['id']} is {status}, it has no result{hint}")
+    return EXIT_JOB
+
+
+# -- argument parsing --------------------------------------------------------------------------------
+
+EPILOG = """\
+examples:
+  crunch primes 1 100                 the primes in [1, 100], one per line
+  crunch primes 0 1e10 --count        how many primes up to 10^10, with a progress bar
+  crunch fib 1000                     F(1000)
+  crunch sort 3 1 2.5 --desc          or: crunch sort --file numbers.txt
+  crunch csv sales.csv --date-column date --from 2024-01-01 --till 2024-03-31 --sort-by amount -o q1.csv
+  crunch primes 0 1e11 --count --no-wait   prints the job id at once
+  crunch wait ID | status ID | cancel ID | pause ID | resume ID
+  crunch result ID -o primes.csv      the whole result, streamed to a file (format from the extension)
+  crunch jobs --status started
+
+The server is --url, else $CRUNCH_URL, else http://localhost:5000. Jobs keep running on the
+server when crunch stops waiting (Ctrl-C); `crunch wait ID` picks one up again.
+exit codes: 0 ok, 1 job failed or canceled (or action refused), 2 usage or validation error,
+3 server unreachable for --give-up seconds, 130 interrupted.
+"""
+
+
+def common_options(suppress: bool) -> argparse.ArgumentParser:
+    """Options accepted before and after the command (`crunch --json jobs` = `crunch jobs --json`)."""
+    p = argparse.ArgumentParser(add_help=False)
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    g = p.add_argument_group("common options")
+    g.add_argument("--url", default=default(default_url()), metavar="URL",
+                   help="the Crunch server (default: $CRUNCH_URL or http://localhost:5000)")
+    g.add_argument("--json", action="store_true", default=default(False),
+                   help="print machine-readable JSON on stdout (the job resource, the result)")
+    g.add_argument("-q", "--quiet", action="store_true", default=default(False), help="no progress display")
+    g.add_argument("--give-up", type=float, default=default(300.0), metavar="SECONDS",
+                   help="stop retrying once the server has been unreachable this long (default 300)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crunch", parents=[common_options(False)], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run compute jobs on a Crunch server: submit, watch progress, get results.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = common_options(True)
+
+    def command(name: str, help_: str, fn: Callable[[Session, argparse.Namespace], int],
+                aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, parents=[common], aliases=list(aliases))
+        p.set_defaults(fn=fn)
+        return p
+
+    def job_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-wait", action="store_true", help="print the job id (or resource with --json) and exit")
+        p.add_argument("--poll", action="store_true", help="long-poll instead of the event stream")
+        p.add_argument("-o", "--output", metavar="FILE", help="write the result to FILE instead of stdout")
+
+    p = command("primes", "the primes in [START, END] (both inclusive), or how many there are", cmd_primes)
+    p.add_argument("start", type=int_arg, help="start of the range (1e9, 10**9 and 1_000_000 work too)")
+    p.add_argument("end", type=int_arg, help="end of the range, inclusive")
+    p.add_argument("--count", action="store_true", help="only count them")
+    job_options(p)
+
+    p = command("fib", "the Nth Fibonacci number, F(0)=0, F(1)=1", cmd_fib, aliases=["fibonacci"])
+    p.add_argument("n", type=int_arg)
+    job_options(p)
+
+    p = command("sort", "sort numbers exactly (integers of any size, floats stay floats)", cmd_sort)
+    p.add_argument("numbers", nargs="*", help="numbers (use -- before the first one if it is like -1e5)")
+    p.add_argument("-f", "--file", metavar="FILE", help="upload FILE of numbers separated by commas, spaces or "
+                                                        "newlines (- for stdin)")
+    p.add_argument("--desc", "--descending", action="store_true", dest="desc", help="largest first")
+    job_options(p)
+
+    p = command("csv", "filter a CSV file by a date range and sort it (the result is a CSV)", cmd_csv)
+    p.add_argument("file", help="the CSV file, with a header row (- for stdin)")
+    p.add_argument("--date-column", metavar="NAME", help="the column holding the dates")
+    p.add_argument("--from", dest="date_from", metavar="DATE", help="keep rows on or after DATE (ISO)")
+    p.add_argument("--till", metavar="DATE", help="keep rows on or before DATE (ISO)")
+    p.add_argument("--sort-by", metavar="NAME", help="the column to sort by")
+    p.add_argument("--desc", "--descending", action="store_true", dest="desc", help="largest first")
+    job_options(p)
+
+    p = command("jobs", "list jobs, newest first", cmd_jobs, aliases=["ls"])
+    p.add_argument("--status", choices=["queued", "started", "paused", "finished", "failed", "canceled"])
+    p.add_argument("--type", metavar="TYPE", help="primes, fibonacci, sort or csv")
+    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--cursor", help=argparse.SUPPRESS)
+
+    p = command("status", "show a job", cmd_status, aliases=["show"])
+    p.add_argument("id")
+
+    p = command("wait", "wait for a job with a progress bar, then print its result", cmd_wait)
+    p.add_argument("id")
+    p.add_argument("--poll", action="store_true", help="long-poll instead of the event stream")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the result to FILE instead of stdout")
+
+    for verb, help_ in (("cancel", "cancel a job"), ("pause", "pause a job at its next checkpoint"),
+                        ("resume", "resume a paused job from its checkpoint"),
+                        ("retry", "run a failed or canceled job again"), ("delete", "cancel and forget a job")):
+        command(verb, help_, cmd_action).add_argument("id")
+
+    p = command("result", "fetch a finished job's result, streamed", cmd_result)
+    p.add_argument("id")
+    p.add_argument("--format", choices=FORMATS,
+                   help="json, csv or txt (default: from the -o extension, else txt; json with --json)")
+    p.add_argument("-o", "--output", metavar="FILE", help="stream it into FILE (written whole or not at all)")
+    p.add_argument("--offset", type=int, help="first item of a page (array results)")
+    p.add_argument("--limit", type=int, help="items in the page")
+    return parser
+
+
+def format_problem(exc: ApiError) -> str:
+    """A problem+json as lines people read: the title, then each field and what is wrong with it."""
+    lines = [f"crunch: {exc.title} ({exc.status})" + (f": {exc.detail}" if exc.detail and not exc.errors else "")]
+    for e in exc.errors:
+        loc = [str(p) for p in e.get("loc") or []]
+        if loc and loc[0] in ("body", "query", "form"):
+            loc = loc[1:]
+        where = ""
+        for part in loc:
+            where += f"[{part}]" if part.isdigit() else (f".{part}" if where else part)
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        # "end: end must be >= start" reads better as "end must be >= start".
+        lines.append(f"  {msg}" if where and msg.startswith(where + " ") else f"  {where or 'request'}: {msg}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.give_up < 0:
+        parser.error("--give-up must be >= 0")
+    s = Session(args)
+    try:
+        return args.fn(s, args)
+    except UsageError as exc:
+        s.progress.close()
+        parser.exit(EXIT_USAGE, f"crunch {args.command}: error: {exc}\n")
+    except ApiError as exc:
+        s.progress.close()
+        if args.json:
+            s.write(json.dumps(exc.problem) + "\n")
+        print(format_problem(exc), file=sys.stderr)
+        return EXIT_USAGE if exc.status in (400, 413, 415, 422) else EXIT_JOB
+    except GaveUp as exc:
+        s.progress.close()
+        where = f"; the job may still be running: crunch wait {s.job_id}" if s.job_id else ""
+        lasted = f" after {exc.seconds:.0f} s" if exc.seconds else ""
+        print(f"crunch: gave up{lasted}: {exc.reason} ({s.client.base_url}){where}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        s.progress.close()
+        if s.job_id:
+            print(f"\ncrunch: stopped waiting; job {s.job_id} keeps running on the server.\n"
+                  f"  follow it: crunch wait {s.job_id}   stop it: crunch cancel {s.job_id}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `crunch primes 0 1e9 | head`: the reader left; that is not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+/* Live job page: the server-rendered page works alone (it refreshes itself with a <meta>
+ * refresh inside <noscript>, so it is inert when scripts run); with JavaScript this script takes
+ * over: it drops the <noscript> refresh (and any other refresh), follows the job's
+ * Server-Sent Events and updates status and progress in place, fetches the changing part of the
+ * page again when the status changes, and runs the action buttons without leaving the page.
+ * No inline script is needed, so the page runs under script-src 'self'. */
+(function () {
+  "use strict";
+
+  var root = document.getElementById("job");
+  if (!root) {
+    return;
+  }
+  var TERMINAL = { finished: true, failed: true, canceled: true };
+  var jobId = root.getAttribute("data-job-id");
+  var state = {
+    id: jobId,
+    status: root.getAttribute("data-status"),
+    live: "off", // "events", "polling" or "off"
+    events: 0,
+    fragments: 0,
+    loadedAt: Date.now()
+  };
+  // Visible to tests and to the curious: it lives exactly as long as this document.
+  window.crunchJobPage = state;
+
+  // This document updates itself from now on; a reload would only lose its state. (A parsed
+  // <meta> refresh outside <noscript> could not be cancelled this way: the template never emits one.)
+  var refresh = document.querySelectorAll('meta[http-equiv="refresh" i], head noscript');
+  for (var i = 0; i < refresh.length; i++) {
+    refresh[i].parentNode.removeChild(refresh[i]);
+  }
+
+  var statusEl = document.getElementById("job-status");
+  var progressEl = document.getElementById("job-progress");
+  var percentEl = document.getElementById("job-percent");
+  var doneEl = document.getElementById("job-done");
+  var detailsEl = document.getElementById("job-details");
+  var flashEl = document.getElementById("flash");
+  var source = null;
+  var pollTimer = null;
+  var fragmentBusy = null;
+
+  function fmtInt(n) {
+    return Number(n).toLocaleString("en-US");
+  }
+
+  function flash(kind, text) {
+    var p = document.createElement("p");
+    p.className = "flash flash-" + (kind === "error" ? "error" : "ok");
+    p.textContent = text;
+    flashEl.replaceChildren(p);
+  }
+
+  function showStatus(status) {
+    statusEl.textContent = status;
+    statusEl.className = "badge badge-" + status;
+    root.setAttribute("data-status", status);
+    document.title = document.title.replace(/\((queued|started|paused|finished|failed|canceled)\)/, "(" + status + ")");
+  }
+
+  function showProgress(progress, status) {
+    var percent = progress && typeof progress.percent === "number" ? progress.percent : 0;
+    if (status === "finished") {
+      percent = 100;
+    }
+    percent = Math.max(0, Math.min(100, percent));
+    progressEl.value = percent;
+    progressEl.textContent = percent.toFixed(1) + " %";
+    percentEl.textContent = percent.toFixed(1) + " %";
+    doneEl.textContent = progress && progress.total ? fmtInt(progress.done) + " of " + fmtInt(progress.total) : "";
+  }
+
+  function refreshDetails() {
+    // One fetch at a time; a status change during a fetch asks for one more afterwards.
+    if (fragmentBusy) {
+      fragmentBusy.again = true;
+      return;
+    }
+    fragmentBusy = { again: false };
+    fetch(root.getAttribute("data-fragment"), { headers: { Accept: "text/html" }, cache: "no-store" })
+      .then(function (r) {
+        return r.ok ? r.text() : null;
+      })
+      .then(function (html) {
+        if (html !== null) {
+          detailsEl.innerHTML = html; // same-origin markup rendered with autoescaping
+          state.fragments += 1;
+          bindActions();
+        }
+      })
+      .catch(function () {})
+      .then(function () {
+        var again = fragmentBusy.again;
+        fragmentBusy = null;
+        if (again) {
+          refreshDetails();
+        }
+      });
+  }
+
+  function apply(job) {
+    state.events += 1;
+    var changed = job.status !== state.status;
+    state.status = job.status;
+    showStatus(job.status);
+    showProgress(job.progress, job.status);
+    if (changed) {
+      refreshDetails();
+    }
+    if (TERMINAL[job.status]) {
+      stop();
+    }
+  }
+
+  function stop() {
+    if (source) {
+      source.close();
+      source = null;
+    }
+    if (pollTimer) {
+      clearInterval(pollTimer);
+      pollTimer = null;
+    }
+    state.live = "off";
+  }
+
+  function poll() {
+    fetch(root.getAttribute("data-api"), { headers: { Accept: "application/json" }, cache: "no-store" })
+      .then(function (r) {
+        if (r.status === 404) {
+          stop();
+          flash("error", "This job no longer exists.");
+          return null;
+        }
+        return r.ok ? r.json() : null;
+      })
+      .then(function (job) {
+        if (job) {
+          apply(job);
+        }
+      })
+      .catch(function () {});
+  }
+
+  function startPolling() {
+    if (!pollTimer) {
+      state.live = "polling";
+      pollTimer = setInterval(poll, 2000);
+    }
+  }
+
+  function start() {
+    if (TERMINAL[state.status] || source || pollTimer) {
+      return;
+    }
+    if (!window.EventSource) {
+      startPolling();
+      return;
+    }
+    source = new EventSource(root.getAttribute("data-events"));
+    var onJob = function (ev) {
+      apply(JSON.parse(ev.data));
+    };
+    source.addEventListener("status", onJob);
+    source.addEventListener("progress", onJob);
+    source.addEventListener("deleted", function () {
+      stop();
+      flash("error", "This job was deleted.");
+    });
+    source.addEventListener("open", function () {
+      state.live = "events";
+    });
+    source.addEventListener("error", function () {
+      // EventSource reconnects by itself after a dropped stream; it gives up only on an
+      // error answer (e.g. 503 when the server holds too many streams): then poll instead.
+      if (source && source.readyState === EventSource.CLOSED) {
+        source = null;
+        startPolling();
+      }
+    });
+  }
+
+  var DONE = {
+    cancel: function (job) { return job.status === "canceled" ? "Job canceled." : "Cancel requested."; },
+    pause: function (job) { return job.status === "paused" ? "Job paused." : "Pause requested."; },
+    resume: function () { return "Job resumed: it is queued again and continues from its checkpoint."; },
+    retry: function () { return "Job queued again."; }
+  };
+
+  function onAction(ev) {
+    var form = ev.currentTarget;
+    var action = form.getAttribute("data-action");
+    if (!DONE[action]) {
+      return; // let the browser post the form
+    }
+    ev.preventDefault();
+    var button = form.querySelector("button");
+    if (button) {
+      button.disabled = true;
+    }
+    fetch("/api/v1/jobs/" + encodeURIComponent(jobId) + "/" + action, {
+      method: "POST",
+      headers: { Accept: "application/json" }
+    })
+      .then(function (r) {
+        return r.json().catch(function () { return {}; }).then(function (body) {
+          if (r.ok) {
+            flash("ok", DONE[action](body));
+            apply(body); // fetches the buttons again if the status changed
+            start();
+          } else {
+            flash("error", "Could not " + action + " the job: " + (body.detail || r.statusText) + ".");
+            refreshDetails();
+          }
+        });
+      })
+      .catch(function () {
+        flash("error", "Could not reach the server; try again.");
+      })
+      .then(function () {
+        if (button) {
+          button.disabled = false;
+        }
+      });
+  }
+
+  function bindActions() {
+    var forms = detailsEl.querySelectorAll("form[data-action]");
+    for (var k = 0; k < forms.length; k++) {
+      forms[k].addEventListener("submit", onAction);
+    }
+  }
+
+  bindActions();
+  start();
+})();

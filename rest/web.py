@@ -1,0 +1,469 @@
+"""Browser pages: server-rendered HTML that works with JavaScript off and updates live with it on.
+
+Every page validates with the same job specs as the JSON API and calls the same job service;
+only the presentation differs (HTML forms re-rendered with messages next to their fields
+instead of problem+json). Templates are Jinja with autoescaping, so nothing a client typed
+is ever rendered as markup. Scripts and styles come from rest/static only (no inline code, no
+external URL), so the pages run under the strict Content-Security-Policy of rest/security.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import orjson
+from flask import Blueprint, Flask, Response, abort, current_app, redirect, render_template, request, url_for
+from werkzeug.datastructures import MultiDict
+
+from jobs.errors import InvalidParams
+from jobs.record import JobRecord, rfc3339
+from jobs.registry import JOB_TYPES
+from jobs.service import Conflict
+from jobs.spec import Limits, Submission
+from jobs.status import JobStatus
+from rest.extensions import service
+
+bp = Blueprint("web", __name__)
+
+#: Result previews on the job page: the first items of an array, the first characters of a value.
+PREVIEW_ITEMS = 200
+PREVIEW_CHARS = 2000
+PREVIEW_ROWS = 20
+#: Value results bigger than this are not decoded for a preview (F(10^7) is about 2 MiB).
+PREVIEW_MAX_VALUE_BYTES = 8 << 20
+#: Jobs per page of the job list, and on the home page.
+LIST_PAGE = 25
+RECENT = 10
+#: Seconds between self-refreshes of a live job page without JavaScript.
+REFRESH_SECONDS = 2
+ACTIONS = ("cancel", "pause", "resume", "retry")
+TYPE_LABELS = {"primes": "Primes", "fibonacci": "Fibonacci", "sort": "Sort", "csv": "CSV"}
+FLASH_COOKIE = "crunch_flash"
+
+_TRUE = frozenset(("true", "1", "on", "yes"))
+_FALSE = frozenset(("false", "0", "off", "no", ""))
+_UINT = re.compile(r"[0-9]+")
+
+
+# -- validation: form and query strings to the specs' JSON bodies ------------------------------
+
+
+def _limits() -> Limits:
+    return current_app.config["LIMITS"]
+
+
+def _int_field(values: Mapping[str, str], name: str, errors: list[dict[str, Any]]) -> int | None:
+    """A whole number typed into a form or a query string, or an error located at the field."""
+    raw = (values.get(name) or "").strip()
+    if not raw:
+        errors.append({"loc": ["body", name], "msg": "this field is required"})
+        return None
+    if not _UINT.fullmatch(raw):
+        errors.append({"loc": ["body", name], "msg": "must be a whole number, 0 or more"})
+        return None
+    return int(raw)
+
+
+def _bool_field(values: Mapping[str, str], name: str, errors: list[dict[str, Any]]) -> bool:
+    raw = (values.get(name) or "").strip().lower()
+    if raw in _TRUE or raw in _FALSE:
+        return raw in _TRUE
+    errors.append({"loc": ["body", name], "msg": "must be true or false"})
+    return False
+
+
+def parse_fibonacci(values: Mapping[str, str]) -> Submission:
+    errors: list[dict[str, Any]] = []
+    n = _int_field(values, "n", errors)
+    if errors:
+        raise InvalidParams(errors)
+    return JOB_TYPES["fibonacci"].parse_json({"n": n}, _limits())
+
+
+def parse_primes(values: Mapping[str, str]) -> Submission:
+    errors: list[dict[str, Any]] = []
+    start = _int_field(values, "start", errors)
+    end = _int_field(values, "end", errors)
+    output = (values.get("output") or "list").strip()
+    if errors:
+        raise InvalidParams(errors)
+    return JOB_TYPES["primes"].parse_json({"start": start, "end": end, "output": output}, _limits())
+
+
+def parse_sort_text(values: Mapping[str, str]) -> Submission:
+    """`numbers` as text separated by commas, spaces or newlines (the upload format)."""
+    errors: list[dict[str, Any]] = []
+    descending = _bool_field(values, "descending", errors)
+    text = values.get("numbers") or ""
+    if not text.strip():
+        errors.append({"loc": ["body", "numbers"], "msg": "enter some numbers" +
+                       (" or choose a file" if request.method == "POST" else "")})
+    if errors:
+        raise InvalidParams(errors)
+    try:
+        return JOB_TYPES["sort"].parse_file(text.encode(), descending, _limits())  # type: ignore[attr-defined]
+    except InvalidParams as exc:
+        # The spec names the upload "file"; here the numbers came from the text field.
+        raise InvalidParams([{**e, "loc": ["body", "numbers", *e["loc"][2:]]}
+                             if list(e["loc"][:2]) == ["body", "file"] else e for e in exc.errors]) from None
+
+
+def parse_sort_form() -> Submission:
+    """The sort form: the text area, or an uploaded file of numbers (not both)."""
+    upload = request.files.get("file")
+    has_file = upload is not None and bool(upload.filename)
+    has_text = bool((request.form.get("numbers") or "").strip())
+    if has_file and has_text:
+        raise InvalidParams([{"loc": ["body", "numbers"],
+                              "msg": "give the numbers either in the text area or as a file, not both"}])
+    if not has_file:
+        return parse_sort_text(request.form)
+    errors: list[dict[str, Any]] = []
+    descending = _bool_field(request.form, "descending", errors)
+    if errors:
+        raise InvalidParams(errors)
+    assert upload is not None
+    return JOB_TYPES["sort"].parse_file(upload.read(), descending, _limits())  # type: ignore[attr-defined]
+
+
+def parse_csv_form() -> Submission:
+    """Hand the multipart form to the CSV spec, without the fields a browser sends empty."""
+    form = MultiDict([(k, v) for k, v in request.form.items(multi=True) if v.strip()])
+    files = MultiDict([(k, f) for k, f in request.files.items(multi=True) if f.filename])
+    return JOB_TYPES["csv"].parse_form(form, files, _limits())
+
+
+FORM_PARSERS: dict[str, Any] = {
+    "primes": lambda: parse_primes(request.form),
+    "fibonacci": lambda: parse_fibonacci(request.form),
+    "sort": parse_sort_form,
+    "csv": parse_csv_form,
+}
+
+
+def field_errors(exc: InvalidParams) -> dict[str, list[str]]:
+    """Errors by form field: loc ["body", "end"] -> "end"; errors without a field go under "_form"."""
+    out: dict[str, list[str]] = {}
+    for e in exc.errors:
+        loc = [str(p) for p in e.get("loc", [])]
+        if loc and loc[0] in ("body", "query"):
+            loc = loc[1:]
+        field = loc[0] if loc else "_form"
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if len(loc) > 1:  # an item of a list, e.g. numbers[3]
+            msg = f"item {loc[1]}: {msg}"
+        out.setdefault(field, []).append(msg)
+    return out
+
+
+# -- helpers for templates --------------------------------------------------------------------
+
+
+def _thousands(value: Any) -> str:
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms:.1f} ms"
+    s = ms / 1000
+    if s < 120:
+        return f"{s:.2f} s"
+    return f"{int(s // 60)} min {s % 60:.0f} s"
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """Params for display: JSON text, cut at `limit` characters."""
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def summary(rec: JobRecord) -> str:
+    """One line that says what a job computes."""
+    p = rec.params
+    try:
+        if rec.type == "primes":
+            what = "Count primes" if p.get("output") == "count" else "Primes"
+            return f"{what} in [{int(p['start']):,}, {int(p['end']):,}]"
+        if rec.type == "fibonacci":
+            return f"F({int(p['n']):,})"
+        if rec.type == "sort":
+            order = "descending" if p.get("descending") else "ascending"
+            return f"Sort {int(p.get('count', len(p.get('numbers', [])))):,} numbers, {order}"
+        if rec.type == "csv":
+            return f"Filter and sort {p.get('filename') or 'a CSV file'}"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return f"{rec.type} job"
+
+
+def progress_of(rec: JobRecord) -> dict[str, Any]:
+    """Percent, done and total for the progress bar; finished jobs are full."""
+    p = rec.progress or {}
+    percent = float(p.get("percent") or 0.0)
+    if rec.status is JobStatus.FINISHED:
+        percent = 100.0
+    return {"percent": max(0.0, min(percent, 100.0)), "done": p.get("done"), "total": p.get("total"),
+            "reported": rec.progress is not None}
+
+
+def result_preview(rec: JobRecord) -> dict[str, Any] | None:
+    """What the job page shows of a finished result: never more than a screenful."""
+    if rec.status is not JobStatus.FINISHED:
+        return None
+    reader = service().reader(rec)
+    if reader is None or not reader.exists():
+        return {"kind": "expired"}
+    if reader.is_array:
+        raw = b"".join(reader.iter_page_json(0, PREVIEW_ITEMS))
+        items = [t.decode() for t in raw[1:-1].split(b",")] if len(raw) > 2 else []
+        return {"kind": "items", "items": items, "total": reader.total}
+    if int(reader.meta.get("json_bytes", 0)) > PREVIEW_MAX_VALUE_BYTES:
+        return {"kind": "large"}
+    # A value result (count, Fibonacci) is its JSON; a text result (the CSV file) answers its summary.
+    value = orjson.loads(b"".join(reader.iter_json()))
+    if getattr(reader, "is_text", False):
+        return {"kind": "table", "fields": [(k, _short(v, PREVIEW_CHARS)) for k, v in (value or {}).items()],
+                "rows": _text_rows(reader)}
+    if isinstance(value, dict) and isinstance(value.get("value"), str):
+        text = value["value"]
+        return {"kind": "digits", "text": text[:PREVIEW_CHARS], "length": len(text),
+                "truncated": len(text) > PREVIEW_CHARS,
+                "fields": [(k, _short(v)) for k, v in value.items() if k != "value"]}
+    if isinstance(value, dict) and set(value) == {"count"}:
+        return {"kind": "count", "count": value["count"]}
+    if isinstance(value, dict):
+        return {"kind": "fields", "fields": [(k, _short(v, PREVIEW_CHARS)) for k, v in value.items()]}
+    return {"kind": "text", "text": _short(value, PREVIEW_CHARS)}
+
+
+def _text_rows(reader: Any) -> list[list[str]]:
+    """The first rows of a CSV result (its header first), for a preview table."""
+    try:
+        head = b"".join(reader.iter_text(0, PREVIEW_ROWS)).decode("utf-8", "replace")
+        rows = list(csv.reader(io.StringIO(head, newline="")))
+    except Exception:  # noqa: BLE001 - a preview is optional; the download links remain
+        return []
+    return [[cell[:200] for cell in row[:50]] for row in rows[:PREVIEW_ROWS + 1]]
+
+
+def download_formats(rec: JobRecord) -> list[str]:
+    return ["csv"] if rec.type == "csv" else ["json", "csv", "txt"]
+
+
+def job_view(rec: JobRecord) -> dict[str, Any]:
+    """Everything the job templates need about one job."""
+    status = rec.status
+    return {
+        "rec": rec,
+        "id": rec.id,
+        "status": status.value,
+        "terminal": status.terminal,
+        "summary": summary(rec),
+        "type_label": TYPE_LABELS.get(rec.type, rec.type.capitalize()),
+        "progress": progress_of(rec),
+        "created": rfc3339(rec.created_at),
+        "started": rfc3339(rec.started_at),
+        "ended": rfc3339(rec.ended_at),
+        "duration": _duration(rec.duration_ms),
+        "params": [(k, _short(v)) for k, v in rec.params.items()],
+        "preview": result_preview(rec),
+        "downloads": download_formats(rec),
+        "error": rec.error,
+        "can": {
+            "cancel": not status.terminal,
+            "pause": rec.pausable and status in (JobStatus.QUEUED, JobStatus.STARTED),
+            "resume": status is JobStatus.PAUSED,
+            "retry": status in (JobStatus.FAILED, JobStatus.CANCELED),
+        },
+    }
+
+
+def _home(values: dict[str, Mapping[str, str]] | None = None,
+          errors: dict[str, dict[str, list[str]]] | None = None, status: int = 200) -> Response:
+    recent, _ = service().list(limit=RECENT)
+    html = render_template("home.html", values=values or {}, errors=errors or {}, limits=_limits(),
+                           recent=[job_view_light(r) for r in recent], job_types=list(JOB_TYPES))
+    return Response(html, status=status, mimetype="text/html")
+
+
+def job_view_light(rec: JobRecord) -> dict[str, Any]:
+    """A row of a job table: no result lookups."""
+    return {"id": rec.id, "type": rec.type, "status": rec.status.value, "summary": summary(rec),
+            "created": rfc3339(rec.created_at), "duration": _duration(rec.duration_ms),
+            "percent": progress_of(rec)["percent"]}
+
+
+def _to_job(job_id: str) -> Response:
+    return redirect(url_for("web.job", job_id=job_id), 303)  # type: ignore[return-value]
+
+
+def _submit_or_home(job_type: str, parse: Any, values: Mapping[str, str]) -> Response:
+    try:
+        sub = parse()
+    except InvalidParams as exc:
+        return _home({job_type: values}, {job_type: field_errors(exc)}, 422)
+    rec, _ = service().submit(sub)
+    return _to_job(rec.id)
+
+
+def _form_values() -> dict[str, str]:
+    """The submitted text fields (never files), to put back into the form."""
+    return {k: v for k, v in request.form.items()}
+
+
+# -- pages -------------------------------------------------------------------------------------
+
+
+@bp.get("/")
+def home() -> Response:
+    return _home()
+
+
+@bp.post("/submit/<job_type>")
+def submit_form(job_type: str) -> Response:
+    if job_type not in JOB_TYPES or job_type not in FORM_PARSERS:
+        abort(404)
+    return _submit_or_home(job_type, FORM_PARSERS[job_type], _form_values())
+
+
+@bp.get("/fibonacci")
+def fibonacci_link() -> Response:
+    return _submit_or_home("fibonacci", lambda: parse_fibonacci(request.args), request.args.to_dict())
+
+
+@bp.get("/primes")
+def primes_link() -> Response:
+    return _submit_or_home("primes", lambda: parse_primes(request.args), request.args.to_dict())
+
+
+@bp.get("/sort")
+def sort_link() -> Response:
+    return _submit_or_home("sort", lambda: parse_sort_text(request.args), request.args.to_dict())
+
+
+def _load(job_id: str) -> JobRecord:
+    rec = service().get(job_id)
+    if rec is None:
+        abort(404, description=f"There is no job with id {job_id!r}: it is unknown, or it has expired.")
+    return rec
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str) -> Response:
+    view = job_view(_load(job_id))
+    flash = _read_flash(job_id)
+    html = render_template("job.html", job=view, flash=flash, refresh=REFRESH_SECONDS)
+    resp = Response(html, mimetype="text/html")
+    resp.headers["Cache-Control"] = "no-cache"
+    if flash:
+        resp.delete_cookie(FLASH_COOKIE, path=_flash_path(job_id))
+    return resp
+
+
+@bp.get("/jobs/<job_id>/fragment")
+def job_fragment(job_id: str) -> Response:
+    """The live part of the job page alone, for the page's script to swap in."""
+    html = render_template("_job_panel.html", job=job_view(_load(job_id)))
+    resp = Response(html, mimetype="text/html")
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.post("/jobs/<job_id>/<action>")
+def job_action(job_id: str, action: str) -> Response:
+    """The cancel / pause / resume / retry buttons without JavaScript: act, then 303 back."""
+    if action not in ACTIONS:
+        abort(404)
+    svc = service()
+    try:
+        rec = getattr(svc, action)(job_id)
+    except KeyError:
+        abort(404, description=f"There is no job with id {job_id!r}: it is unknown, or it has expired.")
+    except Conflict as exc:
+        return _with_flash(_to_job(job_id), job_id, "error", f"Could not {action} the job: {exc}.")
+    done = {"cancel": "Job canceled." if rec.status is JobStatus.CANCELED else "Cancel requested.",
+            "pause": "Job paused." if rec.status is JobStatus.PAUSED else "Pause requested.",
+            "resume": "Job resumed: it is queued again and continues from its checkpoint.",
+            "retry": "Job queued again."}[action]
+    return _with_flash(_to_job(job_id), job_id, "ok", done)
+
+
+@bp.get("/jobs")
+def jobs_list() -> Response:
+    status = request.args.get("status") or ""
+    type_ = request.args.get("type") or ""
+    cursor = request.args.get("cursor") or None
+    errors: dict[str, list[str]] = {}
+    if status and status not in {s.value for s in JobStatus}:
+        errors["status"] = ["unknown status"]
+    if type_ and type_ not in JOB_TYPES:
+        errors["type"] = ["unknown job type"]
+    recs: list[JobRecord] = []
+    next_cursor = None
+    if not errors:
+        try:
+            recs, next_cursor = service().list(status or None, type_ or None, LIST_PAGE, cursor)
+        except ValueError:
+            errors["cursor"] = ["this page link is not valid any more; start again from the newest jobs"]
+    next_url = None
+    if next_cursor:
+        next_url = url_for("web.jobs_list", status=status or None, type=type_ or None, cursor=next_cursor)
+    html = render_template("jobs.html", jobs=[job_view_light(r) for r in recs], status=status, type=type_,
+                           statuses=[s.value for s in JobStatus], job_types=list(JOB_TYPES),
+                           errors=errors, next_url=next_url, paged=bool(cursor))
+    return Response(html, status=422 if errors else 200, mimetype="text/html")
+
+
+# -- flash messages: a short-lived cookie scoped to one job page, so no server session is needed
+
+
+def _flash_path(job_id: str) -> str:
+    return url_for("web.job", job_id=job_id)
+
+
+def _with_flash(resp: Response, job_id: str, kind: str, text: str) -> Response:
+    resp.set_cookie(FLASH_COOKIE, quote(f"{kind}:{text}"), max_age=60, path=_flash_path(job_id),
+                    httponly=True, samesite="Lax")
+    return resp
+
+
+def _read_flash(job_id: str) -> dict[str, str] | None:
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw:
+        return None
+    kind, _, text = unquote(raw).partition(":")
+    return {"kind": "error" if kind == "error" else "ok", "text": text[:500]}
+
+
+# -- cross-site protection (security headers, CSP included, come from rest/security.py) -----------
+
+
+@bp.before_request
+def _same_origin_posts() -> None:
+    """Forms here change state; refuse POSTs that another site's page made a browser send."""
+    if request.method != "POST":
+        return
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        if site not in ("same-origin", "none"):
+            abort(403, description="This form can only be submitted from Crunch's own pages.")
+        return
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+        abort(403, description="This form can only be submitted from Crunch's own pages.")
+
+
+def init_app(app: Flask) -> None:
+    app.jinja_env.filters["thousands"] = _thousands
+    app.register_blueprint(bp)

@@ -1,0 +1,289 @@
+"""The browser pages in a real headless Chromium against a real gunicorn and real workers.
+
+Chromium is Debian's (/usr/bin/chromium, or $CHROMIUM), driven by Playwright without its own
+browser download. A machine without it fails these tests with a message saying how to install it:
+CI installs it (.ci/run), so a skip would only hide a missing browser.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gmpy2
+import pytest
+
+from infra.processes import ROOT, Api, Web
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = ROOT / "test-artifacts"
+JOB_PATH = re.compile(r"/jobs/([0-9a-f]{32})$")
+rng = random.Random()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}: the browser tests need it. Install it with "
+                    "`apt-get install chromium` (.ci/run does), or point $CHROMIUM at a Chromium binary.",
+                    pytrace=False)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the Python package playwright is missing: pip install -r requirements-dev.txt", pytrace=False)
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(20_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and "status of 4" not in msg.text
+          else None)
+    yield pg
+    ctx.close()
+    assert not errors, f"errors in the page: {errors}"
+
+
+def expect() -> Any:
+    from playwright.sync_api import expect as _expect
+    _expect.set_options(timeout=20_000)
+    return _expect
+
+
+def job_id(pg: Any) -> str:
+    m = JOB_PATH.search(pg.url)
+    assert m, pg.url
+    return m.group(1)
+
+
+def long_count(width: int) -> tuple[int, int]:
+    lo = rng.randrange(10**11, 9 * 10**11)
+    return lo, lo + width
+
+
+def wait_js(pg: Any, expression: str, timeout: float = 30) -> Any:
+    """Poll a JS expression until truthy (wait_for_function would need eval, which the pages' CSP forbids)."""
+    deadline = time.monotonic() + timeout
+    while not (value := pg.evaluate(expression)):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.1)
+    return value
+
+
+def main_frame_navigations(pg: Any) -> list[str]:
+    navs: list[str] = []
+    pg.on("framenavigated", lambda f: navs.append(f.url) if f == pg.main_frame else None)
+    return navs
+
+
+def test_each_form_submits_and_shows_its_result(web: Web, api: Api, page: Any) -> None:
+    ex = expect()
+    page.goto(web.url + "/")
+
+    # Client-side validation stops a bad number before it is sent.
+    page.fill("#fibonacci-n", "-3")
+    page.click("#fibonacci-form button[type=submit]")
+    assert page.url == web.url + "/"
+    assert page.eval_on_selector("#fibonacci-n", "e => e.validity.rangeUnderflow")
+
+    n = rng.randrange(10_000, 20_000)
+    page.fill("#fibonacci-n", str(n))
+    page.click("#fibonacci-form button[type=submit]")
+    page.wait_for_url(JOB_PATH)
+    ex(page.locator("#job-status")).to_have_text("finished")
+    value = gmpy2.fib(n).digits(10)
+    shown = page.locator("#result-value").text_content().strip().rstrip("…")
+    assert shown == value[:2000] and len(value) > 2000
+    ex(page.locator("#result-summary")).to_contain_text(f"{len(value):,} digits; the first 2,000 are shown")
+
+    # Server-side validation: the message sits next to the field and the values stay.
+    page.goto(web.url + "/")
+    page.fill("#primes-start", "500")
+    page.fill("#primes-end", "100")
+    page.click("#primes-form button[type=submit]")
+    ex(page.locator("#primes-end-error")).to_contain_text("greater than or equal to start")
+    assert page.input_value("#primes-start") == "500"
+    assert page.get_attribute("#primes-end", "aria-invalid") == "true"
+
+    lo = rng.randrange(10**9, 10**10)
+    page.fill("#primes-start", str(lo))
+    page.fill("#primes-end", str(lo + 5000))
+    page.check("#primes-output-list")
+    page.click("#primes-form button[type=submit]")
+    page.wait_for_url(JOB_PATH)
+    ex(page.locator("#job-status")).to_have_text("finished")
+    expected = api.get(f"/api/v1/jobs/{job_id(page)}").json()["result"]
+    items = [int(t) for t in page.locator("ol.items li").all_text_contents()]
+    assert items == expected[:200] and len(expected) > 100
+
+    numbers = [rng.randrange(-10**30, 10**30) for _ in range(20)] + [2.5, -0.125]
+    page.goto(web.url + "/")
+    page.fill("#sort-numbers", ", ".join(map(str, numbers)))
+    page.check("#sort-descending")
+    page.click("#sort-form button[type=submit]")
+    page.wait_for_url(JOB_PATH)
+    ex(page.locator("#job-status")).to_have_text("finished")
+    items = page.locator("ol.items li").all_text_contents()
+    assert items == [str(x) for x in sorted(numbers, reverse=True)], "exact, descending"
+
+    page.goto(web.url + "/")
+    upload = [rng.randrange(10**6) for _ in range(300)]
+    page.set_input_files("#sort-file", files=[{"name": "numbers.txt", "mimeType": "text/plain",
+                                                "buffer": "\n".join(map(str, upload)).encode()}])
+    page.click("#sort-form button[type=submit]")
+    page.wait_for_url(JOB_PATH)
+    ex(page.locator("#job-status")).to_have_text("finished")
+    ex(page.locator("#result-summary")).to_contain_text("300 items; the first 200 are shown")
+    items = [int(t) for t in page.locator("ol.items li").all_text_contents()]
+    assert items == sorted(upload)[:200]
+    csv_link = page.locator("a", has_text="CSV").get_attribute("href")
+    assert csv_link == f"/api/v1/jobs/{job_id(page)}/result?format=csv"
+
+    page.goto(web.url + "/")
+    if page.locator("#csv-form").count():
+        day = rng.randrange(1, 28)
+        body = f"day,amount\n2024-03-{day:02d},{rng.randrange(10**6)}\n2024-05-01,7\n2023-01-01,9\n"
+        page.set_input_files("#csv-file", files=[{"name": "sales.csv", "mimeType": "text/csv",
+                                                   "buffer": body.encode()}])
+        page.fill("#csv-date_column", "day")
+        page.fill("#csv-from", "2024-01-01")
+        page.fill("#csv-sort_by", "amount")
+        page.click("#csv-form button[type=submit]")
+        page.wait_for_url(JOB_PATH)
+        ex(page.locator("#job-status")).to_have_text("finished")
+        ex(page.locator("#result-summary")).to_contain_text("rows")
+
+
+def test_progress_moves_and_the_result_appears_without_a_reload(web: Web, api: Api, page: Any) -> None:
+    ex = expect()
+    navs = main_frame_navigations(page)
+    lo, hi = long_count(2 * 10**10)
+    page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
+    page.wait_for_url(JOB_PATH)
+    jid = job_id(page)
+    page.evaluate("window.__crunchTestMarker = 'same document'")
+    origin = page.evaluate("performance.timeOrigin")
+    assert page.evaluate("document.querySelector('meta[http-equiv=refresh]')") is None
+
+    seen: list[float] = []
+    deadline = time.monotonic() + 45
+    screenshot_taken = False
+    while time.monotonic() < deadline:
+        status, value = page.evaluate(
+            "[document.getElementById('job-status').textContent, document.getElementById('job-progress').value]")
+        if not seen or value != seen[-1]:
+            seen.append(value)
+        if not screenshot_taken and status == "started" and 10 < value < 90:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "job-page-running.png"), full_page=True)
+            screenshot_taken = True
+        if status == "finished":
+            break
+        time.sleep(0.1)
+    ex(page.locator("#job-status")).to_have_text("finished", timeout=1)
+    moving = [v for v in seen if 0 < v < 100]
+    assert len(moving) >= 2 and moving == sorted(moving), f"the bar moved forward live: {seen}"
+    assert seen[-1] == 100
+
+    count = api.get(f"/api/v1/jobs/{jid}").json()["result"]["count"]
+    ex(page.locator("#result-summary")).to_have_text(f"{count:,} primes")
+    ex(page.locator("#job-percent")).to_have_text("100.0 %")
+    ex(page.locator("#timings-title")).to_be_visible()
+    assert page.locator("form[data-action=cancel]").count() == 0, "no cancel button once finished"
+
+    # Still the same document: the marker survived, and only the first load navigated.
+    assert page.evaluate("window.__crunchTestMarker") == "same document"
+    assert page.evaluate("performance.timeOrigin") == origin
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+    assert navs == [f"{web.url}/jobs/{jid}"], navs
+    state = page.evaluate("window.crunchJobPage")
+    assert state["events"] >= 3 and state["fragments"] >= 1, state
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "job-page.png"), full_page=True)
+
+
+def test_pause_resume_cancel_and_retry_buttons(web: Web, api: Api, page: Any) -> None:
+    ex = expect()
+    navs = main_frame_navigations(page)
+    lo, hi = long_count(4 * 10**10)
+    page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
+    page.wait_for_url(JOB_PATH)
+    jid = job_id(page)
+    wait_js(page, "document.getElementById('job-progress').value > 0")
+
+    page.click("form[data-action=pause] button")
+    ex(page.locator("#job-status")).to_have_text("paused")
+    ex(page.locator("#flash")).to_have_text("Job paused.")
+    held = page.evaluate("document.getElementById('job-progress').value")
+    assert 0 < held < 100
+    time.sleep(0.8)
+    assert page.evaluate("document.getElementById('job-progress').value") == held, "a paused job does not move"
+    assert page.locator("form[data-action=pause]").count() == 0
+
+    page.click("form[data-action=resume] button")
+    ex(page.locator("#flash")).to_contain_text("Job resumed")
+    wait_js(page, f"document.getElementById('job-progress').value > {held}")
+    ex(page.locator("#job-status")).to_have_text("started")
+
+    page.click("form[data-action=cancel] button")
+    ex(page.locator("#job-status")).to_have_text("canceled")
+    ex(page.locator("#flash")).to_have_text("Job canceled.")
+    assert api.get(f"/api/v1/jobs/{jid}").json()["status"] == "canceled"
+
+    page.click("form[data-action=retry] button")
+    ex(page.locator("#flash")).to_have_text("Job queued again.")
+    ex(page.locator("#job-status")).to_have_text(re.compile("queued|started"))
+    page.click("form[data-action=cancel] button")
+    ex(page.locator("#job-status")).to_have_text("canceled")
+    assert navs == [f"{web.url}/jobs/{jid}"], "every button worked in place"
+
+
+def test_without_javascript_the_page_refreshes_itself_and_the_buttons_still_work(
+        web: Web, api: Api, browser: Any) -> None:
+    ex = expect()
+    ctx = browser.new_context(java_script_enabled=False)
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(20_000)
+        navs = main_frame_navigations(page)
+        lo, hi = long_count(6 * 10**9)
+        page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
+        page.wait_for_url(JOB_PATH)
+        jid = job_id(page)
+        ex(page.locator("#job-status")).to_have_text("finished", timeout=45_000)
+        count = api.get(f"/api/v1/jobs/{jid}").json()["result"]["count"]
+        ex(page.locator("#result-summary")).to_have_text(f"{count:,} primes")
+        assert len(navs) >= 2, "the page reloaded itself (meta refresh) until the job finished"
+        reloads = len(navs)
+        assert 'http-equiv="refresh"' not in page.content()
+        time.sleep(2.5)
+        assert len(navs) == reloads, "a finished job's page stops refreshing"
+
+        lo, hi = long_count(4 * 10**10)
+        page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
+        page.wait_for_url(JOB_PATH)
+        jid = job_id(page)
+        page.click("form[action$='/cancel'] button")
+        page.wait_for_url(JOB_PATH)
+        ex(page.locator(".flash")).to_have_text("Job canceled.")
+        ex(page.locator("#job-status")).to_have_text("canceled")
+        assert api.get(f"/api/v1/jobs/{jid}").json()["status"] == "canceled"
+    finally:
+        ctx.close()
