@@ -16,6 +16,8 @@ API_PREFIX = "/api/v1"
 _JSON_FIELDS = ("params", "progress", "error", "result_meta", "stats")
 _FLOAT_FIELDS = ("created_at", "started_at", "ended_at", "run_ms")
 _INT_FIELDS = ("attempt", "runs")
+#: Optional string fields kept in `extra`: who submitted the job, and the request that created it.
+EXTRA_FIELDS = ("client", "request_id")
 
 
 def rfc3339(ts: float | None) -> str | None:
@@ -75,6 +77,7 @@ class JobRecord:
         kw["run_ms"] = kw["run_ms"] or 0.0
         for name in _INT_FIELDS:
             kw[name] = int(d.get(name) or 0)
+        kw["extra"] = {name: d[name] for name in EXTRA_FIELDS if d.get(name)}
         return cls(**kw)
 
     def to_hash(self) -> dict[str, str]:
@@ -91,6 +94,7 @@ class JobRecord:
         for name in _FLOAT_FIELDS:
             value = getattr(self, name)
             h[name] = "" if value is None else repr(value)
+        h.update({name: str(self.extra[name]) for name in EXTRA_FIELDS if self.extra.get(name)})
         return h
 
     @property

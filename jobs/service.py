@@ -31,6 +31,7 @@ from jobs.keys import (
     JOB_INPUT_KEY,
     JOB_KEY,
     JOBS_INDEX_KEY,
+    PREFIX,
     QUEUE_STATS_KEY,
     RESULT_CHUNKS_KEY,
     RESULT_COUNTS_KEY,
@@ -46,6 +47,12 @@ from jobs.spec import FAST_QUEUE, Submission
 from jobs.status import SETTLED, TERMINAL, JobStatus
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+#: Hash: cumulative finished/failed/canceled counts per job type (read by /metrics).
+TYPE_STATS_KEY = PREFIX + "stats:{type}"
+#: String: live (queued, started or paused) jobs of one client, for MAX_QUEUED_PER_CLIENT.
+CLIENT_LIVE_KEY = PREFIX + "client:{client}:live"
+#: A quiet client's count expires, so a count that drifted (a crash between two steps) heals.
+CLIENT_LIVE_TTL = 7 * 86_400
 INPUT_CHUNK_BYTES = 4 << 20
 #: A running job whose heartbeat is older than this (seconds) is presumed lost with its worker.
 HEARTBEAT_TIMEOUT = int(os.environ.get("HEARTBEAT_TIMEOUT", "30"))
@@ -227,7 +234,7 @@ class JobService:
             if self.cache.add(key, rec.id, timeout=0):
                 self._enqueue(rec, fresh=True)
                 return rec, Outcome.CREATED
-            self._discard(rec.id)
+            self._discard(rec.id, rec)
         raise RuntimeError(f"request cache entry {key} kept changing")
 
     def _classify(self, rec: JobRecord | None) -> Outcome | None:
@@ -248,6 +255,7 @@ class JobService:
             cache_key=sub.cache_key, pausable=spec.pausable, created_at=time.time(),
             has_input=sub.input is not None or sub.input_chunks is not None,
             progress={"done": 0, "total": 0, "percent": 0.0},
+            extra={k: str(v) for k, v in sub.extra.items()},
         )
         rec.runs, rec.rq_id = 1, f"{rec.id}-1"
         ikey = JOB_INPUT_KEY.format(id=rec.id)
@@ -266,14 +274,17 @@ class JobService:
         pipe = self.conn.pipeline(transaction=True)
         pipe.hset(JOB_KEY.format(id=rec.id), mapping=rec.to_hash())
         pipe.zadd(JOBS_INDEX_KEY, {rec.id: rec.created_at * 1000})
+        _count_live(pipe, rec, 1)
         pipe.execute()
         return rec
 
-    def _discard(self, job_id: str) -> None:
+    def _discard(self, job_id: str, rec: JobRecord | None = None) -> None:
         """Remove a record that lost the dedupe race before anyone could see it queued."""
         pipe = self.conn.pipeline(transaction=False)
         pipe.delete(*job_keys(job_id))
         pipe.zrem(JOBS_INDEX_KEY, job_id)
+        if rec is not None:
+            _count_live(pipe, rec, -1)
         pipe.execute()
 
     def _enqueue(self, rec: JobRecord, fresh: bool = False) -> None:
@@ -368,6 +379,7 @@ class JobService:
             pipe.delete(tmpl.format(id=job_id))
         for key in job_keys(job_id):
             pipe.persist(key)
+        _count_live(pipe, rec, 1)
         pipe.execute()
         # Take the cache entry back if nobody else owns it now.
         self.cache.add(rec.cache_key, job_id, timeout=0)
@@ -384,6 +396,8 @@ class JobService:
         pipe.delete(*[k for k in job_keys(job_id) if k != JOB_CONTROL_KEY.format(id=job_id)])
         pipe.zrem(JOBS_INDEX_KEY, job_id)
         pipe.zrem(RUNNING_KEY, job_id)
+        if rec.status.live:
+            _count_live(pipe, rec, -1)
         publish(pipe, job_id, "deleted")
         pipe.execute()
 
@@ -413,6 +427,8 @@ class JobService:
             pipe.expire(key, ttl)
         pipe.zrem(RUNNING_KEY, rec.id)
         pipe.hincrby(QUEUE_STATS_KEY.format(name=rec.queue), status.value, 1)
+        pipe.hincrby(TYPE_STATS_KEY.format(type=rec.type), status.value, 1)
+        _count_live(pipe, rec, -1)
         publish(pipe, rec.id, status.value)
         pipe.execute()
 
@@ -481,6 +497,15 @@ class JobService:
         return out
 
 
+def _count_live(pipe: Any, rec: JobRecord, delta: int) -> None:
+    """Add delta to the live-job count of the job's client (a no-op for jobs without one)."""
+    client = rec.extra.get("client")
+    if client:
+        key = CLIENT_LIVE_KEY.format(client=client)
+        pipe.incrby(key, delta)
+        pipe.expire(key, CLIENT_LIVE_TTL)
+
+
 def _rechunk(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
     """Re-cut a stream of byte pieces into chunks of exactly `size` (the last may be shorter)."""
     buf = bytearray()
@@ -506,6 +531,9 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, job_id = raw.split(":", 1)
-        return float(score), job_id
+        value = float(score)
+        if value != value:  # NaN: Redis rejects it as a score bound (was a 500)
+            raise ValueError("NaN score")
+        return value, job_id
     except Exception as exc:
         raise ValueError("invalid cursor") from exc

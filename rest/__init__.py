@@ -20,15 +20,28 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
         MAX_CONTENT_LENGTH=settings.limits.max_body_bytes,
         MAX_FORM_MEMORY_SIZE=settings.limits.max_body_bytes,
         WAIT_SLOTS=settings.wait_slots,
+        RATE_LIMIT_SUBMIT=settings.rate_limit_submit,
+        RATE_LIMIT_CONTROL=settings.rate_limit_control,
+        RATELIMIT_ENABLED=settings.rate_limit_enabled,
+        MAX_QUEUED_PER_CLIENT=settings.max_queued_per_client,
         JSON_SORT_KEYS=False,
     )
     if overrides:
         app.config.update(overrides)
 
-    from rest import api, extensions, health, problems
+    from rest import api, extensions, health, problems, web
 
     extensions.init_app(app)
     problems.init_app(app)
     api.init_app(app)
     health.init_app(app)
+    web.init_app(app)
+
+    from rest import logging, metrics, openapi, ratelimit, security
+
+    logging.init_app(app)
+    metrics.init_app(app)
+    openapi.init_app(app)
+    ratelimit.init_app(app)
+    security.init_app(app)
     return app

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request, stream_with_context
+from flask import Blueprint, Response, current_app, g, request, stream_with_context
 
 from jobs.record import JobRecord
 from jobs.registry import JOB_TYPES
@@ -16,7 +16,10 @@ from jobs.service import Outcome
 from jobs.spec import Submission
 from jobs.status import TERMINAL, JobStatus
 from rest.extensions import crunch, service
+from rest.logging import request_id
+from rest.metrics import count_submission
 from rest.problems import PROBLEM_BASE, Problem, validation_problem
+from rest.ratelimit import check_live_jobs
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -42,7 +45,8 @@ def query_int(name: str, default: int | None, lo: int, hi: int | None = None) ->
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not re.fullmatch(r"\d+", raw) or int(raw) < lo or (hi is not None and int(raw) > hi):
+    # ASCII digits only, and few enough that int() cannot hit CPython's 4300-digit limit (a 500).
+    if not re.fullmatch(r"[0-9]{1,18}", raw) or int(raw) < lo or (hi is not None and int(raw) > hi):
         bound = f" between {lo} and {hi}" if hi is not None else f" >= {lo}"
         raise validation_problem([{"loc": ["query", name], "msg": f"must be an integer{bound}"}],
                                  f"query parameter {name!r} must be an integer{bound}")
@@ -67,6 +71,10 @@ def read_submission(job_type: str) -> Submission:
             return spec.parse_json(body, limits, raw=raw)  # type: ignore[call-arg]
         return spec.parse_json(body, limits)
     if mimetype == "multipart/form-data" and spec.accepts_form:
+        # Werkzeug names a part without a name None, which the forms' field checks cannot sort (a 500).
+        if None in request.form or None in request.files:
+            raise validation_problem([{"loc": ["body"], "msg": "every multipart part needs a name"}],
+                                     "body: every multipart part needs a name")
         return spec.parse_form(request.form, request.files, limits)
     raise unsupported(spec)
 
@@ -108,7 +116,11 @@ def submit(job_type: str) -> Response:
     sub = read_submission(job_type)
     wait = prefer_wait()
     svc = service()
+    sub.extra["client"] = check_live_jobs(svc.conn)
+    sub.extra["request_id"] = request_id() or ""
     rec, outcome = svc.submit(sub)
+    count_submission(job_type, outcome)
+    g.log_job_id = rec.id
     if outcome is Outcome.CACHED:
         return json_response(svc.resource(rec, cached=True), 200,
                              {"Location": f"/api/v1/jobs/{rec.id}"})
@@ -161,12 +173,14 @@ _FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8", "txt":
 
 @bp.get("/jobs/<job_id>/result")
 def get_result(job_id: str) -> Response:
+    """The result, streamed. Text results (the csv job's file) default to format=csv: the file as
+    stored, or with offset/limit its header plus that page of records; format=json gives their summary."""
     svc = service()
     rec = svc.get(job_id)
     if rec is None:
         raise not_found(job_id)
-    fmt = request.args.get("format", "json")
-    if fmt not in _FORMATS:
+    fmt = request.args.get("format") or None
+    if fmt is not None and fmt not in _FORMATS:
         raise validation_problem([{"loc": ["query", "format"], "msg": "must be json, csv or txt"}],
                                  "format: must be json, csv or txt")
     offset = query_int("offset", 0, 0) or 0
@@ -179,7 +193,10 @@ def get_result(job_id: str) -> Response:
     reader = svc.reader(rec)
     if reader is None or not reader.exists():
         raise Problem(404, "Not Found", "the result of this job has expired", type_=PROBLEM_BASE + "expired")
-    paged = reader.is_array and (offset > 0 or limit is not None)
+    if fmt is None:
+        fmt = "csv" if reader.is_text else "json"
+    pageable = reader.is_array or (reader.is_text and fmt != "json")
+    paged = pageable and (offset > 0 or limit is not None)
     headers = {"X-Total-Count": str(reader.total)}
     if paged:
         headers["X-Offset"] = str(offset)
@@ -196,6 +213,8 @@ def get_result(job_id: str) -> Response:
     else:
         body = reader.iter_lines(offset if paged else 0, limit if paged else None, header=fmt == "csv")
         headers["Content-Disposition"] = f'attachment; filename="{rec.type}-{rec.id}.{fmt}"'
+        if reader.is_text and not paged:
+            headers["Content-Length"] = str(reader.text_bytes)
     resp = Response(stream_with_context(body), mimetype=_FORMATS[fmt].split(";")[0],
                     content_type=_FORMATS[fmt], headers=headers)
     return resp

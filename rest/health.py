@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import orjson
 from flask import Blueprint, Flask, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from rq.worker import Worker
 
 from rest.extensions import rq
@@ -33,12 +30,9 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        from prometheus_client import REGISTRY as registry  # noqa: N811
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    from rest.metrics import render
+
+    return render(rq.connection)
 
 
 def init_app(app: Flask) -> None:

@@ -27,6 +27,12 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     #: Long-polls and event streams one web process holds at once; the rest answer at once.
     wait_slots: int = 240
+    #: Per client IP, shared by every web process (kept in Redis); "limits" notation, e.g. "600/minute".
+    rate_limit_submit: str = "600/minute"
+    rate_limit_control: str = "600/minute"
+    rate_limit_enabled: bool = True
+    #: Live (queued, started or paused) jobs one client IP may have; 0 means no bound.
+    max_queued_per_client: int = 1000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -43,4 +49,8 @@ class Settings:
             limits=limits,
             # Leave threads free for submissions however many clients wait.
             wait_slots=_int("WAIT_SLOTS", max(1, _int("WEB_THREADS", 256) - 16)),
+            rate_limit_submit=os.environ.get("RATE_LIMIT_SUBMIT", "").strip() or "600/minute",
+            rate_limit_control=os.environ.get("RATE_LIMIT_CONTROL", "").strip() or "600/minute",
+            rate_limit_enabled=os.environ.get("RATE_LIMIT_ENABLED", "1").strip().lower() not in ("0", "false", "off"),
+            max_queued_per_client=_int("MAX_QUEUED_PER_CLIENT", 1000),
         )

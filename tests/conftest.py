@@ -38,6 +38,9 @@ def redis_conn(redis_url: str) -> Redis:
     return Redis.from_url(redis_url)
 
 
+#: Every in-process test client is 127.0.0.1: rate limits on, but out of reach (test_ratelimit.py lowers them).
+TEST_RATE_LIMITS = {"rate_limit_submit": "1000000/minute", "rate_limit_control": "1000000/minute",
+                    "max_queued_per_client": 1_000_000}
 #: Small limits so validation tests can cross them cheaply.
 TEST_LIMITS = Limits(max_fib_n=100_000, max_primes_end=10**9, max_primes_list_width=10**7,
                      max_sort_length=1000, max_body_bytes=1 << 20)
@@ -45,7 +48,7 @@ TEST_LIMITS = Limits(max_fib_n=100_000, max_primes_end=10**9, max_primes_list_wi
 
 @pytest.fixture
 def app(redis_url: str):
-    return create_app(settings=Settings(redis_url=redis_url, limits=TEST_LIMITS, wait_slots=8))
+    return create_app(settings=Settings(redis_url=redis_url, limits=TEST_LIMITS, wait_slots=8, **TEST_RATE_LIMITS))
 
 
 @pytest.fixture
