@@ -19,29 +19,119 @@ import time
 from typing import Any
 
 from redis import Redis
+from rq.executions import Execution
+from rq.job import JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import now
 from rq.worker import Worker, WorkerStatus
 
+from infra.embedded_redis import redact_url
 from jobs.keys import JOB_CONTROL_KEY
-from jobs.queueing import QUEUES, JsonJob, JsonQueue
+from jobs.queueing import QUEUES, RUNNER, JsonJob, JsonQueue
 from jobs.spec import FAST_QUEUE
 
 log = logging.getLogger("crunch.worker")
 
 #: How often the supervisor checks its children and looks for stalled jobs.
 SUPERVISE_INTERVAL = 2.0
+#: rq heartbeats a worker three times around every job (three round trips each) for a key that lives
+#: minutes: a heartbeat this soon after the previous one is skipped while the key's expiry covers it.
+HEARTBEAT_MIN_INTERVAL = 1.0
 
 
 class CrunchWorker(Worker):
     """Inline for fast-queue jobs (no fork, ~5x the throughput), a forked horse for the rest."""
 
+    _beat_at = float("-inf")
+    _beat_expires = float("-inf")
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """rq's heartbeat, minus the repeats: skipped when one was sent under HEARTBEAT_MIN_INTERVAL ago
+        and the worker key's expiry already reaches as far (the next job or idle wait heartbeats again)."""
+        ttl = timeout or self.worker_ttl + 60
+        t = time.monotonic()
+        if pipeline is None and t - self._beat_at < HEARTBEAT_MIN_INTERVAL \
+                and self._beat_expires >= t + ttl - HEARTBEAT_MIN_INTERVAL:
+            return
+        super().heartbeat(timeout, pipeline)
+        self._beat_at, self._beat_expires = t, t + ttl
+
+    _suspension_checked = float("-inf")
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """rq's check (a round trip with a heartbeat, before every job), at most once per
+        HEARTBEAT_MIN_INTERVAL while jobs keep coming: `rq suspend` still stops the worker within a second."""
+        if time.monotonic() - self._suspension_checked < HEARTBEAT_MIN_INTERVAL:
+            return
+        super().check_for_suspension(burst)
+        self._suspension_checked = time.monotonic()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """rq's set_state, without re-writing the state it already wrote (rq sets idle twice per job)."""
+        if pipeline is None and state == self._state:
+            return
+        super().set_state(state, pipeline)
+
+    def handle_execution_ended(self, job: Any, queue: Any, heartbeat_ttl: int) -> None:
+        """An inline job that succeeded skips rq's last_heartbeat write: the success save right after writes it."""
+        if self._horse_pid or self.is_horse or job.get_status(refresh=False) == JobStatus.FAILED:
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+            return
+        job.ended_at = job.last_heartbeat = now()
+
+    _inline_pipe: Any = None
+
     def execute_job(self, job: Any, queue: Any) -> None:
         if queue.name == FAST_QUEUE:
-            execution = self.prepare_execution(job)
-            self.perform_job(job, queue, execution)
+            # rq's prepare_execution, whose writes prepare_job_execution sends along with its own.
+            with self.connection.pipeline() as pipe:
+                execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
+                self.executions[execution.id] = execution
+                self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+                self._inline_pipe = pipe
+                try:
+                    self.perform_job(job, queue, execution)
+                finally:
+                    self._inline_pipe = None
             self.set_state(WorkerStatus.IDLE)
         else:
             super().execute_job(job, queue)
+
+    def prepare_job_execution(self, job: Any, remove_from_intermediate_queue: bool = False) -> None:
+        """rq's, for an inline job in one round trip with execute_job's writes (rq 3.0's steps, unchanged)."""
+        pipe = self._inline_pipe
+        if pipe is None:
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+            return
+        self._inline_pipe = None
+        heartbeat_ttl = self.get_heartbeat_ttl(job)
+        self.heartbeat(heartbeat_ttl, pipeline=pipe)
+        job.heartbeat(now(), heartbeat_ttl, pipeline=pipe)
+        job.prepare_for_execution(self.name, pipeline=pipe)
+        pipe.persist(job.key)
+        if remove_from_intermediate_queue:
+            pipe.lrem(self.queue_class(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+        pipe.execute()
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
+
+    def handle_job_success(self, job: Any, queue: Any, started_job_registry: Any, execution: Any) -> None:
+        """rq's, minus the WATCH and read of the dependents (two round trips) for Crunch's runner jobs,
+        which never have dependents, repeats or rate limits; the idle state rides along."""
+        if job.func_name != RUNNER or job.repeats_left or job.has_rate_limit or self._horse_pid or self.is_horse:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        with self.connection.pipeline() as pipeline:
+            self.increment_successful_job_count(pipeline=pipeline)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+            result_ttl = job.get_result_ttl(self.default_result_ttl)
+            if result_ttl != 0:
+                job._handle_success(result_ttl, pipeline=pipeline, worker_name=self.name, execution_id=execution.id,
+                                    execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
+            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+            job._status = JobStatus.FINISHED
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
+            pipeline.execute()
 
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         if self._horse_pid:
@@ -115,7 +205,7 @@ def supervise(url: str, count: int, queues: list[str], burst: bool) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     procs = [spawn() for _ in range(count)]
-    log.info("started %d workers on %s for queues %s", count, url, ",".join(queues))
+    log.info("started %d workers on %s for queues %s", count, redact_url(url), ",".join(queues))
     conn = Redis.from_url(url)
     while not stopping:
         time.sleep(SUPERVISE_INTERVAL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -20,6 +21,9 @@ from bench.common import Row, RssSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench" / "latest.json"
+#: Where a run of only some sections writes, so latest.json always holds a whole run.
+PARTIAL_OUT = ROOT / "var" / "bench" / "partial.json"
+SECTIONS = ("kernels", *e2e.SECTIONS)
 
 
 def git_commit() -> str | None:
@@ -35,7 +39,7 @@ def print_rss(sampler: RssSampler) -> dict[str, dict[str, float]]:
     print()
     print("== Peak RSS per process tree, MiB: the sum of RSS over each tree, sampled every 0.1 s (pages shared "
           "after fork count once per process; work horses living under 0.1 s may be missed)")
-    groups = ("web", "workers", "redis", "plain RQ")
+    groups = ("web", "workers", "redis", "plain RQ", "Celery")
     print(f"   {'phase':<36}" + "".join(f"{g:>10}" for g in groups))
     out: dict[str, dict[str, float]] = {}
     for phase, peaks in sampler.peaks.items():
@@ -43,13 +47,16 @@ def print_rss(sampler: RssSampler) -> dict[str, dict[str, float]]:
             continue
         mib = {n: v / 2**20 for n, v in peaks.items()}
         plain = [v for n, v in mib.items() if n.startswith("plain_rq")]
+        celery = [v for n, v in mib.items() if n.startswith("plain_celery")]
         row = {g: mib[g] for g in ("web", "workers", "redis") if g in mib}
         if plain:
             row["plain RQ"] = sum(plain)
+        if celery:
+            row["Celery"] = sum(celery)
         out[phase] = {k: round(v, 1) for k, v in row.items()}
         print(f"   {phase:<36}" + "".join(f"{(f'{row[g]:.0f}' if g in row else '-'):>10}" for g in groups))
     print("   web = gunicorn master + 2 workers; workers = worker.py supervisor + 2 rq workers (+ horses); "
-          "redis = valkey-server; plain RQ = both plain RQ worker processes (+ horses)")
+          "redis = valkey-server; plain RQ = both plain RQ worker processes (+ horses); Celery = both solo workers")
     return out
 
 
@@ -59,7 +66,14 @@ def load_note(when: str) -> str:
     return f"load average {when}: {one:.2f} (1 min), {five:.2f} (5 min){warn}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
+                        help=f"run only this section (repeatable): {', '.join(SECTIONS)}; "
+                             f"writes {PARTIAL_OUT.relative_to(ROOT)} instead of {OUT.relative_to(ROOT)}")
+    args = parser.parse_args(argv)
+    only = set(args.only or SECTIONS)
+    out = OUT if only == set(SECTIONS) else PARTIAL_OUT
     os.chdir(ROOT)
     # SIGTERM unwinds like Ctrl-C, so every finally block stops the processes this run started.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -76,13 +90,15 @@ def main() -> int:
     sampler.start()
     try:
         try:
-            rows += kernels.run()
+            if "kernels" in only:
+                rows += kernels.run()
         except Exception as exc:  # noqa: BLE001 - the e2e part is still worth running
             failures.append(f"kernels: {type(exc).__name__}: {exc}")
             print(f"   note: FAILED kernels: {type(exc).__name__}: {exc}")
         with tempfile.TemporaryDirectory(prefix="crunch-bench-") as tmp:
             try:
-                rows += e2e.run(Path(tmp), sampler, failures)
+                if only & set(e2e.SECTIONS):
+                    rows += e2e.run(Path(tmp), sampler, failures, only)
             except Exception as exc:  # noqa: BLE001 - still write what was measured
                 failures.append(f"e2e: {type(exc).__name__}: {exc}")
                 print(f"   note: FAILED end to end: {type(exc).__name__}: {exc}")
@@ -90,8 +106,8 @@ def main() -> int:
         sampler.stop()
     rss = print_rss(sampler)
     elapsed = time.perf_counter() - started
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_bytes(orjson.dumps({
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps({
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": git_commit(), "cpus": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "elapsed_s": round(elapsed, 1),
@@ -99,7 +115,7 @@ def main() -> int:
     }, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     print()
     print(load_note("at end"))
-    print(f"{len(rows)} rows in {elapsed:.0f} s; written to {OUT.relative_to(ROOT)} "
+    print(f"{len(rows)} rows in {elapsed:.0f} s; written to {out.relative_to(ROOT)} "
           f"(service logs of this run: var/bench/logs/)")
     for f in failures:
         print(f"FAILED: {f}")

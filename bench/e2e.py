@@ -18,7 +18,7 @@ import orjson
 import requests
 from redis import Redis
 
-from bench import plain_rq
+from bench import plain_celery, plain_rq
 from bench.common import (
     BenchError,
     CpuMeter,
@@ -39,6 +39,8 @@ from jobs.keys import REQUEST_CACHE_PREFIX
 from jobs.registry import JOB_TYPES
 
 SECTION = "e2e"
+#: Names for `python -m bench --only NAME`.
+SECTIONS = ("fibonacci", "primes", "sort", "throughput", "cache", "longpoll")
 TERMINAL = {"finished", "failed", "canceled"}
 JSON = {"Content-Type": "application/json"}
 WAIT = {"Content-Type": "application/json", "Prefer": "wait=30"}
@@ -387,6 +389,13 @@ def throughput(svc: Service) -> list[Row]:
                                             redis_pid=redis_pid, **kw)
         except BenchError as exc:
             note(f"plain RQ ({label}) not measured: {exc}")
+    celery: dict[str, Any] | None = None
+    svc.sampler.set_phase("throughput: Celery")
+    try:
+        celery = plain_celery.measure(svc.redis.url, svc.log_dir, THROUGHPUT_JOBS, procs=WORKERS, clients=CLIENTS,
+                                      sampler=svc.sampler, redis_pid=redis_pid)
+    except BenchError as exc:
+        note(f"Celery not measured: {exc}")
     case = f"trivial fib jobs/s, {CLIENTS} HTTP clients waiting"
     rows = [Row(SECTION, case, rate, None, "jobs/s", "",
                 f"Crunch: {THROUGHPUT_JOBS} distinct jobs (n=10..{THROUGHPUT_JOBS + 9}), each client POSTs with "
@@ -431,9 +440,30 @@ def throughput(svc: Service) -> list[Row]:
                                               for k, v in list(closed["redis_calls"].items())[:8])
                if closed else "")),
     ]
+    if celery:
+        ref_name = (f"Celery {celery_version()} solo pool x{WORKERS}, Redis broker + result backend; {CLIENTS} "
+                    "Python threads each apply_async + block on AsyncResult.get (same closed loop, no HTTP)")
+        rows += [
+            Row(SECTION, case, rate, celery["rate"], "jobs/s", ref_name, "", {"celery": celery}),
+            Row(SECTION, "  submit -> 200 with result, p50", pct(lat, 50), celery["p50_ms"], "ms", ref_name),
+            Row(SECTION, "  submit -> 200 with result, p99", pct(lat, 99), celery["p99_ms"], "ms", ref_name),
+            Row(SECTION, "  CPU per job, all processes", sum(cpu.used.values()) / THROUGHPUT_JOBS * 1000,
+                sum(celery["cpu_s"].values()) / celery["jobs"] * 1000, "ms", ref_name,
+                f"Celery: {celery['cpu_per_job']}"),
+            Row(SECTION, "  Redis commands per job", sum(calls.values()) / THROUGHPUT_JOBS,
+                celery["redis_calls_per_job"], "cmds", ref_name,
+                "Celery top: " + ", ".join(f"{k} {v / celery['jobs']:.1f}"
+                                           for k, v in list(celery["redis_calls"].items())[:8])),
+        ]
     for r in rows:
         print_row(r)
     return rows
+
+
+def celery_version() -> str:
+    import celery
+
+    return celery.__version__
 
 
 # -- 2c. cache hits -------------------------------------------------------------------
@@ -512,7 +542,9 @@ def longpoll(svc: Service) -> list[Row]:
 
 # -- driver ---------------------------------------------------------------------------
 
-def run(tmp: Path, sampler: RssSampler, failures: list[str]) -> list[Row]:
+def run(tmp: Path, sampler: RssSampler, failures: list[str], only: set[str] | None = None) -> list[Row]:
+    """Start the service once and run the sections named in `only` (all by default)."""
+    only = set(SECTIONS) if only is None else only
     rows: list[Row] = []
     svc = Service(tmp, sampler)
     try:
@@ -520,9 +552,11 @@ def run(tmp: Path, sampler: RssSampler, failures: list[str]) -> list[Row]:
         t, _ = timed(svc.start)
         print()
         print(f"== End to end: valkey {svc.redis.url}, worker.py --workers {WORKERS}, gunicorn {svc.base} "
-              f"(2 processes, gthread, 32 threads) - started in {t:.1f} s")
+              f"(2 processes, gthread, {os.environ.get('WEB_THREADS', '256')} threads) - started in {t:.1f} s")
 
-        def section(name: str, fn: Callable[[Service], list[Row]]) -> None:
+        def section(name: str, fn: Callable[[Service], list[Row]], key: str) -> None:
+            if key not in only:
+                return
             sampler.set_phase(name)
             try:
                 rows.extend(fn(svc))
@@ -530,31 +564,41 @@ def run(tmp: Path, sampler: RssSampler, failures: list[str]) -> list[Row]:
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 note(f"FAILED {name}: {type(exc).__name__}: {exc}")
 
-        print_header("2a. One big job end to end: wall time from POST to having the full result, lower is better",
-                     "the kernel's library call alone, in this process, same run")
-        section("e2e fibonacci", fibonacci_e2e)
+        def header(keys: set[str], title: str, reference: str) -> None:
+            if keys & only:
+                print_header(title, reference)
+
+        header({"fibonacci", "primes", "sort"},
+               "2a. One big job end to end: wall time from POST to having the full result, lower is better",
+               "the kernel's library call alone, in this process, same run")
+        section("e2e fibonacci", fibonacci_e2e, "fibonacci")
         for job_type, fn in (("primes", primes_e2e), ("sort", sort_e2e)):
             if job_type in JOB_TYPES:
-                section(f"e2e {job_type}", fn)
+                section(f"e2e {job_type}", fn, job_type)
             else:
                 note(f"{job_type}: not in jobs.registry.JOB_TYPES yet; end-to-end row skipped")
 
-        print_header(f"2b. Throughput of trivial jobs, {WORKERS} worker processes each side; jobs/s higher is better; "
-                     "latency, CPU and Redis commands per job lower is better",
-                     f"plain RQ on the same Redis, {WORKERS} worker processes, the same trivial work "
-                     "(bench.trivial.fib), enqueued from Python without HTTP: (1) rq.SimpleWorker with "
-                     f"{CLIENTS} client threads that each enqueue and block on the result, (2) rq.SimpleWorker "
-                     "with all jobs enqueued at once, (3) forking rq.Worker with all jobs enqueued at once")
-        section("throughput", throughput)
+        header({"throughput"},
+               f"2b. Throughput of trivial jobs, {WORKERS} worker processes each side; jobs/s higher is better; "
+               "latency, CPU and Redis commands per job lower is better",
+               f"plain RQ on the same Redis, {WORKERS} worker processes, the same trivial work "
+               "(bench.trivial.fib), enqueued from Python without HTTP: (1) rq.SimpleWorker with "
+               f"{CLIENTS} client threads that each enqueue and block on the result, (2) rq.SimpleWorker "
+               "with all jobs enqueued at once, (3) forking rq.Worker with all jobs enqueued at once; and "
+               f"Celery with the Redis broker, {WORKERS} solo-pool worker processes, {CLIENTS} client threads "
+               "that each apply_async and block on the result")
+        section("throughput", throughput, "throughput")
 
-        print_header("2c. Cache hits: identical finished request POSTed again (200, cached); req/s higher is better",
-                     "GET /healthz on the same server with the same clients: the cost of HTTP + Flask alone")
-        section("cache hits", cache_hits)
+        header({"cache"},
+               "2c. Cache hits: identical finished request POSTed again (200, cached); req/s higher is better",
+               "GET /healthz on the same server with the same clients: the cost of HTTP + Flask alone")
+        section("cache hits", cache_hits, "cache")
 
-        print_header("2d. Long-poll wake-up: job's ended_at (job hash, same clock) -> waiting client's GET ?wait=30 "
-                     "returns; lower is better",
-                     "one minimal HTTP round trip (GET /healthz) from the same client")
-        section("long-poll", longpoll)
+        header({"longpoll"},
+               "2d. Long-poll wake-up: job's ended_at (job hash, same clock) -> waiting client's GET ?wait=30 "
+               "returns; lower is better",
+               "one minimal HTTP round trip (GET /healthz) from the same client")
+        section("long-poll", longpoll, "longpoll")
     except Exception:
         print(svc.logs())
         raise

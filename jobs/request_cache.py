@@ -60,6 +60,20 @@ class RequestCache(RedisCache):
         client = self._write_client
         return bool(client.eval(_RELEASE_LUA, 1, self._get_prefix() + key, self.serializer.dumps(job_id)))
 
+    def full_key(self, key: str) -> str:
+        """The Redis key of a cache entry, for scripts that claim it in the same step as other writes."""
+        return self._get_prefix() + key
+
+    def release_command(self, key: str, job_id: str) -> list[Any]:
+        """release() as a guarded command for JobService's replay scripts (one round trip for a whole ending)."""
+        full = self._get_prefix() + key
+        return ["?eq", full, self.serializer.dumps(job_id), "DEL", full]
+
+    def refresh_command(self, key: str, job_id: str, timeout: int) -> list[Any]:
+        """refresh() as a guarded command for JobService's replay scripts."""
+        full = self._get_prefix() + key
+        return ["?eq", full, self.serializer.dumps(job_id), "EXPIRE", full, int(timeout)]
+
     def refresh(self, key: str, job_id: str, timeout: int) -> bool:
         """Keep the entry exactly as long as the finished result it points to."""
         client = self._write_client

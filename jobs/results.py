@@ -49,7 +49,9 @@ def _encode_items(items: Sequence[Any]) -> bytes:
 class RedisResultWriter:
     """ResultWriter that streams a kernel's output into Redis lists with pipelined pushes."""
 
-    def __init__(self, conn: Redis, job_id: str, position: dict[str, Any] | None = None) -> None:
+    def __init__(self, conn: Redis, job_id: str, position: dict[str, Any] | None = None,
+                 reset: bool = True) -> None:
+        """reset=False: the caller records reset_commands() in a write of its own (the runner's start)."""
         self.conn = conn
         self.chunks_key = RESULT_CHUNKS_KEY.format(id=job_id)
         self.counts_key = RESULT_COUNTS_KEY.format(id=job_id)
@@ -62,14 +64,28 @@ class RedisResultWriter:
         self.summary: Any = None
         self._pipe = conn.pipeline(transaction=False)
         self._pending = 0
-        # Drop anything a crashed or stopped run wrote after its last checkpoint.
-        pipe = conn.pipeline(transaction=False)
+        if reset:
+            pipe = conn.pipeline(transaction=False)
+            self.reset_commands(pipe)
+            pipe.execute()
+
+    def reset_commands(self, pipe: Any) -> None:
+        """Drop anything a crashed or stopped run wrote after its last checkpoint (recorded on pipe)."""
         if self.chunks:
             pipe.ltrim(self.chunks_key, 0, self.chunks - 1)
             pipe.ltrim(self.counts_key, 0, self.chunks - 1)
         else:
             pipe.delete(self.chunks_key, self.counts_key)
-        pipe.execute()
+
+    def take_pending(self, max_bytes: int) -> list[tuple[Any, ...]]:
+        """Hand buffered pushes of at most max_bytes to the caller's atomic write (the runner's finish);
+        larger ones are sent here first. Returns the raw commands; the caller must send them."""
+        if self._pending > max_bytes:
+            self.flush()
+        taken = [args for args, _options in self._pipe.command_stack]
+        self._pipe.reset()
+        self._pending = 0
+        return taken
 
     def _push(self, data: bytes, count: int) -> None:
         self._pipe.rpush(self.chunks_key, data)
@@ -94,7 +110,7 @@ class RedisResultWriter:
         for i in range(0, max(len(data), 1), VALUE_CHUNK_BYTES):
             self._push(data[i:i + VALUE_CHUNK_BYTES], 0)
         self.items = 1
-        self.flush()
+        # Sent by the next flush: finish(), a checkpoint's position(), or the runner's finishing write.
 
     def append(self, items: Sequence[Any]) -> None:
         self.kind = "array"
@@ -133,12 +149,15 @@ class RedisResultWriter:
 class ResultReader:
     """Streams a stored result as JSON, CSV or text, whole or one page at a time."""
 
-    def __init__(self, conn: Redis, job_id: str, meta: dict[str, Any], job_type: str = "") -> None:
+    def __init__(self, conn: Redis, job_id: str, meta: dict[str, Any], job_type: str = "",
+                 prefetched: list[bytes] | None = None) -> None:
+        """prefetched: the first chunks, when read along with the record (a waiter woken by the finish)."""
         self.conn = conn
         self.meta = meta
         self.job_type = job_type
         self.chunks_key = RESULT_CHUNKS_KEY.format(id=job_id)
         self.counts_key = RESULT_COUNTS_KEY.format(id=job_id)
+        self.prefetched = prefetched
 
     @property
     def is_array(self) -> bool:
@@ -154,6 +173,8 @@ class ResultReader:
 
     def exists(self) -> bool:
         """False once the chunks expired or were deleted."""
+        if self.prefetched:
+            return True
         return bool(self.conn.exists(self.chunks_key)) or self.meta.get("chunks", 0) == 0
 
     def inline_allowed(self) -> bool:
@@ -170,6 +191,9 @@ class ResultReader:
         """Fetch chunks in batches so memory stays bounded while streaming."""
         last = self.meta.get("chunks", 0) - 1 if stop < 0 else stop
         i = start
+        if self.prefetched is not None and start == 0 and len(self.prefetched) > last:
+            yield from self.prefetched[:last + 1]
+            return
         while i <= last:
             j = min(i + batch - 1, last)
             yield from self.conn.lrange(self.chunks_key, i, j)

@@ -28,7 +28,7 @@ from jobs.record import JobRecord
 from jobs.registry import JOB_TYPES
 from jobs.request_cache import request_cache_for
 from jobs.results import RedisResultWriter, RedisScratch
-from jobs.service import HEARTBEAT_TIMEOUT, INPUT_CHUNK_BYTES, JobService, ServiceConfig
+from jobs.service import HEARTBEAT_TIMEOUT, INPUT_CHUNK_BYTES, JobService, ServiceConfig, packed, recorded
 from jobs.status import JobStatus
 
 log = logging.getLogger("crunch.runner")
@@ -40,6 +40,10 @@ CONTROL_INTERVAL = 0.1
 #: A crash-recovery checkpoint is saved at least this often while a kernel runs.
 CHECKPOINT_INTERVAL = 5.0
 HEARTBEAT_INTERVAL = min(5.0, HEARTBEAT_TIMEOUT / 4)
+#: Result bytes still buffered at the end ride along with the finishing transition up to this size.
+FINISH_INLINE_BYTES = 64 << 10
+#: Marks "not read yet" for RedisContext's checkpoint argument.
+_UNREAD = object()
 
 
 @lru_cache(maxsize=4)
@@ -57,23 +61,30 @@ def _kernel(path: str) -> Any:
 class RedisContext:
     """KernelContext backed by the job's Redis keys."""
 
-    def __init__(self, conn: Redis, rec: JobRecord, result_ttl: int) -> None:
+    def __init__(self, conn: Redis, rec: JobRecord, result_ttl: int, checkpoint: Any = _UNREAD,
+                 reset_output: bool = True) -> None:
+        """checkpoint: the raw checkpoint when the caller already read it; reset_output=False: the
+        caller records output.reset_commands() in its own write (execute() does both, saving round trips)."""
         self.conn = conn
         self.rec = rec
         self.job_id = rec.id
         self.resume_state: dict[str, Any] | None = None
         position = None
-        raw = conn.get(JOB_CHECKPOINT_KEY.format(id=rec.id))
+        raw = conn.get(JOB_CHECKPOINT_KEY.format(id=rec.id)) if checkpoint is _UNREAD else checkpoint
         if raw:
             saved = orjson.loads(raw)
             self.resume_state = saved.get("kernel")
             position = saved.get("output")
-        self.output = RedisResultWriter(conn, rec.id, position)
+        self.output = RedisResultWriter(conn, rec.id, position, reset=reset_output)
         self.scratch = RedisScratch(conn, rec.id, result_ttl)
         self.stop_reason: str | None = None
-        self._last_progress = 0.0
-        self._last_control = 0.0
-        self._last_checkpoint = time.monotonic()
+        now = time.monotonic()
+        self._started = now
+        # The first progress write waits a PROGRESS_INTERVAL (a short job's finish writes 100 % anyway),
+        # and the first control poll a CONTROL_INTERVAL (execute() has just read the control key).
+        self._last_progress = now
+        self._last_control = now
+        self._last_checkpoint = now
         self._progress: tuple[int, int] | None = None
         if rec.type == "primes":
             from jobs.segment_store import RedisSegmentStore
@@ -105,7 +116,8 @@ class RedisContext:
     def progress(self, done: int, total: int, force: bool = False) -> None:
         self._progress = (done, total)
         now = time.monotonic()
-        if not force and now - self._last_progress < PROGRESS_INTERVAL and done < total:
+        if not force and now - self._last_progress < PROGRESS_INTERVAL and (
+                done < total or now - self._started < PROGRESS_INTERVAL):
             return
         self._last_progress = now
         percent = round(100.0 * done / total, 2) if total else 0.0
@@ -154,23 +166,49 @@ class RedisContext:
             self.save_checkpoint(state)
 
 
-class _Heartbeat(threading.Thread):
-    """Keeps the job's deadline in the running set fresh even inside long C calls."""
+class _Heartbeats:
+    """Keeps the deadline in the running set of every job this process runs fresh, even inside long
+    C calls; one thread per process, so an inline job does not pay for starting a thread."""
 
-    def __init__(self, conn: Redis, job_id: str) -> None:
-        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
-        self.conn, self.job_id = conn, job_id
-        self.done = threading.Event()
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a work horse starts with no jobs and no thread
 
-    def beat(self) -> None:
-        self.conn.zadd(RUNNING_KEY, {self.job_id: time.time() + HEARTBEAT_TIMEOUT}, xx=False)
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Redis] = {}
+        self._thread: threading.Thread | None = None
 
-    def run(self) -> None:
-        while not self.done.wait(HEARTBEAT_INTERVAL):
-            try:
-                self.beat()
-            except Exception:
-                log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
+    def add(self, conn: Redis, job_id: str) -> None:
+        """Beat for job_id every HEARTBEAT_INTERVAL from now on (its first deadline is set by the caller)."""
+        with self._lock:
+            self._jobs[job_id] = conn
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="crunch-heartbeats", daemon=True)
+                self._thread.start()
+
+    def remove(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_INTERVAL)
+            with self._lock:
+                jobs = list(self._jobs.items())
+            for job_id, conn in jobs:
+                try:
+                    conn.zadd(RUNNING_KEY, {job_id: time.time() + HEARTBEAT_TIMEOUT}, xx=False)
+                except Exception:
+                    log.warning("heartbeat for %s failed", job_id, exc_info=True)
+
+
+_heartbeats = _Heartbeats()
+
+
+def _rid(rec: JobRecord | None) -> str:
+    """The id of the request that created the job, so worker log lines join up with the web's."""
+    return (rec.extra.get("request_id") if rec is not None else None) or "-"
 
 
 def execute(job_id: str) -> dict[str, Any] | None:
@@ -178,14 +216,20 @@ def execute(job_id: str) -> dict[str, Any] | None:
     rq_job = get_current_job()
     conn: Redis = rq_job.connection
     svc = _service(conn)
-    rec = svc.get(job_id)
+    # Everything the start needs to know, in one round trip.
+    pipe = conn.pipeline(transaction=False)
+    pipe.hgetall(JOB_KEY.format(id=job_id))
+    pipe.get(JOB_CONTROL_KEY.format(id=job_id))
+    pipe.get(JOB_CHECKPOINT_KEY.format(id=job_id))
+    h, control, checkpoint = pipe.execute()
+    rec = JobRecord.from_hash(h) if h else None
     if rec is None or rec.rq_id != rq_job.id:
-        log.info("job %s: run %s superseded or deleted; skipping", job_id, rq_job.id)
+        log.info("job %s: run %s superseded or deleted; skipping request_id=%s", job_id, rq_job.id, _rid(rec))
         return None
-    control = conn.get(JOB_CONTROL_KEY.format(id=job_id))
     if control in (b"cancel", b"pause"):
         # A control request for a job the queue still held: honour it without running.
         target = JobStatus.CANCELED if control == b"cancel" else JobStatus.PAUSED
+        log.info("job %s %s before it ran request_id=%s", job_id, target.value, _rid(rec))
         if svc.transition(job_id, (JobStatus.QUEUED,), target, {"ended_at": repr(time.time())}
                           if target is JobStatus.CANCELED else None):
             conn.delete(JOB_CONTROL_KEY.format(id=job_id))
@@ -199,14 +243,17 @@ def execute(job_id: str) -> dict[str, Any] | None:
     fields = {"worker": worker}
     if rec.started_at is None:
         fields["started_at"] = repr(started)
-    heartbeat = _Heartbeat(conn, job_id)
-    heartbeat.beat()
-    if svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, fields) is None:
-        conn.zrem(RUNNING_KEY, job_id)
+    ctx = RedisContext(conn, rec, svc.config.result_ttl, checkpoint=checkpoint, reset_output=False)
+    # Taking STARTED, clearing a stale partial result, the first heartbeat and the event: one atomic step.
+    then = conn.pipeline(transaction=False)  # records the commands; never executed
+    ctx.output.reset_commands(then)
+    then.zadd(RUNNING_KEY, {job_id: time.time() + HEARTBEAT_TIMEOUT})
+    publish(then, job_id, JobStatus.STARTED.value)
+    if svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, fields,
+                      then=packed(recorded(then))) is None:
         return None
-    publish(conn, job_id, JobStatus.STARTED.value)
-    heartbeat.start()
-    ctx = RedisContext(conn, rec, svc.config.result_ttl)
+    _heartbeats.add(conn, job_id)
+    log.info("job %s started type=%s run=%s request_id=%s", job_id, rec.type, rq_job.id, _rid(rec))
     t0 = time.perf_counter()
 
     def run_ms() -> str:
@@ -216,6 +263,7 @@ def execute(job_id: str) -> dict[str, Any] | None:
         spec = JOB_TYPES[rec.type]
         stats = _kernel(spec.kernel)(rec.params, ctx)
         _drop_scratch(ctx)
+        pushes = ctx.output.take_pending(FINISH_INLINE_BYTES)
         meta = ctx.output.finish()
         total = (ctx._progress or (1, 1))[1]
         fields = {"result_meta": orjson.dumps(meta).decode(), "ended_at": repr(time.time()),
@@ -223,22 +271,23 @@ def execute(job_id: str) -> dict[str, Any] | None:
                   "progress": orjson.dumps({"done": total, "total": total, "percent": 100.0}).decode()}
         if isinstance(stats, dict):
             fields["stats"] = orjson.dumps(stats).decode()
-        if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FINISHED, fields):
-            svc.finish_terminal(rec, JobStatus.FINISHED)
+        # The result's last pushes, the state, the cache entry, counters and event: one atomic step.
+        svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FINISHED, fields,
+                       then=[*packed(pushes), *svc.terminal_commands(rec, JobStatus.FINISHED)])
+        log.info("job %s finished in %.3f ms request_id=%s", job_id, float(fields["run_ms"]), _rid(rec))
         return {"job": job_id, "status": "finished"}
     except Stop:
         return _stopped(svc, rec, ctx, run_ms())
     except Exception as exc:
         error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
-        log.error("job %s failed: %s", job_id, "".join(traceback.format_exception(exc)))
+        log.error("job %s failed request_id=%s: %s", job_id, _rid(rec), "".join(traceback.format_exception(exc)))
         _drop_scratch(ctx)
-        if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FAILED,
-                          {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time()),
-                           "run_ms": run_ms()}):
-            svc.finish_terminal(rec, JobStatus.FAILED)
+        svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FAILED,
+                       {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time()), "run_ms": run_ms()},
+                       then=svc.terminal_commands(rec, JobStatus.FAILED))
         raise
     finally:
-        heartbeat.done.set()
+        _heartbeats.remove(job_id)
 
 
 def _drop_scratch(ctx: RedisContext) -> None:
@@ -253,6 +302,7 @@ def _drop_scratch(ctx: RedisContext) -> None:
 def _stopped(svc: JobService, rec: JobRecord, ctx: RedisContext, run_ms: str) -> dict[str, Any]:
     """Leave the job in the state its stop reason asks for."""
     conn, job_id, reason = svc.conn, rec.id, ctx.stop_reason
+    log.info("job %s stopped (%s) request_id=%s", job_id, reason, _rid(rec))
     if reason in ("deleted", "cancel"):
         _drop_scratch(ctx)
     if reason == "deleted":
@@ -287,6 +337,7 @@ def on_rq_failure(job: Any, connection: Redis, exc_type: Any, value: Any, tb: An
         return
     name = getattr(exc_type, "__name__", str(exc_type))
     error = {"type": name, "message": str(value) or "the work horse ended unexpectedly"}
+    log.error("job %s failed: %s: %s request_id=%s", job_id, name, error["message"], _rid(rec))
     if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FAILED,
                       {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time())}):
         svc.finish_terminal(rec, JobStatus.FAILED)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import os
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -58,20 +59,69 @@ INPUT_CHUNK_BYTES = 4 << 20
 HEARTBEAT_TIMEOUT = int(os.environ.get("HEARTBEAT_TIMEOUT", "30"))
 #: Crash recoveries before a job is failed instead of re-queued.
 MAX_ATTEMPTS = 3
+#: A result this small (JSON bytes) is read along with its finished record, by a waiter woken by the
+#: finish or by a cache hit, and kept per request thread for resource() (at most this much per thread).
+PREFETCH_MAX_BYTES = 16 << 10
 #: Most records one list request reads while filtering, so a rare filter cannot stall it.
 LIST_SCAN_LIMIT = 10_000
 
+#: Shared by the scripts below, so a state change and all its bookkeeping cost one round trip and
+#: happen atomically: replay(i) runs the commands packed in ARGV from index i on, each as its
+#: argument count then its arguments (see packed()); one that starts with "?eq KEY VALUE" runs only
+#: while GET KEY == VALUE (the request cache's compare-and-set).
+_REPLAY_LUA = """
+local function replay(i)
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    if ARGV[i + 1] == '?eq' then
+      if redis.call('GET', ARGV[i + 2]) == ARGV[i + 3] then redis.call(unpack(ARGV, i + 4, i + n)) end
+    else
+      redis.call(unpack(ARGV, i + 1, i + n))
+    end
+    i = i + n + 1
+  end
+end
+"""
 #: Set status (and fields) only if the job exists and its status is one of ARGV[1] (comma list).
-#: ARGV[2] = new status, then field/value pairs. Returns the previous status or false.
-_TRANSITION_LUA = """
+#: ARGV[2] = new status, ARGV[3] = count of the field/value arguments that follow, then the
+#: commands to replay once the status matched. Returns the previous status or false.
+_TRANSITION_LUA = _REPLAY_LUA + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
 local ok = false
 for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
 if not ok then return false end
-redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 4, 3 + n))
+replay(4 + n)
 return cur
+"""
+#: Claim a request-cache entry (SET NX, no expiry) and, only if it was free, replay the commands
+#: that create the job and put it on its queue: nobody ever sees the entry without its job.
+#: Returns false once claimed, else the entry's current value.
+_CLAIM_LUA = _REPLAY_LUA + """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  replay(2)
+  return false
+end
+return redis.call('GET', KEYS[1])
+"""
+#: HGETALL of a job (flat), and its result chunks too when the result is small: ARGV[1] = most JSON bytes.
+_READ_WITH_RESULT_LUA = """
+local h = redis.call('HGETALL', KEYS[1])
+local raw = redis.call('HGET', KEYS[1], 'result_meta')
+if raw and raw ~= '' then
+  local meta = cjson.decode(raw)
+  if meta.kind ~= 'text' and (meta.json_bytes or 0) <= tonumber(ARGV[1]) then
+    return {h, redis.call('LRANGE', KEYS[2], 0, (meta.chunks or 0) - 1)}
+  end
+end
+return {h, false}
+"""
+#: Replay the packed commands unconditionally (a terminal state's bookkeeping) in one round trip.
+_REPLAY_ALL_LUA = _REPLAY_LUA + """
+replay(1)
+return 1
 """
 
 
@@ -106,6 +156,12 @@ class JobService:
         self._queue_factory = queue_factory
         self._hub = hub
         self._transition_script = conn.register_script(_TRANSITION_LUA)
+        self._claim_script = conn.register_script(_CLAIM_LUA)
+        self._replay_script = conn.register_script(_REPLAY_ALL_LUA)
+        self._read_script = conn.register_script(_READ_WITH_RESULT_LUA)
+        #: Per request thread: the watch submit() registered before creating a job (wait_until takes it
+        #: instead of re-reading a job it knows is queued), and result chunks read along with a record.
+        self._local = threading.local()
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -123,11 +179,16 @@ class JobService:
         return self._hub
 
     def transition(self, job_id: str, from_: tuple[JobStatus, ...], to: JobStatus,
-                   fields: dict[str, Any] | None = None, client: Any = None) -> JobStatus | None:
-        """Compare-and-set the status; returns the old status, or None if it did not match."""
-        args: list[Any] = [",".join(s.value for s in from_), to.value]
+                   fields: dict[str, Any] | None = None, client: Any = None,
+                   then: list[Any] | None = None) -> JobStatus | None:
+        """Compare-and-set the status; returns the old status, or None if it did not match.
+
+        `then` (see packed()) runs in the same atomic step, only when the status matched.
+        """
+        pairs: list[Any] = []
         for k, v in (fields or {}).items():
-            args += [k, v]
+            pairs += [k, v]
+        args: list[Any] = [",".join(s.value for s in from_), to.value, len(pairs), *pairs, *(then or ())]
         prev = self._transition_script(keys=[JOB_KEY.format(id=job_id)], args=args, client=client)
         return JobStatus(prev.decode()) if prev else None
 
@@ -144,6 +205,10 @@ class JobService:
         """Result reader of a finished job, None if it has no result (yet)."""
         if rec.status is not JobStatus.FINISHED or rec.result_meta is None:
             return None
+        # A finished job's result never changes while its id exists, so chunks _read() fetched stay good.
+        prefetched = getattr(self._local, "chunks", None)
+        if prefetched is not None and prefetched[0] == rec.id:
+            return ResultReader(self.conn, rec.id, rec.result_meta, rec.type, prefetched=prefetched[1])
         return ResultReader(self.conn, rec.id, rec.result_meta, rec.type)
 
     def resource(self, rec: JobRecord, *, cached: bool = False, deduplicated: bool = False,
@@ -157,29 +222,69 @@ class JobService:
 
     def wait(self, job_id: str, timeout: float) -> JobRecord | None:
         """Block until the job settles (terminal or paused) or timeout passes, woken by pub/sub."""
-        rec = self.get(job_id)
-        if rec is None or rec.status in SETTLED or timeout <= 0:
-            return rec
+        if timeout <= 0:
+            return self.get(job_id)
         return self.wait_until(job_id, SETTLED, timeout)
 
     def wait_until(self, job_id: str, statuses: frozenset[JobStatus], timeout: float) -> JobRecord | None:
         """The job once its status is in `statuses` (or gone, or timed out), woken by its events."""
         deadline = time.monotonic() + timeout
-        watch = self.hub.watch(job_id)
+        self._local.chunks = None
+        fresh = self._take_fresh(job_id)
+        watch = fresh[0] if fresh else self.hub.watch(job_id)
+        event: dict[str, Any] | None = None
         try:
             while True:
-                rec = self.get(job_id)
+                if fresh:  # registered before the job existed, so no event was missed: no need to read
+                    rec, fresh = fresh[1], None
+                else:
+                    rec = self._read(job_id, with_result=event is not None and event.get("status") == "finished")
                 remaining = deadline - time.monotonic()
                 if rec is None or rec.status in statuses or remaining <= 0:
                     return rec
                 # The slice cap is a safety net for a lost connection, not the wake-up path.
-                watch.get(min(remaining, 2.0))
+                while (event := watch.get(min(deadline - time.monotonic(), 2.0))) is not None \
+                        and not _may_reach(event, statuses):
+                    pass  # progress, or a status on the way (started): nothing to re-read for
         finally:
             self.hub.unwatch(watch)
 
+    def _read(self, job_id: str, with_result: bool) -> JobRecord | None:
+        """get(), plus a small finished result in the same round trip, kept for reader() (resource() inlines it)."""
+        if not with_result or not JOB_ID_RE.match(job_id):
+            return self.get(job_id)
+        flat, chunks = self._read_script(keys=[JOB_KEY.format(id=job_id), RESULT_CHUNKS_KEY.format(id=job_id)],
+                                         args=[PREFETCH_MAX_BYTES])
+        rec = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
+        if rec is not None and rec.status is JobStatus.FINISHED and chunks:
+            self._local.chunks = (job_id, chunks)
+        return rec
+
+    def _watch_fresh(self, rec: JobRecord) -> None:
+        """In a process that waits on jobs (the web), watch a new job before it exists (see wait_until)."""
+        self._drop_fresh()
+        if self._hub is not None:
+            self._local.fresh = (self._hub.watch(rec.id), rec)
+
+    def _take_fresh(self, job_id: str) -> tuple[Any, JobRecord] | None:
+        """The fresh watch of job_id; one of another job is dropped (its request did not wait)."""
+        fresh = getattr(self._local, "fresh", None)
+        if fresh is None or fresh[1].id != job_id:
+            self._drop_fresh()
+            return None
+        self._local.fresh = None
+        return fresh
+
+    def _drop_fresh(self) -> None:
+        """Forget a fresh watch nobody waited on (the request did not ask to wait)."""
+        fresh = getattr(self._local, "fresh", None)
+        if fresh is not None:
+            self._local.fresh = None
+            self.hub.unwatch(fresh[0])
+
     def list(self, status: str | None = None, type_: str | None = None, limit: int = 50,
-             cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
-        """Newest first, filtered; the cursor is an opaque (score, id) position."""
+             cursor: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], str | None]:
+        """Newest first, filtered (owner: only that token owner's jobs); the cursor is an opaque (score, id)."""
         after = _decode_cursor(cursor) if cursor else None
         max_score = repr(after[0]) if after else "+inf"
         out: list[JobRecord] = []
@@ -208,7 +313,8 @@ class JobService:
                     stale.append(jid)
                     continue
                 rec = JobRecord.from_hash(h)
-                if (status and rec.status.value != status) or (type_ and rec.type != type_):
+                if (status and rec.status.value != status) or (type_ and rec.type != type_) or (
+                        owner is not None and rec.extra.get("owner") != owner):
                     continue
                 out.append(rec)
             if stale:
@@ -221,20 +327,23 @@ class JobService:
     def submit(self, sub: Submission) -> tuple[JobRecord, Outcome]:
         """Create, join or answer from cache; SET NX on the canonical key decides the race."""
         key = sub.cache_key
+        self._local.chunks = None
         for _ in range(8):
             existing = self.cache.get(key)
             if isinstance(existing, str):
-                rec = self.get(existing)
+                rec = self._read(existing, with_result=True)  # a cache hit's result comes along
                 outcome = self._classify(rec)
                 if rec is not None and outcome is not None:
                     return rec, outcome
                 self.cache.release(key, existing)
                 continue
             rec = self._create(sub)
-            if self.cache.add(key, rec.id, timeout=0):
-                self._enqueue(rec, fresh=True)
+            self._watch_fresh(rec)
+            if self._claim(key, rec):
                 return rec, Outcome.CREATED
-            self._discard(rec.id, rec)
+            self._drop_fresh()
+            if rec.has_input:
+                self._discard(rec.id)
         raise RuntimeError(f"request cache entry {key} kept changing")
 
     def _classify(self, rec: JobRecord | None) -> Outcome | None:
@@ -249,6 +358,7 @@ class JobService:
         return None
 
     def _create(self, sub: Submission) -> JobRecord:
+        """A new record, its input stored; the record itself is written by _claim."""
         spec = JOB_TYPES[sub.type]
         rec = JobRecord(
             id=uuid.uuid4().hex, type=sub.type, params=sub.params, queue=sub.queue,
@@ -271,12 +381,18 @@ class JobService:
             if not pushed:
                 pipe.rpush(ikey, b"")
             pipe.execute()
-        pipe = self.conn.pipeline(transaction=True)
+        return rec
+
+    def _claim(self, key: str, rec: JobRecord) -> bool:
+        """Claim the request-cache entry, write the record and enqueue it, in one atomic round trip."""
+        pipe = self.conn.pipeline(transaction=False)  # records the commands; never executed
+        self._enqueue(rec, fresh=True, pipe=pipe)
         pipe.hset(JOB_KEY.format(id=rec.id), mapping=rec.to_hash())
         pipe.zadd(JOBS_INDEX_KEY, {rec.id: rec.created_at * 1000})
         _count_live(pipe, rec, 1)
-        pipe.execute()
-        return rec
+        taken = self._claim_script(keys=[self.cache.full_key(key)],
+                                   args=[self.cache.serializer.dumps(rec.id), *packed(recorded(pipe))])
+        return not taken
 
     def _discard(self, job_id: str, rec: JobRecord | None = None) -> None:
         """Remove a record that lost the dedupe race before anyone could see it queued."""
@@ -287,23 +403,29 @@ class JobService:
             _count_live(pipe, rec, -1)
         pipe.execute()
 
-    def _enqueue(self, rec: JobRecord, fresh: bool = False) -> None:
-        """Put a queued job on its RQ queue under a new per-run RQ id."""
+    def _enqueue(self, rec: JobRecord, fresh: bool = False, pipe: Any = None) -> None:
+        """Put a queued job on its RQ queue under a new per-run RQ id (on `pipe` when given, unexecuted)."""
         spec = JOB_TYPES[rec.type]
         if fresh:
-            # _create already wrote runs=1 and the RQ id, and nobody can be watching a new id.
+            # _create already set runs=1 and the RQ id, and nobody can be watching a new id.
             rq_id = rec.rq_id
         else:
             runs = self.conn.hincrby(JOB_KEY.format(id=rec.id), "runs", 1)
             rq_id = f"{rec.id}-{runs}"
-            self.conn.hset(JOB_KEY.format(id=rec.id), "rq_id", rq_id)
+        own = pipe is None
+        if own:
+            pipe = self.conn.pipeline(transaction=True)
+        # rq calls pipe.multi(), which a pipeline allows only before any command: enqueue first.
         self.queue(rec.queue).enqueue_call(
             RUNNER, args=(rec.id,), job_id=rq_id, timeout=spec.timeout, result_ttl=600,
             failure_ttl=self.config.result_ttl, on_failure=Callback(ON_FAILURE),
-            description=f"{rec.type} {rec.id}",
+            description=f"{rec.type} {rec.id}", pipeline=pipe,
         )
         if not fresh:
-            publish(self.conn, rec.id, JobStatus.QUEUED.value)
+            pipe.hset(JOB_KEY.format(id=rec.id), "rq_id", rq_id)
+            publish(pipe, rec.id, JobStatus.QUEUED.value)
+        if own:
+            pipe.execute()
 
     # -- steering -----------------------------------------------------------------
 
@@ -410,27 +532,32 @@ class JobService:
     # -- endings (called by the runner, or by the web for jobs no worker holds) ----
 
     def finish_terminal(self, rec: JobRecord, status: JobStatus) -> None:
-        """Bookkeeping of a terminal state: cache entry, expiry, counters, event."""
+        """Bookkeeping of a terminal state: cache entry, expiry, counters, event (one round trip)."""
+        self._replay_script(args=self.terminal_commands(rec, status))
+
+    def terminal_commands(self, rec: JobRecord, status: JobStatus) -> list[Any]:
+        """finish_terminal's writes as packed commands, to ride along with the transition itself."""
         ttl = self.config.result_ttl
         if status is JobStatus.FINISHED:
-            self.cache.refresh(rec.cache_key, rec.id, ttl)
+            cache_cmd = self.cache.refresh_command(rec.cache_key, rec.id, ttl)
         else:
-            self.cache.release(rec.cache_key, rec.id)
+            cache_cmd = self.cache.release_command(rec.cache_key, rec.id)
         drop = [JOB_CONTROL_KEY.format(id=rec.id)]
         if status is JobStatus.FINISHED:
             drop += [JOB_INPUT_KEY.format(id=rec.id), JOB_CHECKPOINT_KEY.format(id=rec.id)]
         else:  # keep the input so a retry can run again
             drop += [RESULT_CHUNKS_KEY.format(id=rec.id), RESULT_COUNTS_KEY.format(id=rec.id)]
-        pipe = self.conn.pipeline(transaction=False)
+        pipe = self.conn.pipeline(transaction=False)  # records the commands; never executed
         pipe.delete(*drop)
         for key in job_keys(rec.id):
-            pipe.expire(key, ttl)
+            if key not in drop:  # just deleted: nothing to expire
+                pipe.expire(key, ttl)
         pipe.zrem(RUNNING_KEY, rec.id)
         pipe.hincrby(QUEUE_STATS_KEY.format(name=rec.queue), status.value, 1)
         pipe.hincrby(TYPE_STATS_KEY.format(type=rec.type), status.value, 1)
         _count_live(pipe, rec, -1)
         publish(pipe, rec.id, status.value)
-        pipe.execute()
+        return packed([cache_cmd, *recorded(pipe)])
 
     # -- crash recovery -----------------------------------------------------------
 
@@ -504,6 +631,28 @@ def _count_live(pipe: Any, rec: JobRecord, delta: int) -> None:
         key = CLIENT_LIVE_KEY.format(client=client)
         pipe.incrby(key, delta)
         pipe.expire(key, CLIENT_LIVE_TTL)
+
+
+def recorded(pipe: Any) -> list[tuple[Any, ...]]:
+    """The commands recorded on a pipeline that is used only as a recorder (never executed)."""
+    return [args for args, _options in pipe.command_stack]
+
+
+def packed(commands: Iterable[Sequence[Any]]) -> list[Any]:
+    """ARGV tail for the replay scripts: each command as its argument count, then its arguments."""
+    out: list[Any] = []
+    for args in commands:
+        out.append(len(args))
+        out.extend(args)
+    return out
+
+
+def _may_reach(event: dict[str, Any], statuses: frozenset[JobStatus]) -> bool:
+    """Whether an event may mean the job reached one of `statuses` (a resync or deletion always may)."""
+    try:
+        return JobStatus(event.get("status")) in statuses
+    except ValueError:
+        return True
 
 
 def _rechunk(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:

@@ -1,0 +1,128 @@
+"""Celery, the second reference for job throughput: a solo-pool worker process and the driver that feeds it.
+
+`python -m bench.plain_celery --url URL --queue Q` runs one Celery worker with `--pool=solo`
+(one process, tasks run inline) on the Redis broker, with Celery's defaults otherwise, as a
+plain Celery user would. The result backend is the same Redis, so a client can block on
+AsyncResult.get() (a pub/sub wake-up) the way Crunch's HTTP clients block on `Prefer: wait`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from redis import Redis
+
+from bench.common import BenchError, CpuMeter, calls_since, pct, redis_calls
+from bench.trivial import fib as _fib
+from infra.processes import Proc, base_env
+
+#: The broker/backend URL, read from the environment so the worker process builds the same app.
+URL_ENV = "BENCH_CELERY_URL"
+
+app = Celery("bench_celery", broker=os.environ.get(URL_ENV, "redis://127.0.0.1:6379/0"),
+             backend=os.environ.get(URL_ENV, "redis://127.0.0.1:6379/0"))
+app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
+                broker_connection_retry_on_startup=True, worker_hijack_root_logger=False)
+
+
+@app.task(name="bench.fib")
+def fib(n: int) -> dict[str, object]:
+    """The same trivial work as Crunch's small Fibonacci job (bench.trivial.fib)."""
+    return _fib(n)
+
+
+def worker_main(argv: list[str]) -> int:
+    """One solo-pool Celery worker: `--url URL --queue Q --name N`."""
+    args = dict(zip(argv[::2], argv[1::2], strict=False))
+    app.conf.broker_url = app.conf.result_backend = args["--url"]
+    app.worker_main(["worker", "--pool=solo", "--loglevel=WARNING", "-Q", args["--queue"],
+                     "-n", args["--name"]])
+    return 0
+
+
+def measure(redis_url: str, log_dir: Path, n_jobs: int, procs: int = 2, clients: int = 16, sampler: Any = None,
+            redis_pid: int | None = None, timeout: float = 120, warmup: int = 32) -> dict[str, Any]:
+    """Start `procs` solo workers; `clients` threads each apply_async one task and block on .get()."""
+    qname = "bench-celery"
+    conn = Redis.from_url(redis_url)
+    conn.delete(qname)
+    app.conf.broker_url = app.conf.result_backend = redis_url
+    app.conf.task_default_queue = qname
+    env = base_env(redis_url, **{URL_ENV: redis_url})
+    workers = [Proc(f"plain-celery-{i}", [sys.executable, "-m", "bench.plain_celery", "--url", redis_url,
+                                          "--queue", qname, "--name", f"bench-celery-{i}@%h"], env, log_dir)
+               for i in range(procs)]
+    try:
+        for i, w in enumerate(workers):
+            w.start()
+            if sampler is not None:
+                sampler.track(f"plain_celery_{i}", w.proc.pid)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 60
+        while len(app.control.ping(timeout=0.5) or []) < procs:
+            if time.monotonic() > deadline or not all(w.alive for w in workers):
+                raise BenchError(f"Celery workers did not answer a ping:\n{workers[0].tail()}")
+        _closed_loop(warmup, clients, timeout, offset=100_000)  # connections, imports, prefetch
+        pids = {f"worker{i}": w.proc.pid for i, w in enumerate(workers)}  # type: ignore[union-attr]
+        if redis_pid:
+            pids["redis"] = redis_pid
+        pids["client"] = os.getpid()
+        calls0 = redis_calls(conn)
+        cpu = CpuMeter(pids).start()
+        wall, lat = _closed_loop(n_jobs, clients, timeout)
+        cpu.stop()
+        calls = calls_since(conn, calls0)
+    finally:
+        for w in workers:
+            w.stop(timeout=15)
+        if sampler is not None:
+            for i in range(procs):
+                sampler.untrack(f"plain_celery_{i}")
+    used = dict(cpu.used)
+    used = {"workers": sum(v for k, v in used.items() if k.startswith("worker")),
+            **{k: v for k, v in used.items() if not k.startswith("worker")}}
+    cpu.used = used
+    return {"jobs": n_jobs, "wall_s": wall, "rate": n_jobs / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+            "cpu_s": used, "cpu_per_job": cpu.per_job_ms(n_jobs), "redis_calls": calls,
+            "redis_calls_per_job": sum(calls.values()) / n_jobs}
+
+
+def _closed_loop(n_jobs: int, clients: int, timeout: float, offset: int = 10) -> tuple[float, list[float]]:
+    """Each of `clients` threads: apply_async one distinct fib task, block on its result, repeat."""
+    counter = itertools.count()
+    starts = [0.0] * n_jobs
+    ends = [0.0] * n_jobs
+    errors: list[str] = []
+    barrier = threading.Barrier(clients)
+
+    def loop() -> None:
+        barrier.wait()
+        while (i := next(counter)) < n_jobs:
+            t0 = time.perf_counter()
+            try:
+                value = fib.apply_async((offset + i,)).get(timeout=timeout)
+                if value["n"] != offset + i:
+                    raise BenchError(f"Celery task for n={offset + i} answered {value!r:.80}")
+            except Exception as exc:  # noqa: BLE001 - collected and raised below
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            starts[i], ends[i] = t0, time.perf_counter()
+
+    pool = [threading.Thread(target=loop, name=f"celery-client-{k}", daemon=True) for k in range(clients)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise BenchError(f"{len(errors)}/{n_jobs} Celery tasks failed; first: {errors[0]}")
+    return max(ends) - min(starts), [(e - s) * 1000 for s, e in zip(starts, ends, strict=True)]
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))
