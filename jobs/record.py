@@ -16,8 +16,9 @@ API_PREFIX = "/api/v1"
 _JSON_FIELDS = ("params", "progress", "error", "result_meta", "stats")
 _FLOAT_FIELDS = ("created_at", "started_at", "ended_at", "run_ms")
 _INT_FIELDS = ("attempt", "runs")
-#: Optional string fields kept in `extra`: who submitted the job, and the request that created it.
-EXTRA_FIELDS = ("client", "request_id")
+#: Optional string fields kept in `extra`: who submitted the job (rate-limit client, and the token
+#: owner when API_TOKENS is on), and the request that created it.
+EXTRA_FIELDS = ("client", "request_id", "owner")
 
 
 def rfc3339(ts: float | None) -> str | None:

@@ -115,6 +115,19 @@ PROBLEMS = {
     "503": _problem_response("The job store (Redis) is unreachable, or this process holds its maximum "
                              "of waiting clients.", retry_after=True),
 }
+#: Only with API_TOKENS configured: no or a wrong bearer token (the response carries WWW-Authenticate).
+UNAUTHORIZED = {**_problem_response("API_TOKENS is set on this server and the request has no valid "
+                                    "`Authorization: Bearer <token>`."),
+                "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
+                                                 "description": 'Bearer realm="crunch" (with error="invalid_token" '
+                                                                "for a wrong token)."}}}
+#: Bearer tokens are optional: a server without API_TOKENS serves every route without one.
+SECURITY_SCHEMES = {"bearerAuth": {
+    "type": "http", "scheme": "bearer",
+    "description": "Needed on every /api route only when the server sets API_TOKENS; each token belongs to an "
+                   "owner, who sees only its own jobs (another owner's job answers 404). Health, readiness, "
+                   "metrics and this document stay open."}}
+OPTIONAL_BEARER: list[dict[str, list[str]]] = [{}, {"bearerAuth": []}]
 
 
 def _problems(*codes: str) -> dict[str, Any]:
@@ -417,10 +430,17 @@ def build_document(limits: Limits) -> dict[str, Any]:
     ready_body = {"type": "object", "required": ["status", "redis", "workers"],
                   "properties": {"status": {"type": "string"}, "redis": {"type": "string"},
                                  "workers": {"type": ["integer", "null"]}, "detail": {"type": "string"}}}
+    for path, item in paths.items():
+        if path.startswith("/api/"):
+            for op in item.values():
+                op["security"] = copy.deepcopy(OPTIONAL_BEARER)
+                op["responses"]["401"] = {"$ref": "#/components/responses/401"}
     paths["/readyz"] = {"get": {"tags": ["operations"], "operationId": "readyz",
                                 "summary": "Readiness: 200 when Redis answers, 503 when not",
                                 "responses": {"200": _json(ready_body, "Ready; `workers` counts the workers."),
-                                              "503": _json(ready_body, "Redis is unreachable.")}}}
+                                              "503": {**_problem_response(
+                                                  "Redis is unreachable, or refused the credentials in REDIS_URL "
+                                                  "(the body adds `redis` and `workers`).", retry_after=True)}}}}
     paths["/metrics"] = {"get": {"tags": ["operations"], "operationId": "metrics",
                                  "summary": "Prometheus metrics (text exposition format)",
                                  "responses": {"200": {"description": "The metrics.",
@@ -453,7 +473,8 @@ def build_document(limits: Limits) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "responses": _components_problems(),
+            "responses": {**_components_problems(), "401": copy.deepcopy(UNAUTHORIZED)},
+            "securitySchemes": copy.deepcopy(SECURITY_SCHEMES),
             "parameters": {
                 "JobId": {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
                           "description": "The job id (32 hex digits)."},

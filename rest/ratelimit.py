@@ -6,7 +6,9 @@
 - MAX_QUEUED_PER_CLIENT bounds a client's live jobs (queued, started or paused). The job
   service keeps the count (INCR when it creates a job, DECR when the job ends or is deleted).
 
-Both answer 429 problem+json with Retry-After. The client is the connection's address
+Both answer 429 problem+json with Retry-After. The client is the token owner when the request
+is authenticated (API_TOKENS, see rest.auth): every token and browser session of one owner
+shares its budget, from any address. Otherwise it is the connection's address
 (request.remote_addr): behind a reverse proxy, make the proxy's X-Forwarded-For the remote
 address (werkzeug's ProxyFix) or every client shares one budget.
 """
@@ -22,6 +24,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from limits import parse_many
 
 from jobs.service import CLIENT_LIVE_KEY
+from rest.auth import current_owner
 from rest.problems import PROBLEM_BASE, Problem, error_response
 
 CONTROL_ENDPOINTS = ("api.cancel_job", "api.pause_job", "api.resume_job", "api.retry_job", "api.delete_job")
@@ -29,7 +32,10 @@ SUBMIT_PREFIX = "api.submit_"
 
 
 def client_id() -> str:
-    """Who is asking: the peer address (see the module docstring about proxies)."""
+    """Who is asking: the token owner, else the peer address (see the module docstring about proxies)."""
+    owner = current_owner()
+    if owner is not None:
+        return f"owner:{owner}"
     return request.remote_addr or "unknown"
 
 

@@ -2,9 +2,11 @@
 
 Every page validates with the same job specs as the JSON API and calls the same job service;
 only the presentation differs (HTML forms re-rendered with messages next to their fields
-instead of problem+json). Templates are Jinja with autoescaping, so nothing a client typed
-is ever rendered as markup. Scripts and styles come from rest/static only (no inline code, no
-external URL), so the pages run under the strict Content-Security-Policy of rest/security.py.
+instead of problem+json). With API_TOKENS set every page needs a signed-in session (/login) and
+shows only that owner's jobs; every POST form carries the session's CSRF token (rest.auth).
+Templates are Jinja with autoescaping, so nothing a client typed is ever rendered as markup.
+Scripts and styles come from rest/static only (no inline code, no external URL), so the pages
+run under the strict Content-Security-Policy of rest/security.py.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from jobs.errors import InvalidParams
 from jobs.record import JobRecord, rfc3339
 from jobs.registry import JOB_TYPES
 from jobs.service import Conflict
+from jobs.sharing import submit_owned
 from jobs.spec import Limits, Submission
 from jobs.status import JobStatus
+from rest import auth
 from rest.extensions import service
 
 bp = Blueprint("web", __name__)
@@ -132,8 +136,8 @@ def parse_sort_form() -> Submission:
 
 
 def parse_csv_form() -> Submission:
-    """Hand the multipart form to the CSV spec, without the fields a browser sends empty."""
-    form = MultiDict([(k, v) for k, v in request.form.items(multi=True) if v.strip()])
+    """Hand the multipart form to the CSV spec, without the fields a browser sends empty (or the CSRF token)."""
+    form = MultiDict([(k, v) for k, v in request.form.items(multi=True) if v.strip() and k != auth.CSRF_FIELD])
     files = MultiDict([(k, f) for k, f in request.files.items(multi=True) if f.filename])
     return JOB_TYPES["csv"].parse_form(form, files, _limits())
 
@@ -291,7 +295,7 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
 
 def _home(values: dict[str, Mapping[str, str]] | None = None,
           errors: dict[str, dict[str, list[str]]] | None = None, status: int = 200) -> Response:
-    recent, _ = service().list(limit=RECENT)
+    recent, _ = service().list(limit=RECENT, owner=auth.current_owner())
     html = render_template("home.html", values=values or {}, errors=errors or {}, limits=_limits(),
                            recent=[job_view_light(r) for r in recent], job_types=list(JOB_TYPES))
     return Response(html, status=status, mimetype="text/html")
@@ -313,7 +317,7 @@ def _submit_or_home(job_type: str, parse: Any, values: Mapping[str, str]) -> Res
         sub = parse()
     except InvalidParams as exc:
         return _home({job_type: values}, {job_type: field_errors(exc)}, 422)
-    rec, _ = service().submit(sub)
+    rec, _ = submit_owned(service(), sub, auth.current_owner())
     return _to_job(rec.id)
 
 
@@ -353,7 +357,7 @@ def sort_link() -> Response:
 
 
 def _load(job_id: str) -> JobRecord:
-    rec = service().get(job_id)
+    rec = auth.visible(service().get(job_id))
     if rec is None:
         abort(404, description=f"There is no job with id {job_id!r}: it is unknown, or it has expired.")
     return rec
@@ -386,6 +390,8 @@ def job_action(job_id: str, action: str) -> Response:
     if action not in ACTIONS:
         abort(404)
     svc = service()
+    if auth.enabled():
+        _load(job_id)  # another owner's job is as unknown as a missing one
     try:
         rec = getattr(svc, action)(job_id)
     except KeyError:
@@ -413,7 +419,8 @@ def jobs_list() -> Response:
     next_cursor = None
     if not errors:
         try:
-            recs, next_cursor = service().list(status or None, type_ or None, LIST_PAGE, cursor)
+            recs, next_cursor = service().list(status or None, type_ or None, LIST_PAGE, cursor,
+                                               owner=auth.current_owner())
         except ValueError:
             errors["cursor"] = ["this page link is not valid any more; start again from the newest jobs"]
     next_url = None
@@ -462,6 +469,51 @@ def _same_origin_posts() -> None:
     origin = request.headers.get("Origin")
     if origin and origin != "null" and urlsplit(origin).netloc != request.host:
         abort(403, description="This form can only be submitted from Crunch's own pages.")
+
+
+@bp.before_request
+def _signed_in_and_csrf() -> Response | None:
+    """With API_TOKENS on, every page but /login and /logout needs a session; every POST its CSRF token."""
+    if auth.enabled() and request.endpoint not in ("web.login", "web.logout") and auth.current_owner() is None:
+        target = request.full_path.rstrip("?") if request.method == "GET" else ""
+        return redirect(url_for("web.login", next=target or None), 303)  # type: ignore[return-value]
+    if request.method == "POST":
+        auth.check_csrf()
+    return None
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site (never //host or an absolute URL) may follow a login."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")) and "\\" not in target:
+        return target
+    return url_for("web.home")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response:
+    """Trade an API token for a signed session cookie (the pages cannot send a bearer header)."""
+    target = _safe_next(request.values.get("next"))
+    if not auth.enabled():
+        return redirect(target, 303)  # type: ignore[return-value]
+    error = None
+    status = 200
+    if request.method == "POST":
+        if auth.sign_in(request.form.get("token", "")) is not None:
+            return redirect(target, 303)  # type: ignore[return-value]
+        error, status = "This token is not valid.", 403
+    html = render_template("login.html", mode="login", next=target, error=error)
+    resp = Response(html, status=status, mimetype="text/html")
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+def logout() -> Response:
+    """POST (from the header's button) ends the session; GET only offers the button (no CSRF by link)."""
+    if request.method == "POST":
+        auth.sign_out()
+        return redirect(url_for("web.login" if auth.enabled() else "web.home"), 303)  # type: ignore[return-value]
+    return Response(render_template("login.html", mode="logout"), mimetype="text/html")
 
 
 def init_app(app: Flask) -> None:

@@ -287,3 +287,40 @@ def test_without_javascript_the_page_refreshes_itself_and_the_buttons_still_work
         assert api.get(f"/api/v1/jobs/{jid}").json()["status"] == "canceled"
     finally:
         ctx.close()
+
+
+@pytest.fixture(scope="module")
+def auth_web(redis_url: str, log_dir: Path, workers: Any) -> Iterator[tuple[Web, str]]:
+    """A second gunicorn with API_TOKENS set: one owner, "carol", and her token."""
+    from rest.auth import hash_token
+
+    token = os.urandom(24).hex()
+    w = Web(redis_url, log_dir, API_TOKENS=f"carol:{hash_token(token)}")
+    w.log_path = log_dir / "web-browser-auth.log"
+    w.start()
+    yield w, token
+    w.stop()
+
+
+def test_with_api_tokens_the_pages_sign_in_and_the_buttons_still_work(auth_web: tuple[Web, str], page: Any) -> None:
+    ex = expect()
+    web, token = auth_web
+    lo, hi = long_count(4 * 10**10)
+    page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
+    page.wait_for_url(re.compile(r"/login\?next="))
+    page.fill("#login-token", "not-the-token")
+    page.click("#login-form button[type=submit]")
+    ex(page.locator("#login-token-error")).to_contain_text("not valid")
+    page.fill("#login-token", token)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(JOB_PATH)  # back to the link, which made the job
+    ex(page.locator(".signed-in")).to_contain_text("carol")
+    wait_js(page, "document.getElementById('job-progress').value > 0")
+    # The buttons call the API with the session cookie and the page's CSRF token.
+    page.click("form[data-action=pause] button")
+    ex(page.locator("#job-status")).to_have_text("paused")
+    page.click("form[data-action=cancel] button")
+    ex(page.locator("#job-status")).to_have_text("canceled")
+    ex(page.locator("#flash")).to_have_text("Job canceled.")
+    page.click(".signout button")
+    page.wait_for_url(re.compile(r"/login$"))

@@ -9,6 +9,7 @@ import time
 
 import orjson
 import pytest
+from flask.testing import FlaskClient
 from redis import Redis
 
 from jobs.keys import JOBS_INDEX_KEY
@@ -22,6 +23,26 @@ HOSTILE = '<script>alert("x")</script>'
 JOB_URL = re.compile(r"^/jobs/([0-9a-f]{32})$")
 #: A queue no worker serves: jobs put there stay queued even when the session runs real workers.
 IDLE_QUEUE = "web-tests-idle"
+#: The CSRF token of the test browser's session (tests/test_auth.py checks that forms without it fail).
+CSRF = "test-csrf-token"
+
+
+class FormClient(FlaskClient):
+    """The test client as a browser that loaded the page first: every POST carries the session's CSRF field."""
+
+    def open(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("method") == "POST" and (kwargs.get("data") is None or isinstance(kwargs["data"], dict)):
+            kwargs["data"] = {"csrf_token": CSRF, **(kwargs.get("data") or {})}
+        return super().open(*args, **kwargs)
+
+
+@pytest.fixture
+def client(app):
+    app.test_client_class = FormClient
+    c = app.test_client()
+    with c.session_transaction() as sess:
+        sess["csrf"] = CSRF
+    return c
 
 
 def job_id_of(resp) -> str:

@@ -199,9 +199,11 @@
     if (button) {
       button.disabled = true;
     }
+    // Signed in by cookie (API_TOKENS on), the API wants the form's CSRF token as a header.
+    var csrf = form.querySelector("input[name=csrf_token]");
     fetch("/api/v1/jobs/" + encodeURIComponent(jobId) + "/" + action, {
       method: "POST",
-      headers: { Accept: "application/json" }
+      headers: { Accept: "application/json", "X-CSRF-Token": csrf ? csrf.value : "" }
     })
       .then(function (r) {
         return r.json().catch(function () { return {}; }).then(function (body) {
