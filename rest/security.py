@@ -1,7 +1,7 @@
 """Security headers on every response (pages, API, errors and static files alike).
 
 A view that needs another Content-Security-Policy (the /docs page: Swagger UI sets inline
-styles) sets its own header; these are defaults, never overrides.
+styles; the /rq pages, rest/dashboard.py) sets its own header; these are defaults, never overrides.
 """
 
 from __future__ import annotations
