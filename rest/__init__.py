@@ -37,11 +37,13 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     health.init_app(app)
     web.init_app(app)
 
-    from rest import logging, metrics, openapi, ratelimit, security
+    from rest import auth, dashboard, logging, metrics, openapi, ratelimit, security
 
     logging.init_app(app)
     metrics.init_app(app)
     openapi.init_app(app)
     ratelimit.init_app(app)
     security.init_app(app)
+    auth.init_app(app, settings.api_tokens, settings.secret_key)
+    dashboard.init_app(app, settings.rq_dashboard, settings.rq_dashboard_owners)
     return app

@@ -9,12 +9,15 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request, stream_with_context
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from jobs.record import JobRecord
 from jobs.registry import JOB_TYPES
 from jobs.service import Outcome
+from jobs.sharing import submit_owned
 from jobs.spec import Submission
 from jobs.status import TERMINAL, JobStatus
+from rest import auth
 from rest.extensions import crunch, service
 from rest.logging import request_id
 from rest.metrics import count_submission
@@ -40,6 +43,20 @@ def not_found(job_id: str) -> Problem:
                    type_=PROBLEM_BASE + "unknown-job")
 
 
+def load(job_id: str) -> JobRecord:
+    """The caller's job, or the unknown-job 404; another owner's job is exactly as unknown (never 403)."""
+    rec = auth.visible(service().get(job_id))
+    if rec is None:
+        raise not_found(job_id)
+    return rec
+
+
+def guard(job_id: str) -> None:
+    """404 for another owner's job before acting on it; free (no lookup) when tokens are off."""
+    if auth.enabled():
+        load(job_id)
+
+
 def query_int(name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
     """A non-negative integer query parameter, or 422 naming it."""
     raw = request.args.get(name)
@@ -53,6 +70,17 @@ def query_int(name: str, default: int | None, lo: int, hi: int | None = None) ->
     return int(raw)
 
 
+def read_body() -> bytes:
+    """The whole body, and 413 for a chunked one over MAX_CONTENT_LENGTH: werkzeug checks only a
+    declared Content-Length, and silently cuts a longer chunked stream at the cap (then a 400 or worse)."""
+    raw = request.get_data(cache=False)
+    cap = current_app.config.get("MAX_CONTENT_LENGTH")
+    if cap is not None and request.content_length is None and len(raw) >= cap \
+            and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return raw
+
+
 def read_submission(job_type: str) -> Submission:
     """Parse the body by content type; 415 for anything but JSON (or multipart where allowed)."""
     spec = JOB_TYPES[job_type]
@@ -61,7 +89,7 @@ def read_submission(job_type: str) -> Submission:
     if mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json")):
         if not spec.accepts_json:
             raise unsupported(spec)
-        raw = request.get_data(cache=False)
+        raw = read_body()
         try:
             body = spec.decode_body(raw)
         except ValueError as exc:
@@ -118,7 +146,7 @@ def submit(job_type: str) -> Response:
     svc = service()
     sub.extra["client"] = check_live_jobs(svc.conn)
     sub.extra["request_id"] = request_id() or ""
-    rec, outcome = svc.submit(sub)
+    rec, outcome = submit_owned(svc, sub, auth.current_owner())
     count_submission(job_type, outcome)
     g.log_job_id = rec.id
     if outcome is Outcome.CACHED:
@@ -141,7 +169,11 @@ for _name in JOB_TYPES:
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     wait = query_int("wait", 0, 0, MAX_WAIT) or 0
-    rec = wait_for(job_id, wait) if wait else service().get(job_id)
+    if wait:
+        guard(job_id)
+        rec = wait_for(job_id, wait)
+    else:
+        rec = auth.visible(service().get(job_id))
     if rec is None:
         raise not_found(job_id)
     return json_response(service().resource(rec))
@@ -160,7 +192,8 @@ def list_jobs() -> Response:
         raise validation_problem(errors, "; ".join(f"{e['loc'][1]}: {e['msg']}" for e in errors))
     limit = query_int("limit", 50, 1, 500) or 50
     try:
-        recs, cursor = service().list(status, type_, limit, request.args.get("cursor") or None)
+        recs, cursor = service().list(status, type_, limit, request.args.get("cursor") or None,
+                                      owner=auth.current_owner())
     except ValueError:
         raise validation_problem([{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
                                  "cursor: invalid cursor") from None
@@ -176,9 +209,7 @@ def get_result(job_id: str) -> Response:
     """The result, streamed. Text results (the csv job's file) default to format=csv: the file as
     stored, or with offset/limit its header plus that page of records; format=json gives their summary."""
     svc = service()
-    rec = svc.get(job_id)
-    if rec is None:
-        raise not_found(job_id)
+    rec = load(job_id)
     fmt = request.args.get("format") or None
     if fmt is not None and fmt not in _FORMATS:
         raise validation_problem([{"loc": ["query", "format"], "msg": "must be json, csv or txt"}],
@@ -224,8 +255,7 @@ def get_result(job_id: str) -> Response:
 def job_events(job_id: str) -> Response:
     ext = crunch()
     svc = ext.service
-    if svc.get(job_id) is None:
-        raise not_found(job_id)
+    load(job_id)
     if not ext.wait_slots.acquire(blocking=False):
         raise Problem(503, "Too many open streams", "this server holds its maximum of waiting clients; poll instead",
                       headers={"Retry-After": "5"})
@@ -260,6 +290,7 @@ def job_events(job_id: str) -> Response:
 
 
 def _action(job_id: str, fn: Any, status: int = 200) -> Response:
+    guard(job_id)
     try:
         rec = fn(job_id)
     except KeyError:
@@ -289,6 +320,7 @@ def retry_job(job_id: str) -> Response:
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> Response:
+    guard(job_id)
     try:
         service().delete(job_id)
     except KeyError:
@@ -306,13 +338,19 @@ def queue_jobs(name: str) -> Response:
     svc = service()
     if name not in {q["name"] for q in svc.queues()}:
         raise Problem(404, "Not Found", f"no queue named {name!r}")
-    recs = [r for r in (svc.get(i) for i in svc.queue_job_ids(name)) if r is not None]
+    recs = [r for r in (auth.visible(svc.get(i)) for i in svc.queue_job_ids(name)) if r is not None]
     return json_response({"queue": name, "jobs": [svc.resource(r, inline=False) for r in recs]})
 
 
 @bp.get("/workers")
 def list_workers() -> Response:
-    return json_response(service().workers())
+    workers = service().workers()
+    if auth.enabled():  # another owner's job id must not show, even as a worker's current job
+        svc = service()
+        for w in workers:
+            if w["current_job"] and auth.visible(svc.get(w["current_job"])) is None:
+                w["current_job"] = None
+    return json_response(workers)
 
 
 def init_app(app: Any) -> None:

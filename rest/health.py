@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import orjson
 from flask import Blueprint, Flask, Response
+from redis.exceptions import AuthenticationError
 from rq.worker import Worker
 
 from rest.extensions import rq
+from rest.problems import PROBLEM_BASE
 
 bp = Blueprint("health", __name__)
 
@@ -22,10 +24,25 @@ def readyz() -> Response:
         rq.connection.ping()
         workers = Worker.count(connection=rq.connection)
     except Exception as exc:  # noqa: BLE001 - any Redis trouble means not ready
-        body = {"status": "unavailable", "redis": "unreachable", "detail": str(exc), "workers": None}
-        return Response(orjson.dumps(body), status=503, mimetype="application/json")
+        return not_ready(exc)
     return Response(orjson.dumps({"status": "ok", "redis": "ok", "workers": workers}),
                     mimetype="application/json")
+
+
+def not_ready(exc: Exception) -> Response:
+    """503 problem+json saying why Redis is not usable, so a wrong REDIS_URL password is obvious."""
+    if isinstance(exc, AuthenticationError):
+        redis_state = "unauthorized"
+        detail = ("Redis refused the credentials: REDIS_URL needs the server's password, "
+                  f"redis://:PASSWORD@host:port/0 (or rediss:// for TLS) ({exc})")
+    else:
+        redis_state = "unreachable"
+        detail = f"the job store (Redis) is unreachable: {type(exc).__name__}: {exc}"
+    # Workers register in Redis: with Redis unusable, this process can reach none of them.
+    body = {"type": PROBLEM_BASE + "unavailable", "title": "Service unavailable", "status": 503,
+            "detail": detail, "redis": redis_state, "workers": 0}
+    return Response(orjson.dumps(body), status=503, mimetype="application/problem+json",
+                    headers={"Retry-After": "5"})
 
 
 @bp.get("/metrics")

@@ -6,7 +6,8 @@ stored on a job that the request creates (the job hash's `request_id` field, whi
 logs), and included in every log line written while the request runs.
 
 The web process writes one JSON object per line on stderr: one `request` line per request
-(unless ACCESS_LOG=0) and whatever the app logs (errors with their traceback).
+(unless ACCESS_LOG=0) and whatever the app logs (errors with their traceback). gunicorn's own
+access log would repeat each request line in another format, so it is off unless ACCESS_LOG=1.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ errors as small HTML pages instead.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -36,7 +37,11 @@ def problem_response(p: Problem) -> Response:
     body: dict[str, Any] = {"type": p.type, "title": p.title, "status": p.status, "detail": p.detail}
     if p.errors is not None:
         body["errors"] = p.errors
-    resp = Response(orjson.dumps(body), status=p.status, mimetype="application/problem+json")
+    try:
+        data = orjson.dumps(body)
+    except orjson.JSONEncodeError:  # a lone surrogate echoed from the request (a key in `loc`): escape it
+        data = json.dumps(body, default=str).encode()
+    resp = Response(data, status=p.status, mimetype="application/problem+json")
     for k, v in p.headers.items():
         resp.headers[k] = v
     return resp

@@ -33,6 +33,14 @@ class Settings:
     rate_limit_enabled: bool = True
     #: Live (queued, started or paused) jobs one client IP may have; 0 means no bound.
     max_queued_per_client: int = 1000
+    #: Comma-separated `owner:sha256hex` entries (rest.auth); empty means the API is open to all.
+    api_tokens: str = ""
+    #: Signs the browser session cookie; empty means one generated key shared through Redis.
+    secret_key: str = ""
+    #: Mount the read-only RQ dashboard at /rq (rest.dashboard).
+    rq_dashboard: bool = True
+    #: Owners that may see /rq while API_TOKENS is set; empty means nobody (/rq is then 404).
+    rq_dashboard_owners: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -53,4 +61,8 @@ class Settings:
             rate_limit_control=os.environ.get("RATE_LIMIT_CONTROL", "").strip() or "600/minute",
             rate_limit_enabled=os.environ.get("RATE_LIMIT_ENABLED", "1").strip().lower() not in ("0", "false", "off"),
             max_queued_per_client=_int("MAX_QUEUED_PER_CLIENT", 1000),
+            api_tokens=os.environ.get("API_TOKENS", "").strip(),
+            secret_key=os.environ.get("SECRET_KEY", "").strip(),
+            rq_dashboard=os.environ.get("RQ_DASHBOARD", "1").strip().lower() not in ("0", "false", "off"),
+            rq_dashboard_owners=os.environ.get("RQ_DASHBOARD_OWNERS", "").strip(),
         )

@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import re
+import time
 
 import orjson
 import pytest
@@ -84,3 +85,22 @@ def test_errors_are_logged_as_json_with_the_request_id(app, log_lines) -> None:
     errors = [line for line in log_lines() if line["level"] == "error"]
     assert errors and errors[-1]["request_id"] == "req-err-1"
     assert "kaboom" in errors[-1]["exc"]
+
+
+@pytest.mark.e2e
+def test_the_worker_logs_the_request_id_of_each_job(api, workers) -> None:
+    """A job's start and finish lines in the worker log carry the X-Request-ID of the request that made it."""
+    rid = f"req-worker-{os.urandom(4).hex()}"
+    n = 200_000 + int.from_bytes(os.urandom(3), "big") % 500_000  # a new job, so this request creates it
+    resp = api.post("/api/v1/fibonacci", json={"n": n}, headers={"X-Request-ID": rid})
+    assert resp.status_code == 202 and not resp.json()["deduplicated"], resp.text
+    job_id = resp.json()["id"]
+    assert api.wait_done(job_id)["status"] == "finished"
+    lines: list[str] = []
+    for _ in range(50):  # the finish line may trail the status change by a moment
+        lines = [line for line in workers.log_path.read_text(errors="replace").splitlines() if job_id in line]
+        if any("finished" in line and f"request_id={rid}" in line for line in lines):
+            break
+        time.sleep(0.1)
+    assert any("started" in line and f"request_id={rid}" in line for line in lines), lines
+    assert any("finished" in line and f"request_id={rid}" in line for line in lines), lines
