@@ -44,7 +44,9 @@ WORKER_CMD = ["python", "worker.py"]
 #: Variables that would change what the Compose file resolves to; cleared to see its defaults.
 SETTING_VARS = ("PORT", "REDIS_URL", "RESULT_TTL", "HEARTBEAT_TIMEOUT", "MAX_BODY_BYTES", "MAX_FIB_N",
                 "MAX_PRIMES_END", "MAX_PRIMES_LIST_WIDTH", "MAX_SORT_LENGTH", "WORKERS", "WEB_PROCESSES",
-                "WEB_THREADS", "WAIT_SLOTS", "ACCESS_LOG")
+                "WEB_THREADS", "WAIT_SLOTS", "ACCESS_LOG", "WEB_CONNECTIONS", "REQUEST_HEADER_TIMEOUT",
+                "RATE_LIMIT_SUBMIT", "RATE_LIMIT_CONTROL", "RATE_LIMIT_ENABLED", "MAX_QUEUED_PER_CLIENT",
+                "API_TOKENS", "SECRET_KEY", "RQ_DASHBOARD", "RQ_DASHBOARD_OWNERS")
 
 
 # --------------------------------------------------------------------------------------
@@ -164,6 +166,10 @@ def test_compose_config_resolves_three_services_with_health_and_defaults(tmp_pat
         assert {k: env.get(k) for k in shared} == shared
     web_env = {k: str(v) for k, v in web["environment"].items()}
     assert web_env["PORT"] == "5000" and web_env["WEB_PROCESSES"] == "2" and web_env["WEB_THREADS"] == "256"
+    assert (web_env["RATE_LIMIT_SUBMIT"], web_env["RATE_LIMIT_CONTROL"]) == (settings.rate_limit_submit,
+                                                                           settings.rate_limit_control)
+    assert web_env["RATE_LIMIT_ENABLED"] == "1", "rate limits are on unless turned off"
+    assert web_env["API_TOKENS"] in ("", "None") and web_env["SECRET_KEY"] in ("", "None")
     # Empty means "one per CPU" to worker.py.
     assert str(worker["environment"]["WORKERS"]) in ("", "None")
 
