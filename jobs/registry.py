@@ -1,6 +1,8 @@
-"""Every job type Crunch offers, by the name used in URLs and records."""
+"""Every job type Crunch offers, by the name used in URLs and records, and how long a run may take."""
 
 from __future__ import annotations
+
+import os
 
 from jobs.csv import CsvJob
 from jobs.fibonacci import FibonacciJob
@@ -9,3 +11,21 @@ from jobs.sort import SortJob
 from jobs.spec import JobSpec
 
 JOB_TYPES: dict[str, JobSpec] = {spec.name: spec for spec in (PrimesJob(), FibonacciJob(), SortJob(), CsvJob())}
+
+
+def parse_timeouts(text: str) -> dict[str, int]:
+    """JOB_TIMEOUTS ("primes=7200,sort=300"): per-type run limits in seconds over the types' defaults."""
+    out: dict[str, int] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, sep, seconds = entry.partition("=")
+        name = name.strip()
+        if not sep or name not in JOB_TYPES or not seconds.strip().isdigit() or int(seconds) < 1:
+            raise ValueError(f"JOB_TIMEOUTS entry {entry!r} is not TYPE=SECONDS with TYPE one of "
+                             f"{', '.join(JOB_TYPES)} and SECONDS >= 1")
+        out[name] = int(seconds)
+    return out
+
+
+#: Read once per process: the web and the workers both enqueue (submit, resume, retry, recovery).
+JOB_TIMEOUTS: dict[str, int] = {name: spec.timeout for name, spec in JOB_TYPES.items()} | parse_timeouts(
+    os.environ.get("JOB_TIMEOUTS", ""))

@@ -273,7 +273,8 @@ def execute(job_id: str) -> dict[str, Any] | None:
             fields["stats"] = orjson.dumps(stats).decode()
         # The result's last pushes, the state, the cache entry, counters and event: one atomic step.
         svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FINISHED, fields,
-                       then=[*packed(pushes), *svc.terminal_commands(rec, JobStatus.FINISHED)])
+                       then=[*packed(pushes), *svc.terminal_commands(rec, JobStatus.FINISHED,
+                                                                      float(fields["run_ms"]) / 1000)])
         log.info("job %s finished in %.3f ms request_id=%s", job_id, float(fields["run_ms"]), _rid(rec))
         return {"job": job_id, "status": "finished"}
     except Stop:
@@ -282,9 +283,10 @@ def execute(job_id: str) -> dict[str, Any] | None:
         error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
         log.error("job %s failed request_id=%s: %s", job_id, _rid(rec), "".join(traceback.format_exception(exc)))
         _drop_scratch(ctx)
+        failed_ms = run_ms()
         svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FAILED,
-                       {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time()), "run_ms": run_ms()},
-                       then=svc.terminal_commands(rec, JobStatus.FAILED))
+                       {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time()), "run_ms": failed_ms},
+                       then=svc.terminal_commands(rec, JobStatus.FAILED, float(failed_ms) / 1000))
         raise
     finally:
         _heartbeats.remove(job_id)

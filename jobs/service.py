@@ -41,7 +41,7 @@ from jobs.keys import (
 )
 from jobs.queueing import ON_FAILURE, QUEUES, RUNNER
 from jobs.record import JobRecord
-from jobs.registry import JOB_TYPES
+from jobs.registry import JOB_TIMEOUTS, JOB_TYPES
 from jobs.request_cache import RequestCache
 from jobs.results import ResultReader
 from jobs.spec import FAST_QUEUE, Submission
@@ -50,6 +50,10 @@ from jobs.status import SETTLED, TERMINAL, JobStatus
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 #: Hash: cumulative finished/failed/canceled counts per job type (read by /metrics).
 TYPE_STATS_KEY = PREFIX + "stats:{type}"
+#: Hash: a histogram of run times of jobs that ended, per type (bucket upper bound -> count, sum, count).
+JOB_DURATION_KEY = PREFIX + "stats:{type}:duration"
+#: Upper bounds (seconds) of the run-time buckets, from trivial jobs to hour-long sieves.
+DURATION_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0)
 #: String: live (queued, started or paused) jobs of one client, for MAX_QUEUED_PER_CLIENT.
 CLIENT_LIVE_KEY = PREFIX + "client:{client}:live"
 #: A quiet client's count expires, so a count that drifted (a crash between two steps) heals.
@@ -405,7 +409,6 @@ class JobService:
 
     def _enqueue(self, rec: JobRecord, fresh: bool = False, pipe: Any = None) -> None:
         """Put a queued job on its RQ queue under a new per-run RQ id (on `pipe` when given, unexecuted)."""
-        spec = JOB_TYPES[rec.type]
         if fresh:
             # _create already set runs=1 and the RQ id, and nobody can be watching a new id.
             rq_id = rec.rq_id
@@ -417,7 +420,7 @@ class JobService:
             pipe = self.conn.pipeline(transaction=True)
         # rq calls pipe.multi(), which a pipeline allows only before any command: enqueue first.
         self.queue(rec.queue).enqueue_call(
-            RUNNER, args=(rec.id,), job_id=rq_id, timeout=spec.timeout, result_ttl=600,
+            RUNNER, args=(rec.id,), job_id=rq_id, timeout=JOB_TIMEOUTS[rec.type], result_ttl=600,
             failure_ttl=self.config.result_ttl, on_failure=Callback(ON_FAILURE),
             description=f"{rec.type} {rec.id}", pipeline=pipe,
         )
@@ -535,7 +538,7 @@ class JobService:
         """Bookkeeping of a terminal state: cache entry, expiry, counters, event (one round trip)."""
         self._replay_script(args=self.terminal_commands(rec, status))
 
-    def terminal_commands(self, rec: JobRecord, status: JobStatus) -> list[Any]:
+    def terminal_commands(self, rec: JobRecord, status: JobStatus, run_s: float | None = None) -> list[Any]:
         """finish_terminal's writes as packed commands, to ride along with the transition itself."""
         ttl = self.config.result_ttl
         if status is JobStatus.FINISHED:
@@ -555,6 +558,12 @@ class JobService:
         pipe.zrem(RUNNING_KEY, rec.id)
         pipe.hincrby(QUEUE_STATS_KEY.format(name=rec.queue), status.value, 1)
         pipe.hincrby(TYPE_STATS_KEY.format(type=rec.type), status.value, 1)
+        if run_s is not None:  # a run that ended in a worker: kept in Redis so every host's runs add up
+            key = JOB_DURATION_KEY.format(type=rec.type)
+            bucket = next((repr(b) for b in DURATION_BUCKETS if run_s <= b), "+Inf")
+            pipe.hincrby(key, bucket, 1)
+            pipe.hincrby(key, "count", 1)
+            pipe.hincrbyfloat(key, "sum", run_s)
         _count_live(pipe, rec, -1)
         publish(pipe, rec.id, status.value)
         return packed([cache_cmd, *recorded(pipe)])

@@ -27,7 +27,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from redis import Redis
 from rq.registry import StartedJobRegistry
 from rq.worker import Worker
@@ -35,7 +35,7 @@ from rq.worker import Worker
 from jobs.keys import QUEUE_STATS_KEY
 from jobs.queueing import QUEUES
 from jobs.registry import JOB_TYPES
-from jobs.service import TYPE_STATS_KEY, Outcome
+from jobs.service import DURATION_BUCKETS, JOB_DURATION_KEY, TYPE_STATS_KEY, Outcome
 
 ENDED_STATUSES = ("finished", "failed", "canceled")
 
@@ -80,6 +80,8 @@ class RedisCollector:
             pipe.hgetall(QUEUE_STATS_KEY.format(name=name))
         for job_type in JOB_TYPES:
             pipe.hgetall(TYPE_STATS_KEY.format(type=job_type))
+        for job_type in JOB_TYPES:
+            pipe.hgetall(JOB_DURATION_KEY.format(type=job_type))
         replies = pipe.execute()
 
         depth = GaugeMetricFamily("crunch_queue_depth", "Jobs waiting in each queue.", labels=["queue"])
@@ -100,6 +102,19 @@ class RedisCollector:
             for status in ENDED_STATUSES:
                 by_type.add_metric([job_type, status], stats.get(status, 0))
 
+        durations = HistogramMetricFamily("crunch_job_duration_seconds", "Run time of jobs that ended in a "
+                                          "worker (finished or failed), by type, over every worker host.",
+                                          labels=["type"])
+        offset = 2 * len(QUEUES) + len(JOB_TYPES)
+        for j, job_type in enumerate(JOB_TYPES):
+            h = {k.decode(): v for k, v in replies[offset + j].items()}
+            cumulative, buckets = 0, []
+            for bound in DURATION_BUCKETS:
+                cumulative += int(h.get(repr(bound), 0))
+                buckets.append((repr(bound), cumulative))
+            buckets.append(("+Inf", int(h.get("count", 0))))
+            durations.add_metric([job_type], buckets, sum_value=float(h.get("sum", 0)))
+
         workers = GaugeMetricFamily("crunch_workers", "Registered workers by state.", labels=["state"])
         states = {"busy": 0, "idle": 0, "started": 0, "suspended": 0}
         for w in Worker.all(connection=self.conn):
@@ -110,7 +125,7 @@ class RedisCollector:
             workers.add_metric([state], n)
         busy = GaugeMetricFamily("crunch_workers_busy", "Workers running a job now.")
         busy.add_metric([], states.get("busy", 0))
-        yield from (depth, running, by_queue, by_type, workers, busy)
+        yield from (depth, running, by_queue, by_type, durations, workers, busy)
 
 
 def _decode(h: dict[bytes, bytes]) -> dict[str, int]:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import requests
+from redis import Redis
 
 from infra.processes import Api
 
@@ -184,3 +185,48 @@ def test_two_hundred_open_streams_do_not_starve_submissions(api: Api, workers) -
     for r in streams:
         r.close()
     assert api.wait_done(held["id"])["status"] == "finished"
+
+
+def test_a_job_over_its_type_timeout_fails_clearly_and_is_never_served_from_cache(
+        redis_url: str, tmp_path) -> None:
+    """JOB_TIMEOUTS caps a type's run; the failure names the cause, and the cache forgets the request."""
+    from infra.processes import Web, Workers
+
+    url = f"{redis_url.rpartition('/')[0]}/10"
+    Redis.from_url(url).flushdb()
+    workers = Workers(url, tmp_path, count=1, JOB_TIMEOUTS="primes=1").start()
+    web = Web(url, tmp_path, WEB_PROCESSES=1, WEB_THREADS=16, JOB_TIMEOUTS="primes=1").start()
+    try:
+        api = Api(web.url)
+        body = {"start": 0, "end": 10**12, "output": "count"}   # minutes of sieving, far over 1 s
+        job = submit(api, "primes", body)
+        done = api.wait_done(job["id"], timeout=120)
+        assert done["status"] == "failed", done
+        assert done["error"]["type"] == "JobTimeoutException", done["error"]
+        assert "timeout" in done["error"]["message"].lower(), done["error"]
+        assert done["result"] is None and done["duration_ms"] is not None
+
+        again = submit(api, "primes", body)
+        assert again["id"] != job["id"] and again["cached"] is False and again["deduplicated"] is False
+        assert api.post(f"/api/v1/jobs/{again['id']}/cancel").status_code == 200
+
+        # The failed job can be retried (and fails the same way: the limit still holds).
+        assert api.post(f"/api/v1/jobs/{job['id']}/retry").status_code == 202
+        assert api.wait_done(job["id"], timeout=120)["status"] == "failed"
+        # The workers survived all of it.
+        assert workers.alive
+        assert api.post("/api/v1/fibonacci", json={"n": 10}, headers={"Prefer": "wait=10"}).json()["status"] \
+            == "finished"
+    finally:
+        web.stop()
+        workers.stop()
+
+
+def test_job_timeouts_setting_is_checked() -> None:
+    from jobs.registry import parse_timeouts
+
+    assert parse_timeouts("primes=7200, sort=300") == {"primes": 7200, "sort": 300}
+    assert parse_timeouts("") == {}
+    for bad in ("primes", "prime=5", "primes=0", "primes=-1", "primes=1.5"):
+        with pytest.raises(ValueError, match="JOB_TIMEOUTS"):
+            parse_timeouts(bad)

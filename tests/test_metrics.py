@@ -90,6 +90,12 @@ def test_metrics_after_a_few_jobs(redis_url: str) -> None:
     assert value(text, "crunch_queue_depth", queue="fast") == 0
     assert value(text, "crunch_queue_depth", queue="default") == 0
     assert value(text, "crunch_workers_busy") == 0
+    # Run times of the two jobs that ran (canceled-while-queued never ran): one histogram per type.
+    assert value(text, "crunch_job_duration_seconds_count", type="fibonacci") == 1
+    assert value(text, "crunch_job_duration_seconds_bucket", type="fibonacci", le="+Inf") == 1
+    assert value(text, "crunch_job_duration_seconds_bucket", type="sort", le="60.0") == 1
+    assert value(text, "crunch_job_duration_seconds_count", type="primes") == 0
+    assert value(text, "crunch_job_duration_seconds_sum", type="fibonacci") > 0
     for family in ("crunch_queue_started", "crunch_workers"):
         assert any(name == family for name, _ in samples(text)), family
 
