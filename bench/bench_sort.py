@@ -1,7 +1,7 @@
 """Sort: our web-side validation plus the kernel, against orjson.loads + numpy.sort + orjson.dumps of the same body.
 
 Each measurement runs in a fresh interpreter so its peak RSS (ru_maxrss) is its own: the web
-part (orjson.loads of the body as the HTTP layer does it, then SortJob.parse_json) and the
+part (SortJob.decode_body of the body as the HTTP layer does it, then SortJob.parse_json) and the
 kernel part (ctx.input() bytes -> sorted, encoded chunks) run in separate processes, as they
 do in production.
 """
@@ -81,7 +81,7 @@ def child_web(n: int, workdir: Path) -> dict[str, Any]:
 
     raw = make_body(n)
     t0 = time.perf_counter()
-    body = orjson.loads(raw)  # what rest/api.py does before calling the job type
+    body = SortJob().decode_body(raw)  # what rest/api.py does before calling the job type
     t1 = time.perf_counter()
     sub = SortJob().parse_json(body, Limits(), raw=raw)
     t2 = time.perf_counter()
@@ -146,7 +146,7 @@ def run() -> list[dict[str, Any]]:
             "reference": REFERENCE,
             "reference_seconds": round(reference, 4),
             "ratio": round(ours / reference, 3),
-            "note": f"median of {reps}; ours = orjson.loads {decode:.2f} s + parse_json {parse:.2f} s "
+            "note": f"median of {reps}; ours = decode_body {decode:.2f} s + parse_json {parse:.2f} s "
                     f"+ kernel {kern:.2f} s",
             "web_peak_rss_mib": round(max(x["rss"] for x in web)),
             "worker_peak_rss_mib": round(max(x["rss"] for x in kernel)),

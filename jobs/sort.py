@@ -1,8 +1,10 @@
 """The sort job type: numbers from a JSON body or an uploaded file, sorted exactly.
 
-Both forms reduce to one canonical input, a JSON array text of the numbers as orjson writes
+Both forms reduce to one canonical encoding, a JSON array text of the numbers as orjson writes
 them (integers as digits, floats always with '.' or an exponent, so 2 and 2.0 differ), and
-the job's identity is its hash, so the same numbers sent either way share a cache key.
+the job's identity is its hash, so the same numbers sent either way share a cache key. The
+stored input is that text, or, when every number is an int64, the raw values after
+INT64_INPUT_MAGIC (less to store and nothing for the worker to parse).
 
 The job resource's params are {"numbers": [...], "descending": bool, "count": N}, where
 "numbers" echoes the input only when N <= ECHO_MAX and every integer fits in 64 bits
@@ -15,6 +17,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from typing import Any, ClassVar
 
 import gmpy2
@@ -24,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from jobs.errors import InvalidParams, invalid
 from jobs.kernels.sort import (
+    INT64_INPUT_MAGIC,
     MAX_INT_DIGITS,
     Oversized,
     has_wide_int_literal,
@@ -53,8 +57,77 @@ _BIG_FLOAT = re.compile(rb"e\+(?:1[89]|[2-9]|1[0-5]|1[67][0-9])")
 _COMMA_PAIR = re.compile(rb",,")
 _MINUS_COMMA = re.compile(rb"-,")
 _PLUS_COMMA = re.compile(rb"\+,")
+#: What a JSON numbers array of plain integers may hold, after ", " is made ",".
+_INT_ARRAY_BYTES = b"0123456789-,"
+_JSON_SPACE = frozenset(b" \t\n\r")
+_NUMBERS_KEY = b'"numbers"'
 #: Separators in an upload, commas and ASCII whitespace, all made commas.
 _SEPARATORS_TO_COMMA = bytes(44 if chr(i) in " \t\n\r\x0b\x0c," else i for i in range(256))
+
+
+class Int64Body(dict):  # type: ignore[type-arg]
+    """A decoded body whose numbers are all int64, read straight from the raw bytes (see int64_body),
+    so 10^6 numbers never become a Python list; `encoded` is their canonical array text."""
+
+    __slots__ = ("digest", "raw")
+
+    def __init__(self, numbers: np.ndarray, descending: bool, digest: str, raw: bytes) -> None:
+        super().__init__(numbers=numbers, descending=descending)
+        self.digest = digest
+        self.raw = raw
+
+
+def _array_span(raw: bytes) -> tuple[int, int] | None:
+    """[start, end) of the value of the first "numbers" key when it is an array; else None."""
+    key = raw.find(_NUMBERS_KEY)
+    if key < 0:
+        return None
+    i, n = key + len(_NUMBERS_KEY), len(raw)
+    while i < n and raw[i] in _JSON_SPACE:
+        i += 1
+    if i >= n or raw[i] != 58:  # ':'
+        return None
+    i += 1
+    while i < n and raw[i] in _JSON_SPACE:
+        i += 1
+    if i >= n or raw[i] != 91:  # '['
+        return None
+    end = raw.find(b"]", i)
+    return None if end < 0 else (i, end + 1)
+
+
+def int64_body(raw: bytes) -> Int64Body | None:
+    """The body when it is exactly {"numbers": [int64 literals], "descending": bool?}, else None
+    (the caller then takes the exact path, which also words every error).
+
+    Only taken when the numbers re-encode byte for byte to their literals (after ", " -> ","):
+    then they are valid JSON integers in int64 and the text already is the canonical encoding.
+    """
+    span = _array_span(raw)
+    if span is None:
+        return None
+    lo, hi = span
+    head, tail = raw[:lo], raw[hi:]
+    # Escapes could spell another "numbers" key; the array itself is checked to hold digits only.
+    if b"\\" in head or b"\\" in tail or _NUMBERS_KEY in tail:
+        return None
+    try:
+        rest = orjson.loads(head + b"[]" + tail)
+    except orjson.JSONDecodeError:
+        return None
+    if (type(rest) is not dict or rest.get("numbers") != [] or not rest.keys() <= {"numbers", "descending"}
+            or type(rest.get("descending", False)) is not bool):
+        return None
+    inner = raw[lo + 1:hi - 1]
+    if b" " in inner:
+        inner = inner.replace(b", ", b",")
+    values = _canonical_int64(inner)
+    if values is None:
+        return None
+    hasher = hashlib.sha256(b"[")  # of the canonical text, without copying 10^6 numbers into it
+    hasher.update(inner)
+    hasher.update(b"]")
+    return Int64Body(values, rest.get("descending", False), hasher.hexdigest(), raw)
 
 
 class SortParams(BaseModel):
@@ -164,6 +237,30 @@ def _int64_tokens(text: bytes, count: int) -> np.ndarray | None:
     return values
 
 
+def _int64_values(encoded: bytes) -> np.ndarray | None:
+    """The numbers as int64 when the canonical text holds only int64 integers (whichever path made it), else None."""
+    if len(encoded) < 3 or b"." in encoded or b"e" in encoded:
+        return None
+    return _canonical_int64(encoded[1:-1])
+
+
+def _canonical_int64(inner: bytes) -> np.ndarray | None:
+    """Comma-separated integer text as int64, only when the values re-encode to exactly this text."""
+    if not inner or inner.translate(None, _INT_ARRAY_BYTES):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy warns when it stops early; the comparison below catches that
+        try:
+            values = np.fromstring(inner, dtype=np.int64, sep=",")
+        except ValueError:
+            return None
+    encoded = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
+    # fromstring saturates and is lenient (+1, 007, -0); any of that, or a stop, changes the text.
+    if len(encoded) != len(inner) + 2 or encoded[1:-1] != inner:
+        return None
+    return values
+
+
 def _json_tokens(text: bytes, count: int) -> list[Any] | None:
     """All tokens via orjson, or None; the caller still rejects true/false/null/strings, and
     integers beyond 64 bits come back as floats."""
@@ -210,8 +307,12 @@ class SortJob(JobSpec):
     accepts_form = True
 
     def decode_body(self, raw: bytes) -> Any:
-        """orjson, except when it rejects an integer wider than a double ("number is infinity"):
-        then the stdlib json module, exactly; raises ValueError for malformed JSON."""
+        """int64_body when it applies (no Python list of the numbers), else orjson, except when it
+        rejects an integer wider than a double ("number is infinity"): then the stdlib json module,
+        exactly; raises ValueError for malformed JSON."""
+        fast = int64_body(raw)
+        if fast is not None:
+            return fast
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -224,6 +325,11 @@ class SortJob(JobSpec):
 
     def parse_json(self, body: Any, limits: Limits, raw: bytes | None = None) -> Submission:
         """Validate the decoded body; `raw` (the body bytes) keeps integers beyond 64 bits exact."""
+        if isinstance(body, Int64Body):
+            values = body["numbers"]
+            if len(values) <= limits.max_sort_length:
+                return self._submission(values, b"", True, body["descending"], digest=body.digest)
+            body = orjson.loads(body.raw)  # the exact path words the error
         numbers = body.get("numbers") if isinstance(body, dict) else None
         is_list = isinstance(numbers, list)
         errors: list[dict[str, Any]] = []
@@ -317,14 +423,19 @@ class SortJob(JobSpec):
         numbers = _lenient_tokens(text)
         return self._submission(numbers, *encode_numbers(numbers), descending)
 
-    def _submission(self, numbers: Any, encoded: bytes, fits: bool, descending: bool) -> Submission:
+    def _submission(self, numbers: Any, encoded: bytes, fits: bool, descending: bool,
+                    digest: str | None = None) -> Submission:
+        """The submission; `digest` is the SHA-256 of the canonical text when the caller already has it."""
         count = len(numbers)
+        values = numbers if isinstance(numbers, np.ndarray) else _int64_values(encoded) if fits else None
         params: dict[str, Any] = {}
         if count <= ECHO_MAX and fits:
             params["numbers"] = numbers.tolist() if isinstance(numbers, np.ndarray) else list(numbers)
         params.update(descending=descending, count=count)
-        key = b"sort|" + (b"desc" if descending else b"asc") + b"|" + hashlib.sha256(encoded).hexdigest().encode()
-        return Submission(self.name, params, key, self.queue_for(params), input=encoded)
+        digest = digest or hashlib.sha256(encoded).hexdigest()
+        key = b"sort|" + (b"desc" if descending else b"asc") + b"|" + digest.encode()
+        stored = encoded if values is None else INT64_INPUT_MAGIC + values.astype("<i8", copy=False).tobytes()
+        return Submission(self.name, params, key, self.queue_for(params), input=stored)
 
     def queue_for(self, params: dict[str, Any]) -> str:
         return FAST_QUEUE if params["count"] <= FAST_COUNT else DEFAULT_QUEUE

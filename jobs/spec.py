@@ -36,6 +36,8 @@ class Submission:
     params: dict[str, Any]
     key_material: bytes
     queue: str = DEFAULT_QUEUE
+    #: The blob the worker reads, in the job type's own format (sort: raw little-endian int64
+    #: values behind a magic prefix, else JSON text; csv: the file). The key comes from key_material.
     input: bytes | None = None
     #: Alternative to `input` for big uploads: yields the blob in pieces (e.g. from a spooled
     #: temp file), so the web process never holds it whole. Called once, after the dedupe check.

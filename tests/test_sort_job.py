@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.datastructures import FileStorage, MultiDict
 
+from jobs import sort as sort_module
 from jobs.context import LocalContext, Stop
 from jobs.errors import InvalidParams
 from jobs.kernels import sort as sort_kernel
@@ -352,3 +353,71 @@ def test_million_int64_sanity() -> None:
     ctx = LocalContext(sub.input)
     run(sub.params, ctx)
     assert np.array_equal(np.array(ctx.output.items, dtype=np.int64), np.sort(values)[::-1])
+
+
+# -- the int64 fast path of decode_body (jobs.sort.int64_body) ------------------------------
+
+fast_lists = st.lists(st.one_of(int64s, st.sampled_from([2 ** 63 - 1, -(2 ** 63), 0, -1, 1])), min_size=1, max_size=40)
+
+
+def exact_submission(raw: bytes) -> Any:
+    """The exact path alone: orjson (or the stdlib for wide ints), never the fast path."""
+    return JOB.parse_json(json.loads(raw), LIMITS, raw=raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fast_lists, st.booleans(), st.sampled_from([(",", ": "), (", ", ": "), (",", ":")]))
+def test_int64_fast_path_matches_exact_path(numbers: list[int], descending: bool, seps: tuple[str, str]) -> None:
+    raw = json.dumps({"numbers": numbers, "descending": descending}, separators=seps).encode()
+    body = JOB.decode_body(raw)
+    assert isinstance(body, sort_module.Int64Body)
+    fast, exact = JOB.parse_json(body, LIMITS, raw=raw), exact_submission(raw)
+    assert fast.key_material == exact.key_material
+    assert fast.input == exact.input
+    assert fast.params == exact.params
+    assert sort_output(fast) == sort_output(exact) == sorted(numbers, reverse=descending)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(any_number, min_size=1, max_size=40), st.booleans())
+def test_fast_path_and_exact_path_agree_on_anything(numbers: list[Any], descending: bool) -> None:
+    """Floats, -0.0, wide ints mixed in: whichever path decode_body takes, the canonical key and output agree."""
+    raw = raw_body(numbers, descending)
+    via_api, exact = submit_json(numbers, descending), exact_submission(raw)
+    assert via_api.key_material == exact.key_material
+    assert via_api.input == exact.input
+    assert sort_output(via_api) == sort_output(exact)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"numbers": [1, -0, 2]}', b'{"numbers": [01, 2]}', b'{"numbers": [+1, 2]}', b'{"numbers": [1 2]}',
+    b'{"numbers": [1,,2]}', b'{"numbers": [1,2,]}', b'{"numbers": [-, 2]}', b'{"numbers": [1-2]}',
+    b'{"numbers": [9223372036854775808]}', b'{"numbers": [-9223372036854775809]}',
+    b'{"numbers": [99999999999999999999]}', b'{"numbers": [1.0, 2]}', b'{"numbers": [-0.0]}',
+    b'{"numbers": [1], "numbers": [2]}', b'{"numb\\u0065rs": [1], "numbers": [2]}',
+    b'{"x\\"numbers": [1], "numbers": [2]}', b'{"numbers": [1], "extra": 1}', b'{"numbers": [1], "descending": 1}',
+    b'{"a": {"numbers": [1]}}', b'["numbers", [1]]', b'{"numbers": []}', b'{"numbers": [1]',
+])
+def test_int64_fast_path_declines_anything_not_plain(raw: bytes) -> None:
+    """Anything but canonical int64 literals in a clean object goes the exact way (same results, same errors)."""
+    assert sort_module.int64_body(raw) is None
+
+
+def test_int64_fast_path_keeps_errors_and_limits() -> None:
+    raw = b'{"numbers": [3, 1, 2]}'
+    sub = JOB.parse_json(JOB.decode_body(raw), LIMITS, raw=raw)
+    assert sub.params == {"numbers": [3, 1, 2], "descending": False, "count": 3}
+    small = Limits(max_sort_length=2)
+    assert errors_of(lambda: JOB.parse_json(JOB.decode_body(raw), small, raw=raw)) == \
+        errors_of(lambda: JOB.parse_json(orjson.loads(raw), small, raw=raw))
+
+
+def test_int64_input_is_stored_raw_and_decoded_back() -> None:
+    values = [2 ** 63 - 1, -(2 ** 63), 5, -7, 0]
+    sub = submit_json(values)
+    assert sub.input == sort_kernel.INT64_INPUT_MAGIC + np.array(values, dtype="<i8").tobytes()
+    kind, decoded, _ = decode(sub.input)
+    assert kind == "int64" and decoded.tolist() == values
+    # Wider integers, floats and the empty list keep the JSON text.
+    assert submit_json([2 ** 63, 1]).input == b"[9223372036854775808,1]"
+    assert submit_json([1.0, 2]).input == b"[1.0,2]"
