@@ -65,6 +65,8 @@ class EventHub:
         self._ready.wait(timeout=5)
 
     def _run(self) -> None:
+        down_since: float | None = None  # one warning per outage, not a traceback every retry
+        delay = 0.5
         while True:
             pubsub = self.conn.pubsub(ignore_subscribe_messages=False)
             try:
@@ -74,15 +76,21 @@ class EventHub:
                     if msg is None:
                         continue
                     if msg["type"] == "subscribe":
+                        if down_since is not None:
+                            log.warning("event listener back on Redis after %.1f s", time.monotonic() - down_since)
+                            down_since, delay = None, 0.5
                         self._ready.set()
                         self._wake_all({"kind": "resync"})
                     elif msg["type"] == "message":
                         self._dispatch(msg["data"])
-            except Exception:
-                log.warning("event listener lost Redis; reconnecting", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - any failure: resubscribe, waiters re-read
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("event listener lost Redis (%s: %s); reconnecting", type(exc).__name__, exc)
                 self._ready.clear()
                 self._wake_all({"kind": "resync"})
-                time.sleep(0.5)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
             finally:
                 try:
                     pubsub.close()
