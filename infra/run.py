@@ -28,6 +28,19 @@ def port_free(port: int) -> bool:
     return True
 
 
+def stop_with_parent() -> None:
+    """SIGTERM us when our parent (make) dies, so `kill <make>` does not leave the stack running."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not fatal: Ctrl-C and SIGTERM to the process group still stop everything
+
+
 def main() -> int:
     env = dict(os.environ)
     data_dir = Path(env.get("DATA_DIR") or "./var").resolve()
@@ -62,6 +75,7 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    stop_with_parent()
     code = 0
     while not stopping:
         time.sleep(0.5)
