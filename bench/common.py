@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import statistics
@@ -95,6 +96,43 @@ def row_from_dict(section: str, d: dict[str, Any]) -> Row:
 
 
 # -- statistics ----------------------------------------------------------------------
+
+def closed_loop(count: int, clients: int, make_call: Callable[[], Callable[[int], None]], what: str
+                ) -> tuple[float, list[float]]:
+    """`clients` threads each make their own caller, then call it for the next i until `count`: the same
+    closed loop for Crunch over HTTP, plain RQ and Celery, so their figures compare. (wall s, latencies ms)"""
+    counter = itertools.count()
+    starts = [0.0] * count
+    ends = [0.0] * count
+    errors: list[str] = []
+    barrier = threading.Barrier(clients)
+
+    def loop() -> None:
+        call = None
+        try:
+            call = make_call()  # connect before the clock starts
+        except Exception as exc:  # noqa: BLE001 - collected and raised below
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            barrier.wait()
+        while call is not None and (i := next(counter)) < count:
+            t0 = time.perf_counter()
+            try:
+                call(i)
+            except Exception as exc:  # noqa: BLE001 - collected and raised below
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            starts[i], ends[i] = t0, time.perf_counter()
+
+    pool = [threading.Thread(target=loop, name=f"{what}-client-{k}", daemon=True) for k in range(clients)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise BenchError(f"{len(errors)}/{count} {what} calls failed; first: {errors[0]}")
+    return max(ends) - min(starts), [(e - s) * 1000 for s, e in zip(starts, ends, strict=True)]
+
 
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile, q in 0..100."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ from bench.common import (
     Row,
     RssSampler,
     calls_since,
+    closed_loop,
     median,
     note,
     pct,
@@ -165,36 +164,13 @@ def submit_wait(s: requests.Session, base: str, path: str, data: bytes, stats: W
 def hammer(base: str, count: int, threads: int, fn: Callable[[requests.Session, int], None]
            ) -> tuple[float, list[float]]:
     """Run fn(session, i) for i in range(count) from `threads` clients; (wall s, latencies ms)."""
-    counter = itertools.count()
-    starts = [0.0] * count
-    ends = [0.0] * count
-    errors: list[str] = []
-    barrier = threading.Barrier(threads)
 
-    def loop() -> None:
+    def make_call() -> Callable[[int], None]:
         s = requests.Session()
-        try:
-            s.get(base + "/healthz", timeout=10)  # connect before the clock starts
-        finally:
-            barrier.wait()
-        while (i := next(counter)) < count:
-            t0 = time.perf_counter()
-            try:
-                fn(s, i)
-            except Exception as exc:  # noqa: BLE001 - collected and raised below
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            starts[i], ends[i] = t0, time.perf_counter()
+        s.get(base + "/healthz", timeout=10)
+        return lambda i: fn(s, i)
 
-    pool = [threading.Thread(target=loop, name=f"client-{k}", daemon=True) for k in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    if errors:
-        raise BenchError(f"{len(errors)}/{count} requests failed; first: {errors[0]}")
-    wall = max(ends) - min(starts)
-    return wall, [(e - s) * 1000 for s, e in zip(starts, ends, strict=True)]
+    return closed_loop(count, threads, make_call, "HTTP")
 
 
 # -- 2a. one big Fibonacci ------------------------------------------------------------

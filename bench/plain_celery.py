@@ -8,10 +8,8 @@ AsyncResult.get() (a pub/sub wake-up) the way Crunch's HTTP clients block on `Pr
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 from celery import Celery
 from redis import Redis
 
-from bench.common import BenchError, CpuMeter, calls_since, pct, redis_calls
+from bench.common import BenchError, CpuMeter, calls_since, closed_loop, pct, redis_calls
 from bench.trivial import fib as _fib
 from infra.processes import Proc, base_env
 
@@ -95,33 +93,13 @@ def measure(redis_url: str, log_dir: Path, n_jobs: int, procs: int = 2, clients:
 
 def _closed_loop(n_jobs: int, clients: int, timeout: float, offset: int = 10) -> tuple[float, list[float]]:
     """Each of `clients` threads: apply_async one distinct fib task, block on its result, repeat."""
-    counter = itertools.count()
-    starts = [0.0] * n_jobs
-    ends = [0.0] * n_jobs
-    errors: list[str] = []
-    barrier = threading.Barrier(clients)
 
-    def loop() -> None:
-        barrier.wait()
-        while (i := next(counter)) < n_jobs:
-            t0 = time.perf_counter()
-            try:
-                value = fib.apply_async((offset + i,)).get(timeout=timeout)
-                if value["n"] != offset + i:
-                    raise BenchError(f"Celery task for n={offset + i} answered {value!r:.80}")
-            except Exception as exc:  # noqa: BLE001 - collected and raised below
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            starts[i], ends[i] = t0, time.perf_counter()
+    def call(i: int) -> None:
+        value = fib.apply_async((offset + i,)).get(timeout=timeout)
+        if value["n"] != offset + i:
+            raise BenchError(f"Celery task for n={offset + i} answered {value!r:.80}")
 
-    pool = [threading.Thread(target=loop, name=f"celery-client-{k}", daemon=True) for k in range(clients)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    if errors:
-        raise BenchError(f"{len(errors)}/{n_jobs} Celery tasks failed; first: {errors[0]}")
-    return max(ends) - min(starts), [(e - s) * 1000 for s, e in zip(starts, ends, strict=True)]
+    return closed_loop(n_jobs, clients, lambda: call, "Celery")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,8 @@ forking rq.Worker) with rq's defaults (pickle), exactly as a plain RQ user would
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.results import Result
 from rq.utils import utcparse
 
-from bench.common import BenchError, CpuMeter, calls_since, pct, redis_calls
+from bench.common import BenchError, CpuMeter, calls_since, closed_loop, pct, redis_calls
 from bench.trivial import fib
 from infra.processes import Proc, base_env
 
@@ -116,33 +114,14 @@ def _burst(conn: Redis, queue: Queue, finished: Any, failed: Any, n_jobs: int,
 
 
 def _closed_loop(queue: Queue, n_jobs: int, clients: int, timeout: float) -> tuple[float, list[float]]:
-    counter = itertools.count()
-    starts = [0.0] * n_jobs
-    ends = [0.0] * n_jobs
-    errors: list[str] = []
-    barrier = threading.Barrier(clients)
+    """Each of `clients` threads: enqueue one distinct fib job, block on its result, repeat."""
 
-    def loop() -> None:
-        barrier.wait()
-        while (i := next(counter)) < n_jobs:
-            t0 = time.perf_counter()
-            try:
-                result = queue.enqueue(fib, 10 + i, result_ttl=600).latest_result(timeout=int(timeout))
-                if result is None or result.type != Result.Type.SUCCESSFUL:
-                    raise BenchError(f"plain RQ job for n={10 + i} gave {result and result.type}")
-            except Exception as exc:  # noqa: BLE001 - collected and raised below
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            starts[i], ends[i] = t0, time.perf_counter()
+    def call(i: int) -> None:
+        result = queue.enqueue(fib, 10 + i, result_ttl=600).latest_result(timeout=int(timeout))
+        if result is None or result.type != Result.Type.SUCCESSFUL:
+            raise BenchError(f"plain RQ job for n={10 + i} gave {result and result.type}")
 
-    pool = [threading.Thread(target=loop, name=f"rq-client-{k}", daemon=True) for k in range(clients)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    if errors:
-        raise BenchError(f"{len(errors)}/{n_jobs} plain RQ jobs failed; first: {errors[0]}")
-    return max(ends) - min(starts), [(e - s) * 1000 for s, e in zip(starts, ends, strict=True)]
+    return closed_loop(n_jobs, clients, lambda: call, "plain RQ")
 
 
 if __name__ == "__main__":
