@@ -294,10 +294,12 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
 
 
 def _home(values: dict[str, Mapping[str, str]] | None = None,
-          errors: dict[str, dict[str, list[str]]] | None = None, status: int = 200) -> Response:
+          errors: dict[str, dict[str, list[str]]] | None = None, status: int = 200,
+          confirm: str | None = None) -> Response:
     recent, _ = service().list(limit=RECENT, owner=auth.current_owner())
     html = render_template("home.html", values=values or {}, errors=errors or {}, limits=_limits(),
-                           recent=[job_view_light(r) for r in recent], job_types=list(JOB_TYPES))
+                           recent=[job_view_light(r) for r in recent], job_types=list(JOB_TYPES),
+                           confirm=confirm)
     return Response(html, status=status, mimetype="text/html")
 
 
@@ -312,13 +314,25 @@ def _to_job(job_id: str) -> Response:
     return redirect(url_for("web.job", job_id=job_id), 303)  # type: ignore[return-value]
 
 
-def _submit_or_home(job_type: str, parse: Any, values: Mapping[str, str]) -> Response:
+def _submit_or_home(job_type: str, parse: Any, values: Mapping[str, str], link: bool = False) -> Response:
     try:
         sub = parse()
     except InvalidParams as exc:
         return _home({job_type: values}, {job_type: field_errors(exc)}, 422)
+    if link and _cross_site_link():
+        return _home({job_type: values}, confirm=job_type)
     rec, _ = submit_owned(service(), sub, auth.current_owner())
     return _to_job(rec.id)
+
+
+def _cross_site_link() -> bool:
+    """A signed-in user sent here by another site: a GET link must not spend their quota unasked.
+
+    The job-creating GET links cannot carry a CSRF token (the contract makes them plain GETs), so
+    with API_TOKENS on, a navigation that the browser marks as coming from another site
+    (Sec-Fetch-Site: cross-site) shows the filled-in form to confirm instead of submitting.
+    """
+    return auth.enabled() and request.headers.get("Sec-Fetch-Site") == "cross-site"
 
 
 def _form_values() -> dict[str, str]:
@@ -343,17 +357,17 @@ def submit_form(job_type: str) -> Response:
 
 @bp.get("/fibonacci")
 def fibonacci_link() -> Response:
-    return _submit_or_home("fibonacci", lambda: parse_fibonacci(request.args), request.args.to_dict())
+    return _submit_or_home("fibonacci", lambda: parse_fibonacci(request.args), request.args.to_dict(), link=True)
 
 
 @bp.get("/primes")
 def primes_link() -> Response:
-    return _submit_or_home("primes", lambda: parse_primes(request.args), request.args.to_dict())
+    return _submit_or_home("primes", lambda: parse_primes(request.args), request.args.to_dict(), link=True)
 
 
 @bp.get("/sort")
 def sort_link() -> Response:
-    return _submit_or_home("sort", lambda: parse_sort_text(request.args), request.args.to_dict())
+    return _submit_or_home("sort", lambda: parse_sort_text(request.args), request.args.to_dict(), link=True)
 
 
 def _load(job_id: str) -> JobRecord:

@@ -18,6 +18,7 @@ import requests
 from redis import Redis
 
 from infra.processes import Web, Workers
+from jobs.keys import JOBS_INDEX_KEY
 from jobs.registry import JOB_TYPES
 from jobs.results import RedisResultWriter
 from jobs.sharing import submit_owned
@@ -292,6 +293,28 @@ def test_rate_limits_and_live_jobs_count_per_owner(url: str) -> None:
 
 
 # -- browser pages -------------------------------------------------------------------------------------
+
+
+def test_a_get_link_from_another_site_asks_before_submitting(client, redis_conn: Redis, url: str) -> None:
+    """GET links carry no CSRF token: with tokens on, a cross-site one shows the filled-in form instead."""
+    assert sign_in(client, ALICE_TOKEN).status_code == 303
+    n = 1000 + nonce() % 90_000
+    conn = Redis.from_url(url)
+    before = conn.zcard(JOBS_INDEX_KEY)
+    page = client.get(f"/fibonacci?n={n}", headers={"Sec-Fetch-Site": "cross-site"})
+    assert page.status_code == 200 and 'id="confirm-notice"' in page.get_data(as_text=True)
+    assert f'value="{n}"' in page.get_data(as_text=True), "the form comes filled in"
+    assert conn.zcard(JOBS_INDEX_KEY) == before, "nothing was submitted"
+    # The user's own navigation (same origin, or typed into the address bar) submits at once.
+    for fetch_site in ("same-origin", "none", None):
+        headers = {"Sec-Fetch-Site": fetch_site} if fetch_site else {}
+        r = client.get(f"/fibonacci?n={n}", headers=headers)
+        assert r.status_code == 303 and JOB_URL.match(r.headers["Location"]), fetch_site
+    # With tokens off there is nobody's quota to spend: links submit whatever their origin.
+    open_client = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=4,
+                                               **TEST_RATE_LIMITS)).test_client()
+    r = open_client.get(f"/fibonacci?n={n + 1}", headers={"Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 303
 
 
 def test_pages_need_a_login_and_show_only_the_owners_jobs(app, client) -> None:
