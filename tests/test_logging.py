@@ -37,13 +37,11 @@ def test_a_sane_client_id_is_echoed(client) -> None:
     assert resp.headers["X-Request-ID"] == "trace-42.a:b_c"
 
 
-@pytest.mark.parametrize("sent", ["", "has spaces", "x" * 129, "new\nline", "ünïcode", "a;b"])
+# (A newline cannot arrive in a header value: HTTP servers and werkzeug's client refuse it first.)
+@pytest.mark.parametrize("sent", ["", "has spaces", "x" * 129, "ünïcode", "a;b", "tab\there"])
 def test_an_insane_or_missing_id_is_replaced(client, sent: str) -> None:
     headers = {"X-Request-ID": sent} if sent else {}
-    try:
-        resp = client.get("/healthz", headers=headers)
-    except ValueError:  # werkzeug's client refuses some header values itself
-        pytest.skip("the test client cannot send this header")
+    resp = client.get("/healthz", headers=headers)
     assert HEX32.match(resp.headers["X-Request-ID"]), resp.headers["X-Request-ID"]
 
 

@@ -371,7 +371,6 @@ def test_long_results_are_truncated_with_download_links(app, client, redis_conn:
     assert "70,435 primes" in html(client.get(f"/jobs/{job_id}"))
 
 
-@pytest.mark.skipif("csv" not in JOB_TYPES, reason="the CSV job type is not installed")
 def test_csv_form(client) -> None:
     page = html(client.get("/"))
     assert 'id="csv-form"' in page and 'action="/submit/csv"' in page
