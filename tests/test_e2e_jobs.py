@@ -326,14 +326,22 @@ def test_jobs_survive_a_web_restart(api: Api, web) -> None:
     assert again["status"] == "finished" and again["result"] == job["result"]
 
 
+def wait_until_started(api: Api, job_id: str, timeout: float = 60) -> None:
+    """Until a worker runs the job; fails at once if it already ended (the test needs it mid-run)."""
+    deadline = time.monotonic() + timeout
+    while (job := api.get(f"/api/v1/jobs/{job_id}").json())["status"] != "started":
+        assert job["status"] == "queued", f"the job had to be running here: {job}"
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
 def test_running_job_survives_a_worker_restart(api: Api, workers) -> None:
     lo = rng.randrange(10**11, 2 * 10**11)
-    body = {"start": lo, "end": lo + 8 * 10**9, "output": "count"}
+    # Wide enough (seconds of sieving) that the stop lands mid-job even on a slow or busy machine.
+    width = 4 * 10**10
+    body = {"start": lo, "end": lo + width, "output": "count"}
     _, job = submit(api, "primes", body)
-    deadline = time.monotonic() + 60
-    while api.get(f"/api/v1/jobs/{job['id']}").json()["status"] != "started":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until_started(api, job["id"])
     workers.stop()  # SIGTERM: the running job checkpoints and goes back to the queue
     state = api.get(f"/api/v1/jobs/{job['id']}").json()
     assert state["status"] == "queued", state
@@ -344,18 +352,15 @@ def test_running_job_survives_a_worker_restart(api: Api, workers) -> None:
     # Same range split differently by two uninterrupted jobs must agree with the resumed one.
     mid = lo + 3 * 10**9 + 12345
     _, a = submit(api, "primes", {"start": lo, "end": mid, "output": "count"}, wait=30)
-    _, b = submit(api, "primes", {"start": mid + 1, "end": lo + 8 * 10**9, "output": "count"}, wait=30)
+    _, b = submit(api, "primes", {"start": mid + 1, "end": lo + width, "output": "count"}, wait=30)
     a, b = api.wait_done(a["id"]), api.wait_done(b["id"])
     assert done["result"]["count"] == a["result"]["count"] + b["result"]["count"]
 
 
 def test_killed_worker_job_is_recovered(api: Api, workers) -> None:
     lo = rng.randrange(10**11, 2 * 10**11)
-    _, job = submit(api, "primes", {"start": lo, "end": lo + 6 * 10**9, "output": "count"})
-    deadline = time.monotonic() + 60
-    while api.get(f"/api/v1/jobs/{job['id']}").json()["status"] != "started":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    _, job = submit(api, "primes", {"start": lo, "end": lo + 4 * 10**10, "output": "count"})
+    wait_until_started(api, job["id"])
     workers.kill()  # SIGKILL to supervisor, workers and horses: no one cleans up
     assert api.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "started"
     workers.start()
