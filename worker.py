@@ -28,6 +28,7 @@ from rq.worker import Worker, WorkerStatus
 from infra.embedded_redis import redact_url
 from jobs.keys import JOB_CONTROL_KEY
 from jobs.queueing import QUEUES, RUNNER, JsonJob, JsonQueue
+from jobs.redis_connection import redis_from_url
 from jobs.spec import FAST_QUEUE
 
 log = logging.getLogger("crunch.worker")
@@ -170,7 +171,7 @@ def run_worker(url: str, queues: list[str], burst: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s",
                         force=True)
     preload()
-    conn = Redis.from_url(url)
+    conn = redis_from_url(url)
     worker = CrunchWorker(
         [JsonQueue(q, connection=conn) for q in queues], connection=conn,
         name=f"{socket.gethostname()}.{os.getpid()}", serializer=JSONSerializer,
@@ -204,9 +205,9 @@ def supervise(url: str, count: int, queues: list[str], burst: bool) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    conn = redis_from_url(url)  # before any worker: a malformed REDIS_URL stops the supervisor with its reason
     procs = [spawn() for _ in range(count)]
     log.info("started %d workers on %s for queues %s", count, redact_url(url), ",".join(queues))
-    conn = Redis.from_url(url)
     while not stopping:
         time.sleep(SUPERVISE_INTERVAL)
         if stopping:

@@ -76,8 +76,8 @@ def parse_owners(raw: str) -> frozenset[str]:
 def _display_url(url: str) -> str:
     """The Redis URL the navbar shows: no user, password or query (which may carry a password)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    hosts = parts.netloc.rpartition("@")[2]  # host:port, or a Sentinel URL's host:port,host:port
+    return f"{parts.scheme}://{hosts}{parts.path}"
 
 
 def _under_prefix() -> bool:

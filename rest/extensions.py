@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from flask import Flask, current_app
 from flask_caching import Cache
 from flask_caching.backends.rediscache import RedisCache
 from flask_rq2 import RQ
+from redis import Redis
 
 from jobs.events import EventHub
+from jobs.redis_connection import redis_from_url
 from jobs.request_cache import JsonSerializer, RequestCache
 from jobs.service import JobService, ServiceConfig
 
-rq = RQ()
+
+class CrunchRQ(RQ):
+    """Flask-RQ2 whose connection comes from redis_from_url, so RQ_REDIS_URL may name a Sentinel service."""
+
+    def _connect(self) -> Redis:
+        return redis_from_url(self.redis_url)
+
+
+rq = CrunchRQ()
 cache = Cache()
 
 
@@ -21,6 +32,14 @@ class JsonRedisCache(RedisCache, RequestCache):
     """Flask-Caching backend: cachelib's Redis cache with JSON values and compare-and-set helpers."""
 
     serializer = JsonSerializer()
+
+    @classmethod
+    def factory(cls, app: Flask, config: dict[str, Any], args: list[Any], kwargs: dict[str, Any]) -> JsonRedisCache:
+        """Flask-Caching's, with the client from redis_from_url (cachelib takes a client as `host`)."""
+        if config.get("CACHE_KEY_PREFIX"):
+            kwargs["key_prefix"] = config["CACHE_KEY_PREFIX"]
+        kwargs["host"] = redis_from_url(config["CACHE_REDIS_URL"], **(config.get("CACHE_OPTIONS") or {}))
+        return cls(*args, **kwargs)
 
 
 class Crunch:

@@ -23,6 +23,7 @@ from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
 from limits import parse_many
 
+from jobs.redis_connection import limits_storage
 from jobs.service import CLIENT_LIVE_KEY
 from rest.auth import current_owner
 from rest.problems import PROBLEM_BASE, Problem, error_response
@@ -41,9 +42,7 @@ def client_id() -> str:
 
 def storage_uri(redis_url: str) -> str:
     """The limits library's spelling of the app's Redis URL."""
-    if redis_url.startswith("unix://"):
-        return "redis+unix://" + redis_url[len("unix://"):]
-    return redis_url
+    return limits_storage(redis_url)[0]
 
 
 def check_live_jobs(conn: Any) -> str:
@@ -70,9 +69,11 @@ def init_app(app: Flask) -> None:
         except ValueError:
             raise SystemExit(f"setting {name} must be a rate like '600/minute' or '10/second;600/hour', "
                              f"got {app.config[name]!r}") from None
+    uri, options = limits_storage(app.config["REDIS_URL"])
     limiter = Limiter(
         key_func=client_id,
-        storage_uri=storage_uri(app.config["REDIS_URL"]),
+        storage_uri=uri,
+        storage_options=options,
         strategy="sliding-window-counter",
         key_prefix="crunch:ratelimit",
         headers_enabled=False,  # headers would cost a Redis round trip per request; 429s get Retry-After

@@ -1,0 +1,124 @@
+"""The one place a Redis client is made from REDIS_URL: plain Redis, TLS, a socket, or Sentinel.
+
+`redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db][?sentinel_password=...]`
+is the Sentinel form Flask-Limiter's `limits` parses (hosts, then the service name), plus an optional
+database number. The URL's password is the data nodes' (primary and replicas); the sentinels get
+`sentinel_password` when they require one. A port may be left out (26379).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from redis import Redis
+from redis.sentinel import Sentinel, SentinelManagedConnection
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_DEFAULT_PORT = 26379
+SENTINEL_URL_FORMAT = f"{SENTINEL_SCHEME}://[:password@]host:port[,host:port...]/service_name[/db]"
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A parsed redis+sentinel:// URL."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+
+
+def _bad(url: str, why: str) -> ValueError:
+    """A ValueError naming the expected format, without echoing the URL's secrets."""
+    scheme, sep, rest = url.split("?", 1)[0].partition("://")
+    shown = scheme + sep + (f"***@{rest.rpartition('@')[2]}" if "@" in rest else rest)
+    return ValueError(f"bad Redis Sentinel URL {shown!r}: {why}; "
+                      f"expected {SENTINEL_URL_FORMAT}")
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Split a redis+sentinel:// URL into sentinels, service, db and passwords; ValueError says what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme != SENTINEL_SCHEME:
+        raise _bad(url, f"the scheme must be {SENTINEL_SCHEME}://")
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    sentinels = []
+    for loc in hostlist.split(","):
+        loc = loc.strip()
+        if not loc:
+            raise _bad(url, "a sentinel host is missing")
+        sub = urlsplit(f"//{loc}")
+        try:
+            port = sub.port
+        except ValueError:
+            raise _bad(url, f"the port of sentinel {loc!r} is not a number from 0 to 65535") from None
+        if not sub.hostname:
+            raise _bad(url, f"sentinel {loc!r} has no host")
+        sentinels.append((sub.hostname, port or SENTINEL_DEFAULT_PORT))
+    segments = parts.path.strip("/").split("/") if parts.path.strip("/") else []
+    if not segments:
+        raise _bad(url, "the service name (the primary's name in `sentinel monitor`) is missing")
+    if len(segments) > 2:
+        raise _bad(url, "the path has more than a service name and a database number")
+    db = 0
+    if len(segments) == 2:
+        if not segments[1].isdigit():
+            raise _bad(url, f"the database {segments[1]!r} is not a number")
+        db = int(segments[1])
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"sentinel_password"})
+    if unknown:
+        raise _bad(url, f"unknown query option {unknown[0]!r} (only sentinel_password is understood)")
+    username, has_password, password = userinfo.partition(":")
+    return SentinelURL(
+        sentinels=sentinels, service=unquote(segments[0]), db=db, username=unquote(username) or None,
+        password=unquote(password) if has_password else None,
+        sentinel_password=query["sentinel_password"][-1] if "sentinel_password" in query else None,
+    )
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.startswith(SENTINEL_SCHEME + "://")
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel connection, closed when a read is interrupted (a signal in BLPOP) as a plain one is:
+    redis-py 8.1 keeps it, with the reply still due, and the next command (rq's stop) then waits out the BLPOP."""
+
+    def read_response(self, *args: Any, disconnect_on_error: bool = True, **kw: Any) -> Any:
+        return super().read_response(*args, disconnect_on_error=disconnect_on_error, **kw)
+
+
+def redis_from_url(url: str, **kw: Any) -> Redis:
+    """A client for REDIS_URL; through Sentinel its pool asks the sentinels for the primary on every reconnect."""
+    if not is_sentinel_url(url):
+        return Redis.from_url(url, **kw)
+    s = parse_sentinel_url(url)
+    sentinel_kwargs = {k: v for k, v in kw.items() if k.startswith("socket_")}
+    if s.sentinel_password:
+        sentinel_kwargs["password"] = s.sentinel_password
+    sentinel = Sentinel(s.sentinels, sentinel_kwargs=sentinel_kwargs)
+    kw.setdefault("connection_class", SentinelConnection)
+    return sentinel.master_for(s.service, db=s.db, username=s.username, password=s.password, **kw)
+
+
+def limits_storage(url: str) -> tuple[str, dict[str, Any]]:
+    """Flask-Limiter's storage_uri and storage_options for REDIS_URL (limits reads no db nor sentinel_password)."""
+    if url.startswith("unix://"):
+        return "redis+unix://" + url[len("unix://"):], {}
+    if not is_sentinel_url(url):
+        return url, {}
+    s = parse_sentinel_url(url)
+    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in s.sentinels)
+    # limits would send the URL's password to the sentinels too: give it the split that redis_from_url uses.
+    options: dict[str, Any] = {"db": s.db, "use_replicas": False,
+                               "sentinel_kwargs": {"username": None, "password": s.sentinel_password}}
+    if s.username:
+        options["username"] = s.username
+    if s.password:
+        options["password"] = s.password
+    return f"{SENTINEL_SCHEME}://{hosts}/{s.service}", options
