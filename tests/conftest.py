@@ -73,3 +73,15 @@ def web(redis_url: str, log_dir: Path, workers: Workers) -> Iterator[Web]:
 @pytest.fixture
 def api(web: Web) -> Api:
     return Api(web.url)
+
+
+def run_fast_queue(url: str) -> None:
+    """Run what the fast queue holds, in this process (rq's SimpleWorker, burst), as a worker would."""
+    from rq.serializers import JSONSerializer
+    from rq.worker import SimpleWorker
+
+    from jobs.queueing import JsonJob, JsonQueue
+
+    conn = Redis.from_url(url)
+    SimpleWorker([JsonQueue("fast", connection=conn)], connection=conn, job_class=JsonJob, queue_class=JsonQueue,
+                 serializer=JSONSerializer).work(burst=True, logging_level="WARNING", with_scheduler=False)

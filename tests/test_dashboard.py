@@ -25,7 +25,7 @@ from rest import create_app
 from rest.auth import hash_token
 from rest.dashboard import CSP_TEMPLATE, parse_owners
 from rest.settings import Settings
-from tests.conftest import TEST_RATE_LIMITS
+from tests.conftest import TEST_RATE_LIMITS, run_fast_queue
 
 PROBLEM = "application/problem+json"
 RUN = os.urandom(3).hex()
@@ -50,18 +50,6 @@ def make_app(url: str, **settings: Any):
     return create_app(settings=Settings(redis_url=url, wait_slots=4, **{**TEST_RATE_LIMITS, **settings}))
 
 
-def _run_fast_queue(url: str) -> None:
-    """What a worker does to the fast queue, in this process (rq's SimpleWorker, burst)."""
-    from rq.serializers import JSONSerializer
-    from rq.worker import SimpleWorker
-
-    from jobs.queueing import JsonJob
-
-    conn = Redis.from_url(url)
-    SimpleWorker([JsonQueue("fast", connection=conn)], connection=conn, job_class=JsonJob,
-                 queue_class=JsonQueue, serializer=JSONSerializer).work(burst=True, logging_level="WARNING",
-                                                                         with_scheduler=False)
-
 
 @pytest.fixture(scope="module")
 def jobs(url: str, log_dir: Path) -> Iterator[dict[str, str]]:
@@ -71,7 +59,7 @@ def jobs(url: str, log_dir: Path) -> Iterator[dict[str, str]]:
     client = make_app(url).test_client()
     fib = client.post("/api/v1/fibonacci", json={"n": 1000 + int(RUN, 16) % 1000})
     assert fib.status_code == 202, fib.get_data(as_text=True)
-    _run_fast_queue(url)
+    run_fast_queue(url)
     started = client.post("/api/v1/primes", json={"start": 0, "end": 10**12, "output": "count"}).get_json()
     workers = Workers(url, log_dir, count=1, name="dashboard-workers").start()
     try:

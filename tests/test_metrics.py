@@ -13,7 +13,7 @@ from redis import Redis
 from infra.processes import Web
 from rest import create_app
 from rest.settings import Settings
-from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
+from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS, run_fast_queue
 
 
 def _db(url: str, db: int) -> str:
@@ -31,17 +31,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def value(text: str, name: str, **labels: str) -> float:
     return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
-
-def run_fast_queue(url: str) -> None:
-    from rq.serializers import JSONSerializer
-    from rq.worker import SimpleWorker
-
-    from jobs.queueing import JsonJob, JsonQueue
-
-    conn = Redis.from_url(url)
-    worker = SimpleWorker([JsonQueue("fast", connection=conn)], connection=conn, job_class=JsonJob,
-                          queue_class=JsonQueue, serializer=JSONSerializer)
-    worker.work(burst=True, logging_level="WARNING", with_scheduler=False)
 
 
 def test_metrics_after_a_few_jobs(redis_url: str) -> None:

@@ -25,7 +25,7 @@ from jobs.registry import JOB_TYPES
 from rest import create_app
 from rest.openapi import build_document
 from rest.settings import Settings
-from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
+from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS, run_fast_queue
 
 #: Zero 5xx, and statuses, media types, headers and bodies as documented; a body the schema rejects
 #: must be rejected. (Not "every schema-valid body is accepted": primes has cross-field rules, end >=
@@ -136,19 +136,6 @@ def test_docs_page_works_offline(st_app) -> None:
 
 # -- real jobs in every state, each response checked against the document -----------------------
 
-def _run_fast_queue(redis_url: str) -> None:
-    """Run what the fast queue holds, in this process (rq's SimpleWorker, burst), as a worker would."""
-    from redis import Redis
-    from rq.serializers import JSONSerializer
-    from rq.worker import SimpleWorker
-
-    from jobs.queueing import JsonJob, JsonQueue
-
-    conn = Redis.from_url(redis_url)
-    worker = SimpleWorker([JsonQueue("fast", connection=conn)], connection=conn, job_class=JsonJob,
-                          queue_class=JsonQueue, serializer=JSONSerializer)
-    worker.work(burst=True, logging_level="WARNING", with_scheduler=False)
-
 
 def test_job_lifecycle_responses_conform(redis_url: str) -> None:
     url = _other_db(redis_url, 7)
@@ -182,7 +169,7 @@ def test_job_lifecycle_responses_conform(redis_url: str) -> None:
     call("DELETE", "/api/v1/jobs/{job_id}", 204, path_parameters=job)
     call("GET", "/api/v1/jobs/{job_id}", 404, path_parameters=job)
 
-    _run_fast_queue(url)
+    run_fast_queue(url)
     for jid in (fib, srt):
         done = call("GET", "/api/v1/jobs/{job_id}", 200, path_parameters={"job_id": jid}, query={"wait": 5}).json()
         assert done["status"] == "finished", done
