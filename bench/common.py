@@ -134,6 +134,17 @@ def closed_loop(count: int, clients: int, make_call: Callable[[], Callable[[int]
     return max(ends) - min(starts), [(e - s) * 1000 for s, e in zip(starts, ends, strict=True)]
 
 
+def reference_summary(n_jobs: int, wall: float, lat: list[float], cpu: CpuMeter, calls: dict[str, int],
+                      **extra: Any) -> dict[str, Any]:
+    """The figures every throughput reference reports, worker processes' CPU summed into one entry."""
+    used = dict(cpu.used)
+    cpu.used = {"workers": sum(v for k, v in used.items() if k.startswith("worker")),
+                **{k: v for k, v in used.items() if not k.startswith("worker")}}
+    return {"jobs": n_jobs, "wall_s": wall, "rate": n_jobs / wall, **extra, "p50_ms": pct(lat, 50),
+            "p99_ms": pct(lat, 99), "cpu_s": cpu.used, "cpu_per_job": cpu.per_job_ms(n_jobs),
+            "redis_calls": calls, "redis_calls_per_job": sum(calls.values()) / n_jobs}
+
+
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile, q in 0..100."""
     if not values:

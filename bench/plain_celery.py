@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 from redis import Redis
 
-from bench.common import BenchError, CpuMeter, calls_since, closed_loop, pct, redis_calls
+from bench.common import BenchError, CpuMeter, calls_since, closed_loop, redis_calls, reference_summary
 from bench.trivial import fib as _fib
 from infra.processes import Proc, base_env
 
@@ -82,13 +82,7 @@ def measure(redis_url: str, log_dir: Path, n_jobs: int, procs: int = 2, clients:
         if sampler is not None:
             for i in range(procs):
                 sampler.untrack(f"plain_celery_{i}")
-    used = dict(cpu.used)
-    used = {"workers": sum(v for k, v in used.items() if k.startswith("worker")),
-            **{k: v for k, v in used.items() if not k.startswith("worker")}}
-    cpu.used = used
-    return {"jobs": n_jobs, "wall_s": wall, "rate": n_jobs / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
-            "cpu_s": used, "cpu_per_job": cpu.per_job_ms(n_jobs), "redis_calls": calls,
-            "redis_calls_per_job": sum(calls.values()) / n_jobs}
+    return reference_summary(n_jobs, wall, lat, cpu, calls)
 
 
 def _closed_loop(n_jobs: int, clients: int, timeout: float, offset: int = 10) -> tuple[float, list[float]]:

@@ -19,7 +19,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.results import Result
 from rq.utils import utcparse
 
-from bench.common import BenchError, CpuMeter, calls_since, closed_loop, pct, redis_calls
+from bench.common import BenchError, CpuMeter, calls_since, closed_loop, redis_calls, reference_summary
 from bench.trivial import fib
 from infra.processes import Proc, base_env
 
@@ -84,13 +84,7 @@ def measure(redis_url: str, log_dir: Path, n_jobs: int, fork: bool, procs: int =
         if sampler is not None:
             for i in range(procs):
                 sampler.untrack(f"plain_rq_{i}")
-    used = dict(cpu.used)
-    used = {"workers": sum(v for k, v in used.items() if k.startswith("worker")),
-            **{k: v for k, v in used.items() if not k.startswith("worker")}}
-    cpu.used = used
-    return {"jobs": n_jobs, "wall_s": wall, "rate": n_jobs / wall, "failed": n_failed,
-            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "cpu_s": used, "cpu_per_job": cpu.per_job_ms(n_jobs),
-            "redis_calls": calls, "redis_calls_per_job": sum(calls.values()) / n_jobs}
+    return reference_summary(n_jobs, wall, lat, cpu, calls, failed=n_failed)
 
 
 def _burst(conn: Redis, queue: Queue, finished: Any, failed: Any, n_jobs: int,
