@@ -13,7 +13,8 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from functools import lru_cache
 from typing import Any
 
@@ -23,12 +24,29 @@ from rq import get_current_job
 
 from jobs.context import Stop
 from jobs.events import publish
-from jobs.keys import JOB_CHECKPOINT_KEY, JOB_CONTROL_KEY, JOB_INPUT_KEY, JOB_KEY, RUNNING_KEY
+from jobs.keys import (
+    JOB_CHECKPOINT_KEY,
+    JOB_CONTROL_KEY,
+    JOB_INPUT_KEY,
+    JOB_KEY,
+    RESULT_CHUNKS_KEY,
+    RESULT_COUNTS_KEY,
+    RUNNING_KEY,
+)
 from jobs.record import JobRecord
-from jobs.registry import JOB_TYPES
+from jobs.registry import JOB_TIMEOUTS, JOB_TYPES
 from jobs.request_cache import request_cache_for
 from jobs.results import RedisResultWriter, RedisScratch
-from jobs.service import HEARTBEAT_TIMEOUT, INPUT_CHUNK_BYTES, JobService, ServiceConfig, packed, recorded
+from jobs.service import (
+    HEARTBEAT_TIMEOUT,
+    INPUT_CHUNK_BYTES,
+    REPLAY_LUA,
+    JobService,
+    ServiceConfig,
+    packed,
+    recorded,
+)
+from jobs.spec import FAST_QUEUE
 from jobs.status import JobStatus
 
 log = logging.getLogger("crunch.runner")
@@ -44,6 +62,32 @@ HEARTBEAT_INTERVAL = min(5.0, HEARTBEAT_TIMEOUT / 4)
 FINISH_INLINE_BYTES = 64 << 10
 #: Marks "not read yet" for RedisContext's checkpoint argument.
 _UNREAD = object()
+
+
+#: A run's start: read the job, its control request and checkpoint; when the run is current, the job
+#: queued and neither a control request nor a checkpoint exists (a fresh run), also take STARTED
+#: (worker, started_at if unset) and replay the start's commands. KEYS: job hash, control, checkpoint;
+#: ARGV: rq id, worker, now, packed commands. Returns {HGETALL before, control, checkpoint, 1 if taken}.
+_BEGIN_LUA = REPLAY_LUA + """
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return {h, false, false, 0} end
+local control = redis.call('GET', KEYS[2])
+local checkpoint = redis.call('GET', KEYS[3])
+local f = {}
+for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
+if f['rq_id'] ~= ARGV[1] or control or checkpoint or f['status'] ~= 'queued' then
+  return {h, control, checkpoint, 0}
+end
+redis.call('HSET', KEYS[1], 'status', 'started', 'worker', ARGV[2])
+if not f['started_at'] or f['started_at'] == '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
+replay(4)
+return {h, false, false, 1}
+"""
+
+
+@lru_cache(maxsize=4)
+def _begin_script(conn: Redis) -> Any:
+    return conn.register_script(_BEGIN_LUA)
 
 
 @lru_cache(maxsize=4)
@@ -214,17 +258,28 @@ def _rid(rec: JobRecord | None) -> str:
 def execute(job_id: str) -> dict[str, Any] | None:
     """Entry point for RQ (enqueued by dotted name as jobs.runner.execute)."""
     rq_job = get_current_job()
-    conn: Redis = rq_job.connection
+    worker = os.environ.get("RQ_WORKER_ID") or rq_job.worker_name or str(os.getpid())
+    return run(rq_job.connection, job_id, rq_job.id, worker)
+
+
+def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, finish_then: Sequence[Sequence[Any]] = (),
+        time_limit: Callable[[int], AbstractContextManager[Any]] | None = None) -> dict[str, Any] | None:
+    """Run one RQ run (rq_id) of a Crunch job. finish_then: commands that ride along with a successful
+    finish (a worker running the job inline drops RQ's job hash there); time_limit(seconds): a guard
+    enforcing the type's timeout around the kernel, for callers that run it outside rq's own."""
     svc = _service(conn)
-    # Everything the start needs to know, in one round trip.
-    pipe = conn.pipeline(transaction=False)
-    pipe.hgetall(JOB_KEY.format(id=job_id))
-    pipe.get(JOB_CONTROL_KEY.format(id=job_id))
-    pipe.get(JOB_CHECKPOINT_KEY.format(id=job_id))
-    h, control, checkpoint = pipe.execute()
-    rec = JobRecord.from_hash(h) if h else None
-    if rec is None or rec.rq_id != rq_job.id:
-        log.info("job %s: run %s superseded or deleted; skipping request_id=%s", job_id, rq_job.id, _rid(rec))
+    started = time.time()
+    # Fresh runs (no checkpoint, no control request) take STARTED in the same round trip as the read.
+    then = conn.pipeline(transaction=False)  # records the commands; never executed
+    then.delete(RESULT_CHUNKS_KEY.format(id=job_id), RESULT_COUNTS_KEY.format(id=job_id))
+    then.zadd(RUNNING_KEY, {job_id: started + HEARTBEAT_TIMEOUT})
+    publish(then, job_id, JobStatus.STARTED.value)
+    flat, control, checkpoint, took = _begin_script(conn)(
+        keys=[JOB_KEY.format(id=job_id), JOB_CONTROL_KEY.format(id=job_id), JOB_CHECKPOINT_KEY.format(id=job_id)],
+        args=[rq_id, worker, repr(started), *packed(recorded(then))])
+    rec = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
+    if rec is None or rec.rq_id != rq_id:
+        log.info("job %s: run %s superseded or deleted; skipping request_id=%s", job_id, rq_id, _rid(rec))
         return None
     if control in (b"cancel", b"pause"):
         # A control request for a job the queue still held: honour it without running.
@@ -238,22 +293,22 @@ def execute(job_id: str) -> dict[str, Any] | None:
             else:
                 publish(conn, job_id, target.value)
         return None
-    started = time.time()
-    worker = os.environ.get("RQ_WORKER_ID") or rq_job.worker_name or str(os.getpid())
-    fields = {"worker": worker}
-    if rec.started_at is None:
-        fields["started_at"] = repr(started)
     ctx = RedisContext(conn, rec, svc.config.result_ttl, checkpoint=checkpoint, reset_output=False)
-    # Taking STARTED, clearing a stale partial result, the first heartbeat and the event: one atomic step.
-    then = conn.pipeline(transaction=False)  # records the commands; never executed
-    ctx.output.reset_commands(then)
-    then.zadd(RUNNING_KEY, {job_id: time.time() + HEARTBEAT_TIMEOUT})
-    publish(then, job_id, JobStatus.STARTED.value)
-    if svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, fields,
-                      then=packed(recorded(then))) is None:
-        return None
+    if not took:
+        # A resumed or recovered run: clear what its predecessor wrote after the checkpoint, then start.
+        fields = {"worker": worker}
+        if rec.started_at is None:
+            fields["started_at"] = repr(started)
+        then = conn.pipeline(transaction=False)
+        ctx.output.reset_commands(then)
+        then.zadd(RUNNING_KEY, {job_id: time.time() + HEARTBEAT_TIMEOUT})
+        publish(then, job_id, JobStatus.STARTED.value)
+        if svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, fields,
+                          then=packed(recorded(then))) is None:
+            return None
     _heartbeats.add(conn, job_id)
-    log.info("job %s started type=%s run=%s request_id=%s", job_id, rec.type, rq_job.id, _rid(rec))
+    if rec.queue != FAST_QUEUE:  # a fast job gets its one line when it ends
+        log.info("job %s started type=%s run=%s request_id=%s", job_id, rec.type, rq_id, _rid(rec))
     t0 = time.perf_counter()
 
     def run_ms() -> str:
@@ -261,7 +316,11 @@ def execute(job_id: str) -> dict[str, Any] | None:
 
     try:
         spec = JOB_TYPES[rec.type]
-        stats = _kernel(spec.kernel)(rec.params, ctx)
+        if time_limit is None:
+            stats = _kernel(spec.kernel)(rec.params, ctx)
+        else:
+            with time_limit(JOB_TIMEOUTS[rec.type]):
+                stats = _kernel(spec.kernel)(rec.params, ctx)
         _drop_scratch(ctx)
         pushes = ctx.output.take_pending(FINISH_INLINE_BYTES)
         meta = ctx.output.finish()
@@ -274,7 +333,8 @@ def execute(job_id: str) -> dict[str, Any] | None:
         # The result's last pushes, the state, the cache entry, counters and event: one atomic step.
         svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FINISHED, fields,
                        then=[*packed(pushes), *svc.terminal_commands(rec, JobStatus.FINISHED,
-                                                                      float(fields["run_ms"]) / 1000)])
+                                                                      float(fields["run_ms"]) / 1000),
+                             *packed(finish_then)])
         log.info("job %s finished in %.3f ms request_id=%s", job_id, float(fields["run_ms"]), _rid(rec))
         return {"job": job_id, "status": "finished"}
     except Stop:

@@ -73,7 +73,7 @@ LIST_SCAN_LIMIT = 10_000
 #: happen atomically: replay(i) runs the commands packed in ARGV from index i on, each as its
 #: argument count then its arguments (see packed()); one that starts with "?eq KEY VALUE" runs only
 #: while GET KEY == VALUE (the request cache's compare-and-set).
-_REPLAY_LUA = """
+REPLAY_LUA = """
 local function replay(i)
   while i <= #ARGV do
     local n = tonumber(ARGV[i])
@@ -89,7 +89,7 @@ end
 #: Set status (and fields) only if the job exists and its status is one of ARGV[1] (comma list).
 #: ARGV[2] = new status, ARGV[3] = count of the field/value arguments that follow, then the
 #: commands to replay once the status matched. Returns the previous status or false.
-_TRANSITION_LUA = _REPLAY_LUA + """
+_TRANSITION_LUA = REPLAY_LUA + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
 local ok = false
@@ -103,7 +103,7 @@ return cur
 #: Claim a request-cache entry (SET NX, no expiry) and, only if it was free, replay the commands
 #: that create the job and put it on its queue: nobody ever sees the entry without its job.
 #: Returns false once claimed, else the entry's current value.
-_CLAIM_LUA = _REPLAY_LUA + """
+_CLAIM_LUA = REPLAY_LUA + """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   replay(2)
   return false
@@ -123,7 +123,7 @@ end
 return {h, false}
 """
 #: Replay the packed commands unconditionally (a terminal state's bookkeeping) in one round trip.
-_REPLAY_ALL_LUA = _REPLAY_LUA + """
+_REPLAY_ALL_LUA = REPLAY_LUA + """
 replay(1)
 return 1
 """
