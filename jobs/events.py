@@ -21,9 +21,13 @@ from jobs.keys import EVENTS_CHANNEL
 log = logging.getLogger(__name__)
 
 
-def publish(conn: Any, job_id: str, status: str, kind: str = "status") -> None:
-    """Announce a change; conn may be a pipeline so it rides along with the write."""
-    conn.publish(EVENTS_CHANNEL, orjson.dumps({"id": job_id, "status": status, "kind": kind}))
+def publish(conn: Any, job_id: str, status: str, kind: str = "status", extra: dict[str, Any] | None = None) -> None:
+    """Announce a change; conn may be a pipeline so it rides along with the write. extra: more fields
+    (a finish carries the job's fields and small result, so a waiter need not read them back)."""
+    event = {"id": job_id, "status": status, "kind": kind}
+    if extra:
+        event.update(extra)
+    conn.publish(EVENTS_CHANNEL, orjson.dumps(event))
 
 
 class Watch:

@@ -60,7 +60,11 @@ class JobRecord:
     @classmethod
     def from_hash(cls, h: dict[bytes, bytes]) -> JobRecord:
         """Decode HGETALL output."""
-        d = {k.decode(): v.decode() for k, v in h.items()}
+        return cls.from_fields({k.decode(): v.decode() for k, v in h.items()})
+
+    @classmethod
+    def from_fields(cls, d: dict[str, str]) -> JobRecord:
+        """Decode the hash's fields once they are text (from HGETALL, or a finish event that carries them)."""
         kw: dict[str, Any] = {}
         for name in ("id", "type", "queue", "cache_key", "rq_id", "worker"):
             kw[name] = d.get(name, "")

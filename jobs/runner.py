@@ -40,6 +40,7 @@ from jobs.results import RedisResultWriter, RedisScratch
 from jobs.service import (
     HEARTBEAT_TIMEOUT,
     INPUT_CHUNK_BYTES,
+    PREFETCH_MAX_BYTES,
     REPLAY_LUA,
     JobService,
     ServiceConfig,
@@ -277,7 +278,9 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, finish_then: Seque
     flat, control, checkpoint, took = _begin_script(conn)(
         keys=[JOB_KEY.format(id=job_id), JOB_CONTROL_KEY.format(id=job_id), JOB_CHECKPOINT_KEY.format(id=job_id)],
         args=[rq_id, worker, repr(started), *packed(recorded(then))])
-    rec = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
+    # The job's fields as this run leaves them, so the finish event can carry them (see _finish_event).
+    known = {k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    rec = JobRecord.from_fields(known) if known else None
     if rec is None or rec.rq_id != rq_id:
         log.info("job %s: run %s superseded or deleted; skipping request_id=%s", job_id, rq_id, _rid(rec))
         return None
@@ -299,6 +302,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, finish_then: Seque
         fields = {"worker": worker}
         if rec.started_at is None:
             fields["started_at"] = repr(started)
+        known.update(fields)
         then = conn.pipeline(transaction=False)
         ctx.output.reset_commands(then)
         then.zadd(RUNNING_KEY, {job_id: time.time() + HEARTBEAT_TIMEOUT})
@@ -306,6 +310,9 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, finish_then: Seque
         if svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, fields,
                           then=packed(recorded(then))) is None:
             return None
+    if took:
+        known["worker"] = worker
+        known["started_at"] = known.get("started_at") or repr(started)
     _heartbeats.add(conn, job_id)
     if rec.queue != FAST_QUEUE:  # a fast job gets its one line when it ends
         log.info("job %s started type=%s run=%s request_id=%s", job_id, rec.type, rq_id, _rid(rec))
@@ -331,9 +338,11 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, finish_then: Seque
         if isinstance(stats, dict):
             fields["stats"] = orjson.dumps(stats).decode()
         # The result's last pushes, the state, the cache entry, counters and event: one atomic step.
+        event = _finish_event({**known, **fields, "status": JobStatus.FINISHED.value}, meta, pushes,
+                              ctx.output.chunks_key)
         svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FINISHED, fields,
                        then=[*packed(pushes), *svc.terminal_commands(rec, JobStatus.FINISHED,
-                                                                      float(fields["run_ms"]) / 1000),
+                                                                      float(fields["run_ms"]) / 1000, event),
                              *packed(finish_then)])
         log.info("job %s finished in %.3f ms request_id=%s", job_id, float(fields["run_ms"]), _rid(rec))
         return {"job": job_id, "status": "finished"}
@@ -350,6 +359,21 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, finish_then: Seque
         raise
     finally:
         _heartbeats.remove(job_id)
+
+
+def _finish_event(job: dict[str, str], meta: dict[str, Any], pushes: list[tuple[Any, ...]],
+                  chunks_key: str) -> dict[str, Any]:
+    """Extra fields of the finished event: the job's fields as the finish leaves them and, when the
+    whole result is small and rides along with the finish, its chunks; a waiter woken by the event
+    then answers without reading the job back (JobService.wait_until)."""
+    if sum(len(v) for v in job.values()) > PREFETCH_MAX_BYTES:
+        return {}  # large params: waiters read the job back rather than every web process parsing it
+    event: dict[str, Any] = {"job": job}
+    if meta.get("kind") != "text" and (meta.get("json_bytes") or 0) <= PREFETCH_MAX_BYTES:
+        chunks = [args[2] for args in pushes if args[0] == "RPUSH" and args[1] == chunks_key]
+        if len(chunks) == (meta.get("chunks") or 0):
+            event["chunks"] = [c.decode() if isinstance(c, bytes) else str(c) for c in chunks]
+    return event
 
 
 def _drop_scratch(ctx: RedisContext) -> None:

@@ -25,6 +25,7 @@ from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
+from jobs.admission import ADMIT_LUA, CLIENT_LIVE_KEY, Admission
 from jobs.events import EventHub, publish
 from jobs.keys import (
     JOB_CHECKPOINT_KEY,
@@ -48,14 +49,14 @@ from jobs.spec import FAST_QUEUE, Submission
 from jobs.status import SETTLED, TERMINAL, JobStatus
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_JOB_PREFIX = JOB_KEY.format(id="")
+_RESULT_AFFIXES = RESULT_CHUNKS_KEY.split("{id}")
 #: Hash: cumulative finished/failed/canceled counts per job type (read by /metrics).
 TYPE_STATS_KEY = PREFIX + "stats:{type}"
 #: Hash: a histogram of run times of jobs that ended, per type (bucket upper bound -> count, sum, count).
 JOB_DURATION_KEY = PREFIX + "stats:{type}:duration"
 #: Upper bounds (seconds) of the run-time buckets, from trivial jobs to hour-long sieves.
 DURATION_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0)
-#: String: live (queued, started or paused) jobs of one client, for MAX_QUEUED_PER_CLIENT.
-CLIENT_LIVE_KEY = PREFIX + "client:{client}:live"
 #: A quiet client's count expires, so a count that drifted (a crash between two steps) heals.
 CLIENT_LIVE_TTL = 7 * 86_400
 INPUT_CHUNK_BYTES = 4 << 20
@@ -110,17 +111,47 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
 end
 return redis.call('GET', KEYS[1])
 """
-#: HGETALL of a job (flat), and its result chunks too when the result is small: ARGV[1] = most JSON bytes.
-_READ_WITH_RESULT_LUA = """
-local h = redis.call('HGETALL', KEYS[1])
-local raw = redis.call('HGET', KEYS[1], 'result_meta')
-if raw and raw ~= '' then
-  local meta = cjson.decode(raw)
-  if meta.kind ~= 'text' and (meta.json_bytes or 0) <= tonumber(ARGV[1]) then
-    return {h, redis.call('LRANGE', KEYS[2], 0, (meta.chunks or 0) - 1)}
+#: Reads a job (flat HGETALL) and, when its result is small (at most `max` JSON bytes), the result's chunks.
+_READ_JOB_LUA = """
+local function read_job(key, result_key, max)
+  local h = redis.call('HGETALL', key)
+  local raw = redis.call('HGET', key, 'result_meta')
+  if raw and raw ~= '' then
+    local meta = cjson.decode(raw)
+    if meta.kind ~= 'text' and (meta.json_bytes or 0) <= max then
+      return h, redis.call('LRANGE', result_key, 0, (meta.chunks or 0) - 1)
+    end
   end
+  return h, false
 end
-return {h, false}
+"""
+#: HGETALL of a job (flat), and its result chunks too when the result is small: ARGV[1] = most JSON bytes.
+_READ_WITH_RESULT_LUA = _READ_JOB_LUA + """
+local h, chunks = read_job(KEYS[1], KEYS[2], tonumber(ARGV[1]))
+return {h, chunks}
+"""
+#: A submission's first step, one round trip: its admission (when ARGV[5] is 1; see jobs.admission),
+#: then the request-cache entry KEYS[1] and the job it names with its small result. ARGV: job key prefix,
+#: result key prefix and suffix, most JSON bytes, admission flag, admission args. Returns a rejection,
+#: {'free'}, {'other', entry} (not a job id) or {'taken', entry, job flat, chunks or false}.
+_LOOKUP_LUA = ADMIT_LUA + _READ_JOB_LUA + """
+if ARGV[5] == '1' then
+  local no = admit(2, 6)
+  if no then return no end
+end
+local v = redis.call('GET', KEYS[1])
+if not v then return {'free'} end
+local id = string.match(v, '^"([0-9a-f]+)"$')
+if not id then return {'other', v} end
+local h, chunks = read_job(ARGV[1] .. id, ARGV[2] .. id .. ARGV[3], tonumber(ARGV[4]))
+return {'taken', v, h, chunks}
+"""
+#: Admission alone (a submission that never reaches the lookup still spends its budget): KEYS and
+#: ARGV as Admission.script_keys/script_args. Returns a rejection or {'ok'}.
+_ADMIT_ONLY_LUA = ADMIT_LUA + """
+local no = admit(1, 1)
+if no then return no end
+return {'ok'}
 """
 #: Replay the packed commands unconditionally (a terminal state's bookkeeping) in one round trip.
 _REPLAY_ALL_LUA = REPLAY_LUA + """
@@ -163,6 +194,8 @@ class JobService:
         self._claim_script = conn.register_script(_CLAIM_LUA)
         self._replay_script = conn.register_script(_REPLAY_ALL_LUA)
         self._read_script = conn.register_script(_READ_WITH_RESULT_LUA)
+        self._lookup_script = conn.register_script(_LOOKUP_LUA)
+        self._admit_script = conn.register_script(_ADMIT_ONLY_LUA)
         #: Per request thread: the watch submit() registered before creating a job (wait_until takes it
         #: instead of re-reading a job it knows is queued), and result chunks read along with a record.
         self._local = threading.local()
@@ -241,6 +274,10 @@ class JobService:
             while True:
                 if fresh:  # registered before the job existed, so no event was missed: no need to read
                     rec, fresh = fresh[1], None
+                elif event is not None and "job" in event:  # the finish, with the fields it wrote
+                    rec = JobRecord.from_fields(event["job"])
+                    if event.get("chunks") is not None:
+                        self._local.chunks = (job_id, [c.encode() for c in event["chunks"]])
                 else:
                     rec = self._read(job_id, with_result=event is not None and event.get("status") == "finished")
                 remaining = deadline - time.monotonic()
@@ -328,14 +365,25 @@ class JobService:
 
     # -- submitting ---------------------------------------------------------------
 
-    def submit(self, sub: Submission) -> tuple[JobRecord, Outcome]:
-        """Create, join or answer from cache; SET NX on the canonical key decides the race."""
+    def submit(self, sub: Submission, admission: Admission | None = None) -> tuple[JobRecord, Outcome]:
+        """Create, join or answer from cache; SET NX on the canonical key decides the race.
+
+        admission: the client's budget and live bound, checked (and spent) in the lookup's round trip;
+        raises Rejected when over.
+        """
         key = sub.cache_key
         self._local.chunks = None
         for _ in range(8):
-            existing = self.cache.get(key)
-            if isinstance(existing, str):
-                rec = self._read(existing, with_result=True)  # a cache hit's result comes along
+            reply = self._lookup(key, admission)
+            if reply[0] in (b"limited", b"busy"):
+                raise admission.rejection(reply)  # type: ignore[union-attr]
+            admission = None  # spent once, whatever happens next
+            if reply[0] == b"taken":
+                existing = self.cache.serializer.loads(reply[1])
+                flat, chunks = reply[2], reply[3]
+                rec = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
+                if rec is not None and rec.status is JobStatus.FINISHED and chunks:
+                    self._local.chunks = (rec.id, chunks)  # a cache hit's result comes along
                 outcome = self._classify(rec)
                 if rec is not None and outcome is not None:
                     return rec, outcome
@@ -349,6 +397,23 @@ class JobService:
             if rec.has_input:
                 self._discard(rec.id)
         raise RuntimeError(f"request cache entry {key} kept changing")
+
+    def _lookup(self, key: str, admission: Admission | None) -> list[Any]:
+        """_LOOKUP_LUA for one cache key (see there)."""
+        keys, args = [self.cache.full_key(key)], [_JOB_PREFIX, *_RESULT_AFFIXES, PREFETCH_MAX_BYTES]
+        if admission is not None and admission.checks:
+            keys += admission.script_keys()
+            args += [1, *admission.script_args()]
+        else:
+            args.append(0)
+        return self._lookup_script(keys=keys, args=args)
+
+    def admit(self, admission: Admission) -> None:
+        """Spend one submission of the client's budget without a lookup; raises Rejected when over."""
+        if admission.checks:
+            reply = self._admit_script(keys=admission.script_keys(), args=admission.script_args())
+            if reply[0] != b"ok":
+                raise admission.rejection(reply)
 
     def _classify(self, rec: JobRecord | None) -> Outcome | None:
         """Whether an existing job can answer an identical request, and how."""
@@ -538,8 +603,10 @@ class JobService:
         """Bookkeeping of a terminal state: cache entry, expiry, counters, event (one round trip)."""
         self._replay_script(args=self.terminal_commands(rec, status))
 
-    def terminal_commands(self, rec: JobRecord, status: JobStatus, run_s: float | None = None) -> list[Any]:
-        """finish_terminal's writes as packed commands, to ride along with the transition itself."""
+    def terminal_commands(self, rec: JobRecord, status: JobStatus, run_s: float | None = None,
+                          event: dict[str, Any] | None = None) -> list[Any]:
+        """finish_terminal's writes as packed commands, to ride along with the transition itself.
+        event: extra fields of the ending's event (see JobService.wait_until)."""
         ttl = self.config.result_ttl
         if status is JobStatus.FINISHED:
             cache_cmd = self.cache.refresh_command(rec.cache_key, rec.id, ttl)
@@ -565,7 +632,7 @@ class JobService:
             pipe.hincrby(key, "count", 1)
             pipe.hincrbyfloat(key, "sum", run_s)
         _count_live(pipe, rec, -1)
-        publish(pipe, rec.id, status.value)
+        publish(pipe, rec.id, status.value, extra=event)
         return packed([cache_cmd, *recorded(pipe)])
 
     # -- crash recovery -----------------------------------------------------------

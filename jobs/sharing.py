@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 import uuid
 
+from jobs.admission import Admission
 from jobs.keys import JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY, job_keys
 from jobs.record import JobRecord
 from jobs.service import JobService, Outcome
@@ -36,10 +37,14 @@ from jobs.spec import Submission
 from jobs.status import JobStatus
 
 
-def submit_owned(svc: JobService, sub: Submission, owner: str | None) -> tuple[JobRecord, Outcome]:
-    """JobService.submit for one owner (see the module docstring); owner None is the tokens-off path."""
+def submit_owned(svc: JobService, sub: Submission, owner: str | None,
+                 admission: Admission | None = None) -> tuple[JobRecord, Outcome]:
+    """JobService.submit for one owner (see the module docstring); owner None is the tokens-off path.
+    admission: checked first, whichever way the submission is then answered (raises Rejected)."""
     if not owner:
-        return svc.submit(sub)
+        return svc.submit(sub, admission)
+    if admission is not None:
+        svc.admit(admission)
     sub.scope = owner
     sub.extra["owner"] = owner
     if not isinstance(svc.cache.get(sub.cache_key), str):

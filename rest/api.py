@@ -9,8 +9,10 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request, stream_with_context
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from jobs.admission import Rejected
+from jobs.errors import BadRequest, InvalidParams
 from jobs.record import JobRecord
 from jobs.registry import JOB_TYPES
 from jobs.service import Outcome
@@ -22,7 +24,7 @@ from rest.extensions import crunch, service
 from rest.logging import request_id
 from rest.metrics import count_submission
 from rest.problems import PROBLEM_BASE, Problem, validation_problem
-from rest.ratelimit import check_live_jobs
+from rest.ratelimit import admission, rejected
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -141,12 +143,23 @@ def accepted(rec: JobRecord, deduplicated: bool) -> Response:
 
 
 def submit(job_type: str) -> Response:
-    sub = read_submission(job_type)
-    wait = prefer_wait()
     svc = service()
-    sub.extra["client"] = check_live_jobs(svc.conn)
+    try:
+        sub = read_submission(job_type)
+    except (Problem, HTTPException, InvalidParams, BadRequest):
+        try:  # a refused body still spends the client's budget, and past it the answer is the 429
+            svc.admit(admission(validated=False))
+        except Rejected as r:
+            raise rejected(r) from None
+        raise
+    wait = prefer_wait()
+    adm = admission()
+    sub.extra["client"] = adm.client
     sub.extra["request_id"] = request_id() or ""
-    rec, outcome = submit_owned(svc, sub, auth.current_owner())
+    try:
+        rec, outcome = submit_owned(svc, sub, auth.current_owner(), adm)
+    except Rejected as r:
+        raise rejected(r) from None
     count_submission(job_type, outcome)
     g.log_job_id = rec.id
     if outcome is Outcome.CACHED:

@@ -1,10 +1,14 @@
-"""Rate limits per client IP (Flask-Limiter on the app's Redis), and a bound on live jobs per client.
+"""Rate limits per client, and a bound on live jobs per client; both counted in Redis.
 
-- Submissions (every POST /api/v1/<type>) share one budget, RATE_LIMIT_SUBMIT; the control
-  actions (cancel, pause, resume, retry, delete) share another, RATE_LIMIT_CONTROL. Counters
-  live in Redis, so the budget is per client across every web process and host.
+- Submissions (every POST /api/v1/<type>, valid or not) share one budget, RATE_LIMIT_SUBMIT. It
+  is checked and spent inside the submission's own lookup script (jobs.admission: a sliding
+  window counter), so the hot path pays no round trip for it. The control actions (cancel,
+  pause, resume, retry, delete) share another, RATE_LIMIT_CONTROL, checked by the same script
+  before the action. Counters live in Redis, so each budget is per client across every web
+  process and host, and they follow REDIS_URL wherever it points (Sentinel included).
 - MAX_QUEUED_PER_CLIENT bounds a client's live jobs (queued, started or paused). The job
-  service keeps the count (INCR when it creates a job, DECR when the job ends or is deleted).
+  service keeps the count (INCR when it creates a job, DECR when the job ends or is deleted),
+  and the same lookup script checks it.
 
 Both answer 429 problem+json with Retry-After. The client is the token owner when the request
 is authenticated (API_TOKENS, see rest.auth): every token and browser session of one owner
@@ -15,21 +19,21 @@ address (werkzeug's ProxyFix) or every client shares one budget.
 
 from __future__ import annotations
 
-import math
-import time
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
-from flask import Flask, Response, current_app, request
-from flask_limiter import Limiter, RateLimitExceeded
+from flask import Flask, current_app, request
 from limits import parse_many
 
-from jobs.redis_connection import limits_storage
-from jobs.service import CLIENT_LIVE_KEY
+from jobs.admission import Admission, RateLimit, Rejected
 from rest.auth import current_owner
-from rest.problems import PROBLEM_BASE, Problem, error_response
+from rest.extensions import service
+from rest.problems import PROBLEM_BASE, Problem
 
 CONTROL_ENDPOINTS = ("api.cancel_job", "api.pause_job", "api.resume_job", "api.retry_job", "api.delete_job")
-SUBMIT_PREFIX = "api.submit_"
+#: app.extensions key: the parsed budgets per scope ("submit", "control"); empty when limits are off.
+LIMITS_EXTENSION = "crunch_rate_limits"
 
 
 def client_id() -> str:
@@ -40,61 +44,56 @@ def client_id() -> str:
     return request.remote_addr or "unknown"
 
 
-def storage_uri(redis_url: str) -> str:
-    """The limits library's spelling of the app's Redis URL."""
-    return limits_storage(redis_url)[0]
+def admission(validated: bool = True, scope: str = "submit") -> Admission:
+    """This request's admission checks: the scope's budget, and for a valid submission the live bound."""
+    limits = current_app.extensions.get(LIMITS_EXTENSION, {}).get(scope, ())
+    bound = (current_app.config.get("MAX_QUEUED_PER_CLIENT", 0) or 0) if validated and scope == "submit" else 0
+    return Admission(client_id(), limits, max(0, bound), scope=scope)
 
 
-def check_live_jobs(conn: Any) -> str:
-    """429 when this client already has MAX_QUEUED_PER_CLIENT live jobs; returns the client id."""
-    client = client_id()
-    bound = current_app.config.get("MAX_QUEUED_PER_CLIENT", 0)
-    if bound and bound > 0:
-        live = int(conn.get(CLIENT_LIVE_KEY.format(client=client)) or 0)
-        if live >= bound:
-            raise Problem(429, "Too many live jobs",
-                          f"this client has {live} live jobs, the most allowed (MAX_QUEUED_PER_CLIENT={bound}); "
-                          "wait for some to end, or cancel them", type_=PROBLEM_BASE + "too-many-jobs",
-                          headers={"Retry-After": "5"})
-    return client
+def rejected(r: Rejected) -> Problem:
+    """The 429 problem for a request over its client's budget."""
+    if r.kind == "rate":
+        return Problem(429, "Too Many Requests", r.detail, type_=PROBLEM_BASE + "rate-limit",
+                       headers={"Retry-After": str(r.retry_after)})
+    return Problem(429, "Too many live jobs", r.detail, type_=PROBLEM_BASE + "too-many-jobs",
+                   headers={"Retry-After": str(r.retry_after)})
+
+
+def _control_limited(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Spend one control action of the client's budget before the action; 429 past it."""
+
+    @wraps(view)
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        try:
+            service().admit(admission(scope="control"))
+        except Rejected as r:
+            raise rejected(r) from None
+        return view(*args, **kwargs)
+
+    return limited
+
+
+def parse_limits(name: str, value: str) -> tuple[RateLimit, ...]:
+    """A rate setting ("600/minute", "10/second;600/hour") as budgets; stops the app naming a bad one."""
+    try:
+        return tuple(RateLimit(item.amount, item.get_expiry(), str(item)) for item in parse_many(value))
+    except ValueError:
+        raise SystemExit(f"setting {name} must be a rate like '600/minute' or '10/second;600/hour', "
+                         f"got {value!r}") from None
 
 
 def init_app(app: Flask) -> None:
-    """Wrap the submit and control views of this app with its own limiter (after api.init_app)."""
+    """Parse the budgets and wrap the control views (after api.init_app); the submit view checks its own."""
     if not app.config.get("RATELIMIT_ENABLED", True):
         return
-    for name in ("RATE_LIMIT_SUBMIT", "RATE_LIMIT_CONTROL"):
-        try:
-            parse_many(app.config[name])
-        except ValueError:
-            raise SystemExit(f"setting {name} must be a rate like '600/minute' or '10/second;600/hour', "
-                             f"got {app.config[name]!r}") from None
-    uri, options = limits_storage(app.config["REDIS_URL"])
-    limiter = Limiter(
-        key_func=client_id,
-        storage_uri=uri,
-        storage_options=options,
-        strategy="sliding-window-counter",
-        key_prefix="crunch:ratelimit",
-        headers_enabled=False,  # headers would cost a Redis round trip per request; 429s get Retry-After
-    )
-    limiter.init_app(app)
-    app.extensions["crunch_limiter"] = limiter
-    submit_limit = limiter.shared_limit(app.config["RATE_LIMIT_SUBMIT"], scope="submit")
-    control_limit = limiter.shared_limit(app.config["RATE_LIMIT_CONTROL"], scope="control")
+    app.extensions[LIMITS_EXTENSION] = {
+        "submit": parse_limits("RATE_LIMIT_SUBMIT", app.config["RATE_LIMIT_SUBMIT"]),
+        "control": parse_limits("RATE_LIMIT_CONTROL", app.config["RATE_LIMIT_CONTROL"]),
+    }
     wrapped: dict[Any, Any] = {}
     for endpoint, view in list(app.view_functions.items()):
-        if endpoint.startswith(SUBMIT_PREFIX) or endpoint in CONTROL_ENDPOINTS:
-            if view not in wrapped:  # every submit route shares one view function: wrap it once
-                wrapped[view] = (submit_limit if endpoint.startswith(SUBMIT_PREFIX) else control_limit)(view)
+        if endpoint in CONTROL_ENDPOINTS:
+            if view not in wrapped:
+                wrapped[view] = _control_limited(view)
             app.view_functions[endpoint] = wrapped[view]
-
-    @app.errorhandler(RateLimitExceeded)
-    def _rate_limited(e: RateLimitExceeded) -> Response:
-        retry = 1
-        current = limiter.current_limit
-        if current is not None:
-            retry = max(1, math.ceil(current.reset_at - time.time()))
-        return error_response(Problem(
-            429, "Too Many Requests", f"rate limit of {e.description} per client exceeded; retry in {retry} s",
-            type_=PROBLEM_BASE + "rate-limit", headers={"Retry-After": str(retry)}))

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from typing import Any
 
-from redis import Redis
+import orjson
+import pytest
+from redis import ConnectionPool, Redis
+from redis.connection import Connection
 from rq.serializers import JSONSerializer
 
-from jobs.keys import JOB_KEY, JOBS_INDEX_KEY
-from jobs.queueing import JsonQueue
+from jobs.admission import CLIENT_LIVE_KEY, Admission, RateLimit, Rejected
+from jobs.keys import EVENTS_CHANNEL, JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY
+from jobs.queueing import JsonJob, JsonQueue
 from jobs.record import JobRecord
 from jobs.request_cache import request_cache_for
 from jobs.service import JobService, ServiceConfig, packed
 from jobs.spec import Submission, canonical_json
 from jobs.status import JobStatus
-from worker import CrunchWorker
+from worker import CrunchWorker, InlineRun
 
 
 def service(conn: Redis, queue: str) -> JobService:
@@ -84,3 +90,97 @@ def test_a_skipped_worker_heartbeat_never_leaves_the_worker_key_expiring_sooner(
         assert redis_conn.ttl(worker.key) > 90
     finally:
         worker.register_death()
+
+
+def _subscribed(conn: Redis) -> Any:
+    pubsub = conn.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(EVENTS_CHANNEL)
+    pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+    return pubsub
+
+
+def _events_of(pubsub: Any, job_id: str) -> list[dict[str, Any]]:
+    out = []
+    while (msg := pubsub.get_message(timeout=0.5)) is not None:
+        event = orjson.loads(msg["data"])
+        if event["id"] == job_id:
+            out.append(event)
+    return out
+
+
+class CountingConnection(Connection):
+    """Counts requests sent (a pipeline is one), i.e. round trips."""
+
+    sent = 0
+
+    def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        type(self).sent += 1
+        super().send_packed_command(*args, **kwargs)
+
+
+def test_an_inline_run_starts_and_finishes_in_one_round_trip_each_and_drops_rqs_job_hash(
+        redis_conn: Redis, redis_url: str) -> None:
+    svc = service(redis_conn, uuid.uuid4().hex)
+    conn = Redis(connection_pool=ConnectionPool.from_url(redis_url, connection_class=CountingConnection))
+    worker = CrunchWorker([JsonQueue(f"w-{uuid.uuid4().hex}", connection=conn)], connection=conn,
+                          serializer=JSONSerializer, name=uuid.uuid4().hex)
+    warm, _ = svc.submit(submission(89))
+    worker._run_inline(InlineRun(warm.rq_id, warm.id))  # loads the scripts into this server
+    rec, _ = svc.submit(submission(90))
+    assert redis_conn.exists(JsonJob.key_for(rec.rq_id))
+    pubsub = _subscribed(redis_conn)
+    before = CountingConnection.sent
+    worker._run_inline(InlineRun(rec.rq_id, rec.id))
+    assert CountingConnection.sent - before == 2  # begin (read + take STARTED) and finish, nothing else
+    done = JobRecord.from_hash(redis_conn.hgetall(JOB_KEY.format(id=rec.id)))
+    assert done.status is JobStatus.FINISHED and done.worker == worker.name and done.started_at is not None
+    assert not redis_conn.exists(JsonJob.key_for(rec.rq_id))  # dropped in the finish's own step
+    assert int(redis_conn.hget(worker.key, "successful_job_count")) == 2
+    assert [e["status"] for e in _events_of(pubsub, rec.id)] == ["started", "finished"]
+
+
+def test_the_finish_event_carries_exactly_what_the_job_hash_and_result_hold(redis_conn: Redis) -> None:
+    from jobs.runner import run
+
+    svc = service(redis_conn, uuid.uuid4().hex)
+    rec, _ = svc.submit(submission(1000))
+    pubsub = _subscribed(redis_conn)
+    assert run(redis_conn, rec.id, rec.rq_id, "w1") == {"job": rec.id, "status": "finished"}
+    finished = [e for e in _events_of(pubsub, rec.id) if e["status"] == "finished"]
+    assert len(finished) == 1
+    stored = {k.decode(): v.decode() for k, v in redis_conn.hgetall(JOB_KEY.format(id=rec.id)).items()}
+    assert finished[0]["job"] == stored
+    chunks = redis_conn.lrange(RESULT_CHUNKS_KEY.format(id=rec.id), 0, -1)
+    assert [c.encode() for c in finished[0]["chunks"]] == chunks and chunks
+
+
+def test_the_submit_budget_is_a_sliding_window_counter(redis_conn: Redis) -> None:
+    svc = service(redis_conn, uuid.uuid4().hex)
+    client = uuid.uuid4().hex
+    limit = RateLimit(10, 60, "10 per 1 minute")
+    t0 = (time.time() // 60) * 60 + 30  # half way through a window
+
+    def admit(now: float) -> bool:
+        try:
+            svc.admit(Admission(client, (limit,), now=now))
+            return True
+        except Rejected as r:
+            assert r.kind == "rate" and 1 <= r.retry_after <= 60 and "10 per 1 minute" in r.detail
+            return False
+
+    assert [admit(t0) for _ in range(11)] == [True] * 10 + [False]
+    # Half way through the next window half of the previous window's 10 still count: 5 more fit.
+    assert [admit(t0 + 60) for _ in range(6)] == [True] * 5 + [False]
+    # Two windows on, the first no longer counts and the second's 5 count half: 7 fit.
+    assert [admit(t0 + 120) for _ in range(8)] == [True] * 7 + [False]
+
+
+def test_the_live_bound_is_checked_in_the_lookup_and_counts_nothing_when_it_refuses(redis_conn: Redis) -> None:
+    svc = service(redis_conn, uuid.uuid4().hex)
+    client = uuid.uuid4().hex
+    redis_conn.set(CLIENT_LIVE_KEY.format(client=client), 2)
+    with pytest.raises(Rejected) as info:
+        svc.submit(submission(91), Admission(client, live_bound=2))
+    assert info.value.kind == "live" and "MAX_QUEUED_PER_CLIENT=2" in info.value.detail
+    rec, outcome = svc.submit(submission(91), Admission(client, live_bound=3))
+    assert outcome.value == "created" and redis_conn.exists(JOB_KEY.format(id=rec.id))

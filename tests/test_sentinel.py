@@ -12,14 +12,13 @@ from typing import Any
 
 import pytest
 import requests
-from limits.storage import storage_from_string
 from redis import Redis
 from redis.exceptions import RedisError
 
 from infra.embedded_redis import free_port, server_binary
 from infra.processes import Api, Web, Workers
 from jobs.keys import JOB_KEY
-from jobs.redis_connection import SentinelConnection, SentinelURL, limits_storage, parse_sentinel_url, redis_from_url
+from jobs.redis_connection import SentinelConnection, SentinelURL, parse_sentinel_url, redis_from_url
 
 SERVICE = "mymaster"
 
@@ -54,20 +53,6 @@ def test_a_malformed_sentinel_url_says_what_is_wrong(url: str, why: str) -> None
         parse_sentinel_url(url)
     assert why in str(info.value)
     assert "secret" not in str(info.value)
-
-
-def test_the_rate_limiter_gets_the_same_sentinels_service_db_and_passwords() -> None:
-    uri, options = limits_storage("redis+sentinel://:pw@a:1,b:2/mymaster/2?sentinel_password=sp")
-    assert uri == "redis+sentinel://a:1,b:2/mymaster"
-    assert options == {"db": 2, "password": "pw", "use_replicas": False,
-                       "sentinel_kwargs": {"username": None, "password": "sp"}}
-    storage: Any = storage_from_string(uri, **options)
-    assert storage.service_name == "mymaster"
-    assert storage.sentinel.sentinels[0].connection_pool.connection_kwargs["password"] == "sp"
-    assert storage.storage.connection_pool.connection_kwargs["db"] == 2
-    assert storage.storage.connection_pool.connection_kwargs["password"] == "pw"
-    assert limits_storage("redis://h:1/0") == ("redis://h:1/0", {})
-    assert limits_storage("unix:///tmp/r.sock?db=0") == ("redis+unix:///tmp/r.sock?db=0", {})
 
 
 def test_the_factory_builds_a_sentinel_client_or_a_plain_one() -> None:

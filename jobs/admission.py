@@ -1,0 +1,113 @@
+"""Admission of a request: the client's rate budget and live-job bound, checked in the submit's own step.
+
+The web builds an Admission per request (who the client is, which budgets apply) and the job
+service evaluates it inside the same Redis script that looks up the request cache, so a
+submission's checks cost no round trip of their own. The budget is a sliding window counter
+(the count of the current window plus the previous one's, weighted by how much of it still
+overlaps), the strategy of Flask-Limiter's "sliding-window-counter", with its keys under
+RATE_LIMIT_KEY. Control actions spend their own budget (scope "control") with the same script.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.keys import PREFIX
+
+#: String: the requests of one scope ("submit", "control") one client made in one window of one
+#: limit ("600/60" = 600 per 60 s).
+RATE_LIMIT_KEY = PREFIX + "ratelimit:{scope}:{client}:{amount}/{window}:{index}"
+#: String: live (queued, started or paused) jobs of one client, for MAX_QUEUED_PER_CLIENT.
+CLIENT_LIVE_KEY = PREFIX + "client:{client}:live"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """One budget, e.g. 600 per 60 s; `label` is how the 429 names it ("600 per 1 minute")."""
+
+    amount: int
+    window: int
+    label: str
+
+
+@dataclass
+class Admission:
+    """The checks one submission must pass before anything is created or answered from cache."""
+
+    client: str
+    limits: tuple[RateLimit, ...] = ()
+    #: Most live jobs the client may have (0: no bound); only for a submission that passed validation.
+    live_bound: int = 0
+    scope: str = "submit"
+    now: float = field(default_factory=time.time)
+
+    @property
+    def checks(self) -> bool:
+        """Whether there is anything to check (else the scripts skip it)."""
+        return bool(self.limits) or self.live_bound > 0
+
+    def script_keys(self) -> list[str]:
+        """Live-count key, then each limit's current and previous window."""
+        keys = [CLIENT_LIVE_KEY.format(client=self.client)]
+        for lim in self.limits:
+            index = int(self.now // lim.window)
+            for i in (index, index - 1):
+                keys.append(RATE_LIMIT_KEY.format(scope=self.scope, client=self.client, amount=lim.amount,
+                                                  window=lim.window, index=i))
+        return keys
+
+    def script_args(self) -> list[Any]:
+        """Live bound, limit count, then (amount, window, elapsed share of the current window) per limit."""
+        args: list[Any] = [self.live_bound, len(self.limits)]
+        for lim in self.limits:
+            args += [lim.amount, lim.window, repr((self.now % lim.window) / lim.window)]
+        return args
+
+    def rejection(self, reply: list[Any]) -> Rejected:
+        """The 429 for a script reply of b'limited' (with the limit's index) or b'busy' (with the live count)."""
+        if reply[0] == b"limited":
+            lim = self.limits[int(reply[1]) - 1]
+            retry = max(1, math.ceil(lim.window - self.now % lim.window))
+            return Rejected("rate", retry, f"rate limit of {lim.label} per client exceeded; retry in {retry} s")
+        live = int(reply[1])
+        return Rejected("live", 5, f"this client has {live} live jobs, the most allowed (MAX_QUEUED_PER_CLIENT="
+                                   f"{self.live_bound}); wait for some to end, or cancel them")
+
+
+class Rejected(Exception):
+    """A submission over its client's budget (HTTP 429 with Retry-After)."""
+
+    def __init__(self, kind: str, retry_after: int, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.retry_after = retry_after
+        self.detail = detail
+
+
+#: The checks, as the opening of a script: KEYS[first] is the live count, then two keys per limit
+#: (Admission.script_keys); ARGV from `a` on as Admission.script_args. Returns a rejection reply, or
+#: counts the submission in every limit and falls through.
+ADMIT_LUA = """
+local function admit(first, a)
+  local bound, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  for i = 1, n do
+    local amount, share = tonumber(ARGV[a + 3 * i - 1]), tonumber(ARGV[a + 3 * i + 1])
+    local cur = tonumber(redis.call('GET', KEYS[first + 2 * i - 1]) or '0')
+    local prev = tonumber(redis.call('GET', KEYS[first + 2 * i]) or '0')
+    if prev * (1 - share) + cur + 1 > amount then return {'limited', i} end
+  end
+  for i = 1, n do
+    local key = KEYS[first + 2 * i - 1]
+    redis.call('INCR', key)
+    redis.call('EXPIRE', key, 2 * tonumber(ARGV[a + 3 * i]))
+  end
+  if bound > 0 then
+    local live = tonumber(redis.call('GET', KEYS[first]) or '0')
+    if live >= bound then return {'busy', live} end
+  end
+  return false
+end
+"""
