@@ -151,22 +151,28 @@ class CrunchWorker(Worker):
 
         rq_key = JsonJob.key_for(run.id)
         self._inline_job_id = run.crunch_id
-        state, self._state = self._state, WorkerStatus.BUSY  # in memory only: a SIGTERM now waits for the job
+        state, self._state = self._state, WorkerStatus.BUSY  # a SIGTERM now waits for the job (rq's _shutdown)
+        # rq's view of this worker (state, current job) changes inside the start's and finish's own steps.
+        idle = [("HSET", self.key, "state", getattr(state, "value", state)), ("HDEL", self.key, "current_job")]
         finished = False
         try:
             out = run_job(self.connection, run.crunch_id, run.id, self.name,
-                          finish_then=[("DEL", rq_key), ("HINCRBY", self.key, "successful_job_count", 1)],
+                          start_then=[("HSET", self.key, "state", WorkerStatus.BUSY.value, "current_job", run.id)],
+                          finish_then=[("DEL", rq_key), ("HINCRBY", self.key, "successful_job_count", 1), *idle],
                           time_limit=lambda seconds: self.death_penalty_class(seconds, JobTimeoutException,
                                                                              job_id=run.id))
             finished = bool(out) and out.get("status") == "finished"
-        except Exception:  # noqa: BLE001 - the runner recorded the failure
-            # The runner recorded the failure on the Crunch job (status, error) and logged it.
+        except Exception:  # noqa: BLE001 - the runner recorded the failure on the job (status, error) and logged it
             self.connection.hincrby(self.key, "failed_job_count", 1)
         finally:
             self._inline_job_id = None
             self._state = state
             if not finished:
-                self.connection.delete(rq_key)
+                with self.connection.pipeline(transaction=False) as pipe:
+                    pipe.delete(rq_key)
+                    for cmd in idle:
+                        pipe.execute_command(*cmd)
+                    pipe.execute()
 
     def prepare_job_execution(self, job: Any, remove_from_intermediate_queue: bool = False) -> None:
         """rq's, for an inline job in one round trip with execute_job's writes (rq 3.0's steps, unchanged)."""

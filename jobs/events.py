@@ -21,6 +21,11 @@ from jobs.keys import EVENTS_CHANNEL
 log = logging.getLogger(__name__)
 
 
+#: How every event opens: publish() puts the (32-hex-digit) job id first.
+_ID_OPENING = b'{"id":"'
+_ID_END = len(_ID_OPENING) + 32
+
+
 def publish(conn: Any, job_id: str, status: str, kind: str = "status", extra: dict[str, Any] | None = None) -> None:
     """Announce a change; conn may be a pipeline so it rides along with the write. extra: more fields
     (a finish carries the job's fields and small result, so a waiter need not read them back)."""
@@ -102,6 +107,12 @@ class EventHub:
                     pass
 
     def _dispatch(self, data: bytes) -> None:
+        # publish() writes the id first, so an event for a job nobody here waits on (most of them, with
+        # several web processes) is dropped without parsing the rest (a finish carries the job's fields).
+        if data.startswith(_ID_OPENING) and data[_ID_END:_ID_END + 1] == b'"':
+            with self._lock:
+                if data[len(_ID_OPENING):_ID_END].decode() not in self._watches:
+                    return
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:

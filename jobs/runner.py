@@ -37,6 +37,7 @@ from jobs.record import JobRecord
 from jobs.registry import JOB_TIMEOUTS, JOB_TYPES
 from jobs.request_cache import request_cache_for
 from jobs.results import RedisResultWriter, RedisScratch
+from jobs.scripts import LuaScript
 from jobs.service import (
     HEARTBEAT_TIMEOUT,
     INPUT_CHUNK_BYTES,
@@ -87,8 +88,8 @@ return {h, false, false, 1}
 
 
 @lru_cache(maxsize=4)
-def _begin_script(conn: Redis) -> Any:
-    return conn.register_script(_BEGIN_LUA)
+def _begin_script(conn: Redis) -> LuaScript:
+    return LuaScript(conn, _BEGIN_LUA)
 
 
 @lru_cache(maxsize=4)
@@ -263,11 +264,13 @@ def execute(job_id: str) -> dict[str, Any] | None:
     return run(rq_job.connection, job_id, rq_job.id, worker)
 
 
-def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, finish_then: Sequence[Sequence[Any]] = (),
+def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequence[Sequence[Any]] = (),
+        finish_then: Sequence[Sequence[Any]] = (),
         time_limit: Callable[[int], AbstractContextManager[Any]] | None = None) -> dict[str, Any] | None:
-    """Run one RQ run (rq_id) of a Crunch job. finish_then: commands that ride along with a successful
-    finish (a worker running the job inline drops RQ's job hash there); time_limit(seconds): a guard
-    enforcing the type's timeout around the kernel, for callers that run it outside rq's own."""
+    """Run one RQ run (rq_id) of a Crunch job. start_then / finish_then: commands that ride along with
+    taking STARTED / a successful finish (a worker running the job inline keeps RQ's view of itself
+    there, and drops RQ's job hash at the end); time_limit(seconds): a guard enforcing the type's
+    timeout around the kernel, for callers that run it outside rq's own."""
     svc = _service(conn)
     started = time.time()
     # Fresh runs (no checkpoint, no control request) take STARTED in the same round trip as the read.
@@ -277,7 +280,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, finish_then: Seque
     publish(then, job_id, JobStatus.STARTED.value)
     flat, control, checkpoint, took = _begin_script(conn)(
         keys=[JOB_KEY.format(id=job_id), JOB_CONTROL_KEY.format(id=job_id), JOB_CHECKPOINT_KEY.format(id=job_id)],
-        args=[rq_id, worker, repr(started), *packed(recorded(then))])
+        args=[rq_id, worker, repr(started), *packed(recorded(then)), *packed(start_then)])
     # The job's fields as this run leaves them, so the finish event can carry them (see _finish_event).
     known = {k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
     rec = JobRecord.from_fields(known) if known else None
@@ -308,7 +311,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, finish_then: Seque
         then.zadd(RUNNING_KEY, {job_id: time.time() + HEARTBEAT_TIMEOUT})
         publish(then, job_id, JobStatus.STARTED.value)
         if svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, fields,
-                          then=packed(recorded(then))) is None:
+                          then=[*packed(recorded(then)), *packed(start_then)]) is None:
             return None
     if took:
         known["worker"] = worker

@@ -22,7 +22,6 @@ from redis import Redis
 from rq.callbacks import Callback
 from rq.command import send_stop_job_command
 from rq.queue import Queue
-from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
 from jobs.admission import ADMIT_LUA, CLIENT_LIVE_KEY, Admission
@@ -45,6 +44,7 @@ from jobs.record import JobRecord
 from jobs.registry import JOB_TIMEOUTS, JOB_TYPES
 from jobs.request_cache import RequestCache
 from jobs.results import ResultReader
+from jobs.scripts import LuaScript
 from jobs.spec import FAST_QUEUE, Submission
 from jobs.status import SETTLED, TERMINAL, JobStatus
 
@@ -190,12 +190,12 @@ class JobService:
         self.config = config or ServiceConfig()
         self._queue_factory = queue_factory
         self._hub = hub
-        self._transition_script = conn.register_script(_TRANSITION_LUA)
-        self._claim_script = conn.register_script(_CLAIM_LUA)
-        self._replay_script = conn.register_script(_REPLAY_ALL_LUA)
-        self._read_script = conn.register_script(_READ_WITH_RESULT_LUA)
-        self._lookup_script = conn.register_script(_LOOKUP_LUA)
-        self._admit_script = conn.register_script(_ADMIT_ONLY_LUA)
+        self._transition_script = LuaScript(conn, _TRANSITION_LUA)
+        self._claim_script = LuaScript(conn, _CLAIM_LUA)
+        self._replay_script = LuaScript(conn, _REPLAY_ALL_LUA)
+        self._read_script = LuaScript(conn, _READ_WITH_RESULT_LUA)
+        self._lookup_script = LuaScript(conn, _LOOKUP_LUA)
+        self._admit_script = LuaScript(conn, _ADMIT_ONLY_LUA)
         #: Per request thread: the watch submit() registered before creating a job (wait_until takes it
         #: instead of re-reading a job it knows is queued), and result chunks read along with a record.
         self._local = threading.local()
@@ -216,8 +216,7 @@ class JobService:
         return self._hub
 
     def transition(self, job_id: str, from_: tuple[JobStatus, ...], to: JobStatus,
-                   fields: dict[str, Any] | None = None, client: Any = None,
-                   then: list[Any] | None = None) -> JobStatus | None:
+                   fields: dict[str, Any] | None = None, then: list[Any] | None = None) -> JobStatus | None:
         """Compare-and-set the status; returns the old status, or None if it did not match.
 
         `then` (see packed()) runs in the same atomic step, only when the status matched.
@@ -226,7 +225,7 @@ class JobService:
         for k, v in (fields or {}).items():
             pairs += [k, v]
         args: list[Any] = [",".join(s.value for s in from_), to.value, len(pairs), *pairs, *(then or ())]
-        prev = self._transition_script(keys=[JOB_KEY.format(id=job_id)], args=args, client=client)
+        prev = self._transition_script(keys=[JOB_KEY.format(id=job_id)], args=args)
         return JobStatus(prev.decode()) if prev else None
 
     # -- reading ------------------------------------------------------------------
@@ -663,8 +662,21 @@ class JobService:
 
     # -- queues and workers -------------------------------------------------------
 
+    def running_per_queue(self) -> dict[str, int]:
+        """Started jobs per queue, from Crunch's running set (fast runs leave no trace in rq's registries)."""
+        ids = [m.decode() for m in self.conn.zrange(RUNNING_KEY, 0, -1)]
+        pipe = self.conn.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(JOB_KEY.format(id=job_id), "queue", "status")
+        counts: dict[str, int] = {}
+        for queue, status in pipe.execute() if ids else ():
+            if queue and status == JobStatus.STARTED.value.encode():
+                counts[queue.decode()] = counts.get(queue.decode(), 0) + 1
+        return counts
+
     def queues(self) -> list[dict[str, Any]]:
         workers = Worker.all(connection=self.conn)
+        started = self.running_per_queue()
         out = []
         for name in QUEUES:
             q = self.queue(name)
@@ -673,7 +685,7 @@ class JobService:
             out.append({
                 "name": name,
                 "queued": q.count,
-                "started": StartedJobRegistry(name, connection=self.conn).count,
+                "started": started.get(name, 0),
                 "finished": stats.get("finished", 0),
                 "failed": stats.get("failed", 0),
                 "canceled": stats.get("canceled", 0),

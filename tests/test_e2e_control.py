@@ -55,6 +55,9 @@ def test_cancel_a_queued_job_at_once_and_start_fresh_after(api: Api, workers) ->
 def test_cancel_a_running_job_frees_the_worker(api: Api) -> None:
     job = submit(api, "primes", long_count_body())
     wait_for(api, job["id"], lambda j: j["status"] == "started")
+    queues = {q["name"]: q for q in api.get("/api/v1/queues").json()}
+    assert queues["default"]["started"] >= 1
+    assert job["id"] in [w["current_job"] for w in api.get("/api/v1/workers").json()]
     r = api.post(f"/api/v1/jobs/{job['id']}/cancel")
     assert r.status_code == 200
     assert r.json()["status"] == "canceled", "a running job stops within the 2 s the contract allows"

@@ -136,6 +136,7 @@ def test_an_inline_run_starts_and_finishes_in_one_round_trip_each_and_drops_rqs_
     assert done.status is JobStatus.FINISHED and done.worker == worker.name and done.started_at is not None
     assert not redis_conn.exists(JsonJob.key_for(rec.rq_id))  # dropped in the finish's own step
     assert int(redis_conn.hget(worker.key, "successful_job_count")) == 2
+    assert redis_conn.hget(worker.key, "current_job") is None  # set by the start, dropped by the finish
     assert [e["status"] for e in _events_of(pubsub, rec.id)] == ["started", "finished"]
 
 
