@@ -37,7 +37,7 @@ from jobs.record import JobRecord
 from jobs.registry import JOB_TIMEOUTS, JOB_TYPES
 from jobs.request_cache import request_cache_for
 from jobs.results import RedisResultWriter, RedisScratch
-from jobs.scripts import LuaScript
+from jobs.scripts import Commands, LuaScript
 from jobs.service import (
     HEARTBEAT_TIMEOUT,
     INPUT_CHUNK_BYTES,
@@ -274,7 +274,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
     svc = _service(conn)
     started = time.time()
     # Fresh runs (no checkpoint, no control request) take STARTED in the same round trip as the read.
-    then = conn.pipeline(transaction=False)  # records the commands; never executed
+    then = Commands()
     then.delete(RESULT_CHUNKS_KEY.format(id=job_id), RESULT_COUNTS_KEY.format(id=job_id))
     then.zadd(RUNNING_KEY, {job_id: started + HEARTBEAT_TIMEOUT})
     publish(then, job_id, JobStatus.STARTED.value)
@@ -306,7 +306,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         if rec.started_at is None:
             fields["started_at"] = repr(started)
         known.update(fields)
-        then = conn.pipeline(transaction=False)
+        then = Commands()
         ctx.output.reset_commands(then)
         then.zadd(RUNNING_KEY, {job_id: time.time() + HEARTBEAT_TIMEOUT})
         publish(then, job_id, JobStatus.STARTED.value)

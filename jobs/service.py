@@ -44,7 +44,7 @@ from jobs.record import JobRecord
 from jobs.registry import JOB_TIMEOUTS, JOB_TYPES
 from jobs.request_cache import RequestCache
 from jobs.results import ResultReader
-from jobs.scripts import LuaScript
+from jobs.scripts import Commands, LuaScript
 from jobs.spec import FAST_QUEUE, Submission
 from jobs.status import SETTLED, TERMINAL, JobStatus
 
@@ -616,7 +616,7 @@ class JobService:
             drop += [JOB_INPUT_KEY.format(id=rec.id), JOB_CHECKPOINT_KEY.format(id=rec.id)]
         else:  # keep the input so a retry can run again
             drop += [RESULT_CHUNKS_KEY.format(id=rec.id), RESULT_COUNTS_KEY.format(id=rec.id)]
-        pipe = self.conn.pipeline(transaction=False)  # records the commands; never executed
+        pipe = Commands()
         pipe.delete(*drop)
         for key in job_keys(rec.id):
             if key not in drop:  # just deleted: nothing to expire

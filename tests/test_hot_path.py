@@ -17,7 +17,8 @@ from jobs.keys import EVENTS_CHANNEL, JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY
 from jobs.queueing import JsonJob, JsonQueue
 from jobs.record import JobRecord
 from jobs.request_cache import request_cache_for
-from jobs.service import JobService, ServiceConfig, packed
+from jobs.scripts import Commands
+from jobs.service import JobService, ServiceConfig, packed, recorded
 from jobs.spec import Submission, canonical_json
 from jobs.status import JobStatus
 from worker import CrunchWorker, InlineRun
@@ -185,3 +186,18 @@ def test_the_live_bound_is_checked_in_the_lookup_and_counts_nothing_when_it_refu
     assert info.value.kind == "live" and "MAX_QUEUED_PER_CLIENT=2" in info.value.detail
     rec, outcome = svc.submit(submission(91), Admission(client, live_bound=3))
     assert outcome.value == "created" and redis_conn.exists(JOB_KEY.format(id=rec.id))
+
+
+def test_the_command_recorder_records_what_a_redis_py_pipeline_records(redis_conn: Redis) -> None:
+    ours, theirs = Commands(), redis_conn.pipeline(transaction=False)
+    for rec in (ours, theirs):
+        rec.delete("a", "b")
+        rec.expire("a", 60)
+        rec.zadd("z", {"m1": 1.5, "m2": 2})
+        rec.zrem("z", "m1")
+        rec.hincrby("h", "f", 3)
+        rec.hincrbyfloat("h", "g", 0.25)
+        rec.incrby("n", -1)
+        rec.ltrim("l", 0, 4)
+        rec.publish("ch", b"msg")
+    assert recorded(ours) == recorded(theirs)
