@@ -64,3 +64,29 @@ class Commands:
 
     def publish(self, channel: Any, message: Any) -> None:
         self._add("PUBLISH", channel, message)
+
+    # What rq's Queue.enqueue_call sends through the pipeline it is given (rq 3.0).
+
+    #: rq asks before it calls multi(); a replay script is atomic already.
+    explicit_transaction = True
+
+    def multi(self) -> None:
+        """Nothing to open: a replay script is atomic already."""
+
+    def hset(self, key: Any, field: Any = None, value: Any = None, mapping: dict[Any, Any] | None = None) -> None:
+        pairs = [field, value] if field is not None else []
+        for item in (mapping or {}).items():
+            pairs.extend(item)
+        self._add("HSET", key, *pairs)
+
+    def sadd(self, key: Any, *members: Any) -> None:
+        self._add("SADD", key, *members)
+
+    def rpush(self, key: Any, *values: Any) -> None:
+        self._add("RPUSH", key, *values)
+
+    def lpush(self, key: Any, *values: Any) -> None:
+        self._add("LPUSH", key, *values)
+
+    def persist(self, key: Any) -> None:
+        self._add("PERSIST", key)

@@ -453,7 +453,7 @@ class JobService:
 
     def _claim(self, key: str, rec: JobRecord) -> bool:
         """Claim the request-cache entry, write the record and enqueue it, in one atomic round trip."""
-        pipe = self.conn.pipeline(transaction=False)  # records the commands; never executed
+        pipe = Commands()
         self._enqueue(rec, fresh=True, pipe=pipe)
         pipe.hset(JOB_KEY.format(id=rec.id), mapping=rec.to_hash())
         pipe.zadd(JOBS_INDEX_KEY, {rec.id: rec.created_at * 1000})

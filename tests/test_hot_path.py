@@ -10,11 +10,12 @@ import orjson
 import pytest
 from redis import ConnectionPool, Redis
 from redis.connection import Connection
+from rq.callbacks import Callback
 from rq.serializers import JSONSerializer
 
 from jobs.admission import CLIENT_LIVE_KEY, Admission, RateLimit, Rejected
 from jobs.keys import EVENTS_CHANNEL, JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY
-from jobs.queueing import JsonJob, JsonQueue
+from jobs.queueing import ON_FAILURE, RUNNER, JsonJob, JsonQueue
 from jobs.record import JobRecord
 from jobs.request_cache import request_cache_for
 from jobs.scripts import Commands
@@ -201,3 +202,21 @@ def test_the_command_recorder_records_what_a_redis_py_pipeline_records(redis_con
         rec.ltrim("l", 0, 4)
         rec.publish("ch", b"msg")
     assert recorded(ours) == recorded(theirs)
+
+
+def test_rqs_enqueue_records_the_same_commands_into_the_recorder(redis_conn: Redis) -> None:
+    def enqueue(pipe: Any) -> list[list[Any]]:
+        JsonQueue("fast", connection=redis_conn).enqueue_call(
+            RUNNER, args=("abc",), job_id="abc-1", timeout=600, result_ttl=600, failure_ttl=86400,
+            on_failure=Callback(ON_FAILURE), description="fibonacci abc", pipeline=pipe)
+        out = []
+        for args in recorded(pipe):
+            args = list(args)
+            if args[0] == "HSET":  # the job hash, minus its two timestamps
+                fields = {k: v for k, v in zip(args[2::2], args[3::2], strict=True)
+                          if k not in ("created_at", "enqueued_at")}
+                args = [*args[:2], *sorted(fields.items())]
+            out.append(args)
+        return out
+
+    assert enqueue(Commands()) == enqueue(redis_conn.pipeline(transaction=False))
