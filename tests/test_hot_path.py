@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any
@@ -17,6 +18,7 @@ from jobs.admission import CLIENT_LIVE_KEY, Admission, RateLimit, Rejected
 from jobs.keys import EVENTS_CHANNEL, JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY
 from jobs.queueing import ON_FAILURE, RUNNER, JsonJob, JsonQueue
 from jobs.record import JobRecord
+from jobs.redis_connection import redis_from_url
 from jobs.request_cache import request_cache_for
 from jobs.scripts import Commands
 from jobs.service import JobService, ServiceConfig, packed, recorded
@@ -220,3 +222,22 @@ def test_rqs_enqueue_records_the_same_commands_into_the_recorder(redis_conn: Red
         return out
 
     assert enqueue(Commands()) == enqueue(redis_conn.pipeline(transaction=False))
+
+
+def test_the_lean_pool_still_starts_afresh_in_a_forked_child(redis_url: str) -> None:
+    conn = redis_from_url(redis_url)
+    assert conn.ping()
+    parent_sockets = {id(c) for c in conn.connection_pool._available_connections}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a used pool from the parent must not hand out the parent's sockets
+        ok = False
+        try:
+            ok = conn.ping() and conn.connection_pool.pid == os.getpid() and not (
+                {id(c) for c in conn.connection_pool._available_connections} & parent_sockets)
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    assert conn.ping() and conn.connection_pool.pid == os.getpid()
