@@ -19,6 +19,7 @@ from jobs.keys import EVENTS_CHANNEL, JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY
 from jobs.queueing import ON_FAILURE, RUNNER, JsonJob, JsonQueue
 from jobs.record import JobRecord
 from jobs.redis_connection import redis_from_url
+from jobs.registry import JOB_TIMEOUTS
 from jobs.request_cache import request_cache_for
 from jobs.scripts import Commands
 from jobs.service import JobService, ServiceConfig, packed, recorded
@@ -241,3 +242,48 @@ def test_the_lean_pool_still_starts_afresh_in_a_forked_child(redis_url: str) -> 
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"
     assert conn.ping() and conn.connection_pool.pid == os.getpid()
+
+
+def _inline_worker(conn: Redis) -> CrunchWorker:
+    return CrunchWorker([JsonQueue(f"w-{uuid.uuid4().hex}", connection=conn)], connection=conn,
+                        serializer=JSONSerializer, name=uuid.uuid4().hex)
+
+
+def test_an_inline_run_that_fails_is_recorded_and_leaves_the_worker_idle(redis_conn: Redis) -> None:
+    svc = service(redis_conn, uuid.uuid4().hex)
+    # Past validation (n >= 0 is checked at the API), so the kernel itself raises.
+    rec, _ = svc.submit(Submission("fibonacci", {"n": -5}, canonical_json({"n": -5, "t": uuid.uuid4().hex}), "fast"))
+    worker = _inline_worker(redis_conn)
+    worker._run_inline(InlineRun(rec.rq_id, rec.id))
+    failed = svc.get(rec.id)
+    assert failed is not None and failed.status is JobStatus.FAILED
+    assert failed.error is not None and failed.error["type"] == "OverflowError"
+    assert not redis_conn.exists(JsonJob.key_for(rec.rq_id))
+    assert int(redis_conn.hget(worker.key, "failed_job_count")) == 1
+    assert redis_conn.hget(worker.key, "current_job") is None
+    assert svc.cache.get(rec.cache_key) is None  # a failure is never served from the cache
+
+
+class _TimesOutAtOnce:
+    """A death penalty whose time is up as soon as the kernel starts."""
+
+    def __init__(self, timeout: int, exception: type[Exception], **kwargs: Any) -> None:
+        self.seconds, self.exception = timeout, exception
+
+    def __enter__(self) -> None:
+        raise self.exception(f"Task exceeded maximum timeout value ({self.seconds} seconds)")
+
+    def __exit__(self, *exc: Any) -> bool:
+        return False
+
+
+def test_an_inline_run_is_held_to_its_types_timeout(redis_conn: Redis) -> None:
+    svc = service(redis_conn, uuid.uuid4().hex)
+    rec, _ = svc.submit(submission(92))
+    worker = _inline_worker(redis_conn)
+    worker.death_penalty_class = _TimesOutAtOnce  # type: ignore[assignment]
+    worker._run_inline(InlineRun(rec.rq_id, rec.id))
+    failed = svc.get(rec.id)
+    assert failed is not None and failed.status is JobStatus.FAILED
+    assert failed.error == {"type": "JobTimeoutException",
+                            "message": f"Task exceeded maximum timeout value ({JOB_TIMEOUTS['fibonacci']} seconds)"}
