@@ -80,18 +80,22 @@ class EventHub:
             pubsub = self.conn.pubsub(ignore_subscribe_messages=False)
             try:
                 pubsub.subscribe(EVENTS_CHANNEL)
+                # Replies straight off the subscribed connection: every web process reads every job's
+                # events, and redis-py's get_message (retry wrapper, message dict) cost ~30 us each.
+                conn = pubsub.connection
                 while True:
-                    msg = pubsub.get_message(timeout=5.0)
-                    if msg is None:
+                    if not conn.can_read(timeout=5.0):
                         continue
-                    if msg["type"] == "subscribe":
+                    reply = conn.read_response(disconnect_on_error=False, push_request=True, timeout=5.0)
+                    kind = reply[0]
+                    if kind == b"message":
+                        self._dispatch(reply[2])
+                    elif kind == b"subscribe":
                         if down_since is not None:
                             log.warning("event listener back on Redis after %.1f s", time.monotonic() - down_since)
                             down_since, delay = None, 0.5
                         self._ready.set()
                         self._wake_all({"kind": "resync"})
-                    elif msg["type"] == "message":
-                        self._dispatch(msg["data"])
             except Exception as exc:  # noqa: BLE001 - any failure: resubscribe, waiters re-read
                 if down_since is None:
                     down_since = time.monotonic()
