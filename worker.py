@@ -20,11 +20,8 @@ import time
 from typing import Any
 
 from redis import Redis
-from rq.executions import Execution
-from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
-from rq.utils import now
 from rq.worker import Worker, WorkerStatus
 
 from infra.embedded_redis import redact_url
@@ -82,7 +79,7 @@ class WorkerQueue(JsonQueue):
 
 
 class CrunchWorker(Worker):
-    """Inline for fast-queue jobs (no fork, ~5x the throughput), a forked horse for the rest."""
+    """Fast-queue runs inline (no fork, no rq per-job records), a forked work horse for the rest."""
 
     _beat_at = float("-inf")
     _beat_expires = float("-inf")
@@ -114,32 +111,13 @@ class CrunchWorker(Worker):
             return
         super().set_state(state, pipeline)
 
-    def handle_execution_ended(self, job: Any, queue: Any, heartbeat_ttl: int) -> None:
-        """An inline job that succeeded skips rq's last_heartbeat write: the success save right after writes it."""
-        if self._horse_pid or self.is_horse or job.get_status(refresh=False) == JobStatus.FAILED:
-            super().handle_execution_ended(job, queue, heartbeat_ttl)
-            return
-        job.ended_at = job.last_heartbeat = now()
-
-    _inline_pipe: Any = None
     #: The Crunch job this worker runs inline right now (read by request_stop, a signal handler).
     _inline_job_id: str | None = None
 
     def execute_job(self, job: Any, queue: Any) -> None:
+        """A fast-queue run inline; anything else (the default queue) in rq's forked work horse."""
         if isinstance(job, InlineRun):
             self._run_inline(job)
-        elif queue.name == FAST_QUEUE:
-            # rq's prepare_execution, whose writes prepare_job_execution sends along with its own.
-            with self.connection.pipeline() as pipe:
-                execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
-                self.executions[execution.id] = execution
-                self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-                self._inline_pipe = pipe
-                try:
-                    self.perform_job(job, queue, execution)
-                finally:
-                    self._inline_pipe = None
-            self.set_state(WorkerStatus.IDLE)
         else:
             super().execute_job(job, queue)
 
@@ -174,54 +152,14 @@ class CrunchWorker(Worker):
                         pipe.execute_command(*cmd)
                     pipe.execute()
 
-    def prepare_job_execution(self, job: Any, remove_from_intermediate_queue: bool = False) -> None:
-        """rq's, for an inline job in one round trip with execute_job's writes (rq 3.0's steps, unchanged)."""
-        pipe = self._inline_pipe
-        if pipe is None:
-            super().prepare_job_execution(job, remove_from_intermediate_queue)
-            return
-        self._inline_pipe = None
-        heartbeat_ttl = self.get_heartbeat_ttl(job)
-        self.heartbeat(heartbeat_ttl, pipeline=pipe)
-        job.heartbeat(now(), heartbeat_ttl, pipeline=pipe)
-        job.prepare_for_execution(self.name, pipeline=pipe)
-        pipe.persist(job.key)
-        if remove_from_intermediate_queue:
-            pipe.lrem(self.queue_class(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
-        pipe.execute()
-        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
-
-    def handle_job_success(self, job: Any, queue: Any, started_job_registry: Any, execution: Any) -> None:
-        """rq's, minus the WATCH and read of the dependents (two round trips) for Crunch's runner jobs,
-        which never have dependents, repeats or rate limits; the idle state rides along."""
-        if job.func_name != RUNNER or job.repeats_left or job.has_rate_limit or self._horse_pid or self.is_horse:
-            super().handle_job_success(job, queue, started_job_registry, execution)
-            return
-        with self.connection.pipeline() as pipeline:
-            self.increment_successful_job_count(pipeline=pipeline)
-            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
-            result_ttl = job.get_result_ttl(self.default_result_ttl)
-            if result_ttl != 0:
-                job._handle_success(result_ttl, pipeline=pipeline, worker_name=self.name, execution_id=execution.id,
-                                    execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
-            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
-            job._status = JobStatus.FINISHED
-            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
-            self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
-            pipeline.execute()
-
-    def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
-        if self._horse_pid:
-            return super().get_heartbeat_ttl(job, working_time)
-        # Inline jobs cannot heartbeat rq while they run, so cover their whole timeout.
-        return int(job.timeout or 180) + 60
-
     def request_stop(self, signum: int, frame: Any) -> None:
         """On shutdown, ask the running job to checkpoint and re-queue instead of waiting it out."""
         try:
-            current = f"{self._inline_job_id}-" if self._inline_job_id else self.get_current_job_id()
-            if current:
-                job_id = current.rsplit("-", 1)[0]
+            job_id = self._inline_job_id
+            if job_id is None:
+                current = self.get_current_job_id()  # the horse's run, "<job id>-<run>"
+                job_id = current.rsplit("-", 1)[0] if current else None
+            if job_id:
                 self.connection.set(JOB_CONTROL_KEY.format(id=job_id), "requeue", ex=3600, nx=True)
         except Exception:
             log.warning("could not ask the current job to re-queue", exc_info=True)
