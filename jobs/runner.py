@@ -300,7 +300,10 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
                 publish(conn, job_id, target.value)
         return None
     ctx = RedisContext(conn, rec, svc.config.result_ttl, checkpoint=checkpoint, reset_output=False)
-    if not took:
+    if took:
+        known["worker"] = worker
+        known["started_at"] = known.get("started_at") or repr(started)
+    else:
         # A resumed or recovered run: clear what its predecessor wrote after the checkpoint, then start.
         fields = {"worker": worker}
         if rec.started_at is None:
@@ -313,9 +316,6 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         if svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, fields,
                           then=[*packed(recorded(then)), *packed(start_then)]) is None:
             return None
-    if took:
-        known["worker"] = worker
-        known["started_at"] = known.get("started_at") or repr(started)
     _heartbeats.add(conn, job_id)
     if rec.queue != FAST_QUEUE:  # a fast job gets its one line when it ends
         log.info("job %s started type=%s run=%s request_id=%s", job_id, rec.type, rq_id, _rid(rec))
