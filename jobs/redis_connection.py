@@ -159,8 +159,15 @@ class LeanSentinelConnectionPool(SentinelConnectionPool):
                              SentinelConnectionPool.get_connection)
 
 
+#: Connections one client's pool may open. redis-py 8 caps a pool at 100 and raises past it, while a web
+#: process serves up to WEB_THREADS (256) requests at once, each of which may hold a connection (200 event
+#: streams woken together by one job did exactly that: 503s); the thread count is the real bound.
+MAX_CONNECTIONS = 10_000
+
+
 def redis_from_url(url: str, **kw: Any) -> Redis:
     """A client for REDIS_URL; through Sentinel its pool asks the sentinels for the primary on every reconnect."""
+    kw.setdefault("max_connections", MAX_CONNECTIONS)
     if not is_sentinel_url(url):
         single = kw.pop("single_connection_client", False)
         client = Redis(connection_pool=LeanConnectionPool.from_url(url, **kw), single_connection_client=single)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from typing import Any
@@ -287,3 +288,23 @@ def test_an_inline_run_is_held_to_its_types_timeout(redis_conn: Redis) -> None:
     assert failed is not None and failed.status is JobStatus.FAILED
     assert failed.error == {"type": "JobTimeoutException",
                             "message": f"Task exceeded maximum timeout value ({JOB_TIMEOUTS['fibonacci']} seconds)"}
+
+
+def test_a_client_serves_more_concurrent_callers_than_redis_pys_default_pool_of_100(redis_url: str) -> None:
+    conn = redis_from_url(redis_url)
+    errors: list[Exception] = []
+    start = threading.Barrier(150)
+
+    def hold() -> None:
+        try:
+            start.wait()
+            conn.blpop([f"test:nothing:{uuid.uuid4().hex}"], timeout=1)  # holds its connection for 1 s
+        except Exception as exc:  # noqa: BLE001 - collected
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hold) for _ in range(150)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
