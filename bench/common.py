@@ -134,6 +134,15 @@ def closed_loop(count: int, clients: int, make_call: Callable[[], Callable[[int]
     return max(ends) - min(starts), [(e - s) * 1000 for s, e in zip(starts, ends, strict=True)]
 
 
+def reference_pids(workers: Iterable[Any], redis_pid: int | None) -> dict[str, int]:
+    """Process ids a reference's CPU is summed over: its workers, Redis (when known) and this client."""
+    pids = {f"worker{i}": w.proc.pid for i, w in enumerate(workers)}
+    if redis_pid:
+        pids["redis"] = redis_pid
+    pids["client"] = os.getpid()
+    return pids
+
+
 def reference_summary(n_jobs: int, wall: float, lat: list[float], cpu: CpuMeter, calls: dict[str, int],
                       **extra: Any) -> dict[str, Any]:
     """The figures every throughput reference reports, worker processes' CPU summed into one entry."""

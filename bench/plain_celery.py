@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 from redis import Redis
 
-from bench.common import BenchError, CpuMeter, calls_since, closed_loop, redis_calls, reference_summary
+from bench.common import BenchError, CpuMeter, calls_since, closed_loop, redis_calls, reference_pids, reference_summary
 from bench.trivial import fib as _fib
 from infra.processes import Proc, base_env
 
@@ -67,12 +67,8 @@ def measure(redis_url: str, log_dir: Path, n_jobs: int, procs: int = 2, clients:
             if time.monotonic() > deadline or not all(w.alive for w in workers):
                 raise BenchError(f"Celery workers did not answer a ping:\n{workers[0].tail()}")
         _closed_loop(warmup, clients, timeout, offset=100_000)  # connections, imports, prefetch
-        pids = {f"worker{i}": w.proc.pid for i, w in enumerate(workers)}  # type: ignore[union-attr]
-        if redis_pid:
-            pids["redis"] = redis_pid
-        pids["client"] = os.getpid()
         calls0 = redis_calls(conn)
-        cpu = CpuMeter(pids).start()
+        cpu = CpuMeter(reference_pids(workers, redis_pid)).start()
         wall, lat = _closed_loop(n_jobs, clients, timeout)
         cpu.stop()
         calls = calls_since(conn, calls0)

@@ -19,7 +19,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.results import Result
 from rq.utils import utcparse
 
-from bench.common import BenchError, CpuMeter, calls_since, closed_loop, redis_calls, reference_summary
+from bench.common import BenchError, CpuMeter, calls_since, closed_loop, redis_calls, reference_pids, reference_summary
 from bench.trivial import fib
 from infra.processes import Proc, base_env
 
@@ -65,12 +65,8 @@ def measure(redis_url: str, log_dir: Path, n_jobs: int, fork: bool, procs: int =
             if time.monotonic() > deadline or not all(w.alive for w in workers):
                 raise BenchError(f"plain RQ workers did not register:\n{workers[0].tail()}")
             time.sleep(0.05)
-        pids = {f"worker{i}": w.proc.pid for i, w in enumerate(workers)}  # type: ignore[union-attr]
-        if redis_pid:
-            pids["redis"] = redis_pid
-        pids["client"] = os.getpid()
         calls0 = redis_calls(conn)
-        cpu = CpuMeter(pids).start()
+        cpu = CpuMeter(reference_pids(workers, redis_pid)).start()
         if clients:
             wall, lat = _closed_loop(queue, n_jobs, clients, timeout)
         else:

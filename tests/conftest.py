@@ -85,3 +85,11 @@ def run_fast_queue(url: str) -> None:
     conn = Redis.from_url(url)
     SimpleWorker([JsonQueue("fast", connection=conn)], connection=conn, job_class=JsonJob, queue_class=JsonQueue,
                  serializer=JSONSerializer).work(burst=True, logging_level="WARNING", with_scheduler=False)
+
+
+def fib_reference(n: int) -> int:
+    """F(n) by plain iteration, independent of GMP: the tests' reference."""
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a

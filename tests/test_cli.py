@@ -17,6 +17,7 @@ import pytest
 from client.http import Backoff, GaveUp, MultipartBody, Unavailable
 from infra.embedded_redis import free_port
 from infra.processes import ROOT, Api, Web
+from tests.conftest import fib_reference
 
 pytestmark = pytest.mark.e2e
 rng = random.Random()
@@ -37,13 +38,6 @@ def small_primes(lo: int, hi: int) -> list[int]:
         if sieve[i]:
             sieve[i * i::i] = bytearray(len(range(i * i, hi + 1, i)))
     return [i for i in range(lo, hi + 1) if sieve[i]]
-
-
-def fib(n: int) -> int:
-    a, b = 0, 1
-    for _ in range(n):
-        a, b = b, a + b
-    return a
 
 
 def job_status(web: Web, job_id: str) -> dict:
@@ -110,7 +104,7 @@ def test_primes_fib_and_sort_print_their_results(web: Web, tmp_path: Path) -> No
 
     n = rng.randrange(1000, 2000)
     out = crunch(web, "fib", str(n))
-    assert out.returncode == 0 and out.stdout == f"{fib(n)}\n", out.stderr
+    assert out.returncode == 0 and out.stdout == f"{fib_reference(n)}\n", out.stderr
 
     big = 123456789012345678901234567890123
     out = crunch(web, "sort", "3", "1.5", str(big), "2,0", "--", "-7")
@@ -133,7 +127,7 @@ def test_json_output_is_machine_readable(web: Web) -> None:
     out = crunch(web, "fib", str(n), "--json")
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
-    assert job["status"] == "finished" and job["result"]["value"] == str(fib(n))
+    assert job["status"] == "finished" and job["result"]["value"] == str(fib_reference(n))
 
     out = crunch(web, "--json", "primes", "0", "30")
     assert json.loads(out.stdout)["result"] == small_primes(0, 30), "--json before the command works too"

@@ -14,19 +14,13 @@ from redis import Redis
 
 from infra.processes import Api
 from jobs.keys import JOBS_INDEX_KEY
+from tests.conftest import fib_reference
 
 pytestmark = pytest.mark.e2e
 rng = random.Random()
 
 
 # -- independent references -----------------------------------------------------
-
-def fib_reference(n: int) -> int:
-    a, b = 0, 1
-    for _ in range(n):
-        a, b = b, a + b
-    return a
-
 
 def fib_mod(n: int, m: int) -> int:
     """F(n) mod m by fast doubling, independent of GMP."""
