@@ -25,10 +25,10 @@ from rq.timeouts import JobTimeoutException
 from rq.worker import Worker, WorkerStatus
 
 from infra.embedded_redis import redact_url
-from jobs.keys import JOB_CONTROL_KEY
-from jobs.queueing import QUEUES, RUNNER, JsonJob, JsonQueue
-from jobs.redis_connection import redis_from_url
-from jobs.spec import FAST_QUEUE
+from jobs.store.connection import redis_from_url
+from jobs.store.keys import JOB_CONTROL_KEY
+from jobs.store.queues import QUEUES, RUNNER, JsonJob, JsonQueue
+from jobs.types.spec import FAST_QUEUE
 
 #: RQ's list of the fast queue.
 FAST_QUEUE_KEY = JsonQueue.redis_queue_namespace_prefix + FAST_QUEUE
@@ -47,7 +47,7 @@ _RUN_ID = re.compile(r"^([0-9a-f]{32})-[0-9]+$")
 
 
 class InlineRun:
-    """A fast-queue run, known by its RQ id alone: the worker runs jobs.runner on it without reading
+    """A fast-queue run, known by its RQ id alone: the worker runs jobs.worker.runner on it without reading
     RQ's job hash (the id names the Crunch job, whose own hash holds everything the run needs)."""
 
     def __init__(self, rq_id: str, crunch_id: str) -> None:
@@ -122,10 +122,10 @@ class CrunchWorker(Worker):
             super().execute_job(job, queue)
 
     def _run_inline(self, run: InlineRun) -> None:
-        """A fast-queue run of jobs.runner without rq's per-job records (execution, registries, result):
+        """A fast-queue run of jobs.worker.runner without rq's per-job records (execution, registries, result):
         Crunch's job hash already holds all of it, and this is two round trips instead of eight. The type's
         timeout still applies; the RQ job hash goes in the finish's own atomic step."""
-        from jobs.runner import run as run_job
+        from jobs.worker.runner import run as run_job
 
         rq_key = JsonJob.key_for(run.id)
         self._inline_job_id = run.crunch_id
@@ -168,8 +168,8 @@ class CrunchWorker(Worker):
 
 def preload() -> None:
     """Import kernels before forking horses, so each job starts with warm modules."""
-    import jobs.runner  # noqa: F401
-    from jobs.registry import JOB_TYPES
+    import jobs.worker.runner  # noqa: F401
+    from jobs.types.registry import JOB_TYPES
 
     for spec in JOB_TYPES.values():
         importlib.import_module(spec.kernel.partition(":")[0])
@@ -198,7 +198,7 @@ def run_worker(url: str, queues: list[str], burst: bool = False) -> None:
 
 def reap(conn: Redis) -> None:
     """Re-queue jobs whose worker died (SIGKILL, lost host), from their last checkpoint."""
-    from jobs.runner import _service
+    from jobs.worker.runner import _service
 
     for job_id in _service(conn).recover_stalled():
         log.warning("job %s lost its worker; recovered", job_id)

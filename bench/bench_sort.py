@@ -23,7 +23,7 @@ import orjson
 #: (count, repetitions); the median is reported.
 CASES = ((1_000_000, 3), (10_000_000, 1))
 SEED = 1234
-#: Items per encoded chunk, as jobs.results.RedisResultWriter cuts them.
+#: Items per encoded chunk, as jobs.store.results.RedisResultWriter cuts them.
 CHUNK_ITEMS = 65_536
 REFERENCE = "orjson.loads + np.array + np.sort + orjson.dumps(OPT_SERIALIZE_NUMPY) of the same body"
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ class EncodingWriter:
             else:
                 try:
                     data = orjson.dumps(piece)[1:-1]
-                except TypeError:  # integers beyond 64 bits, as jobs.results falls back to json
+                except TypeError:  # integers beyond 64 bits, as jobs.store.results falls back to json
                     data = ",".join(map(str, piece)).encode()
             self.items += len(piece)
             self.bytes += len(data)
@@ -76,8 +76,8 @@ def child_reference(n: int, workdir: Path) -> dict[str, Any]:
 
 
 def child_web(n: int, workdir: Path) -> dict[str, Any]:
-    from jobs.sort import SortJob
-    from jobs.spec import Limits
+    from jobs.types.sort import SortJob
+    from jobs.types.spec import Limits
 
     raw = make_body(n)
     t0 = time.perf_counter()

@@ -36,8 +36,8 @@ from bench.common import (
 )
 from infra.embedded_redis import EmbeddedRedis
 from infra.processes import Web, Workers
-from jobs.keys import REQUEST_CACHE_PREFIX
-from jobs.registry import JOB_TYPES
+from jobs.store.keys import REQUEST_CACHE_PREFIX
+from jobs.types.registry import JOB_TYPES
 
 SECTION = "e2e"
 #: Names for `python -m bench --only NAME`.
@@ -622,7 +622,7 @@ def run(tmp: Path, sampler: RssSampler, failures: list[str], only: set[str] | No
             if job_type in JOB_TYPES:
                 section(f"e2e {job_type}", fn, job_type)
             else:
-                note(f"{job_type}: not in jobs.registry.JOB_TYPES yet; end-to-end row skipped")
+                note(f"{job_type}: not in jobs.types.registry.JOB_TYPES yet; end-to-end row skipped")
 
         header({"throughput"},
                f"2b. Throughput of trivial jobs, {WORKERS} worker processes each side; jobs/s higher is better; "

@@ -10,7 +10,7 @@ import gmpy2
 from bench.common import Row, median, note, print_header, print_row, row_from_dict, timed
 from jobs.context import LocalContext
 from jobs.kernels import fibonacci as fib_kernel
-from jobs.registry import JOB_TYPES
+from jobs.types.registry import JOB_TYPES
 
 SECTION = "kernels"
 #: (n, repetitions); the median is reported.
@@ -55,7 +55,8 @@ def helper_rows(job_type: str) -> list[Row]:
         note(f"{job_type} bench not available yet ({exc})")
         return []
     if job_type not in JOB_TYPES:
-        note(f"{job_type}: bench.bench_{job_type} imports, but {job_type!r} is not in jobs.registry.JOB_TYPES yet; "
+        note(f"{job_type}: bench.bench_{job_type} imports, but {job_type!r} "
+             f"is not in jobs.types.registry.JOB_TYPES yet; "
              "skipping its rows")
         return []
     try:

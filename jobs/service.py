@@ -24,9 +24,9 @@ from rq.command import send_stop_job_command
 from rq.queue import Queue
 from rq.worker import Worker
 
-from jobs.admission import ADMIT_LUA, CLIENT_LIVE_KEY, Admission
-from jobs.events import EventHub, publish
-from jobs.keys import (
+from jobs.store.admission import ADMIT_LUA, CLIENT_LIVE_KEY, Admission
+from jobs.store.events import EventHub, publish
+from jobs.store.keys import (
     JOB_CHECKPOINT_KEY,
     JOB_CONTROL_KEY,
     JOB_INPUT_KEY,
@@ -39,14 +39,14 @@ from jobs.keys import (
     RUNNING_KEY,
     job_keys,
 )
-from jobs.queueing import ON_FAILURE, QUEUES, RUNNER
-from jobs.record import JobRecord
-from jobs.registry import JOB_TIMEOUTS, JOB_TYPES
-from jobs.request_cache import RequestCache
-from jobs.results import ResultReader
-from jobs.scripts import Commands, LuaScript
-from jobs.spec import FAST_QUEUE, Submission
-from jobs.status import SETTLED, TERMINAL, JobStatus
+from jobs.store.queues import ON_FAILURE, QUEUES, RUNNER
+from jobs.store.record import JobRecord
+from jobs.store.request_cache import RequestCache
+from jobs.store.results import ResultReader
+from jobs.store.scripts import Commands, LuaScript
+from jobs.store.status import SETTLED, TERMINAL, JobStatus
+from jobs.types.registry import JOB_TIMEOUTS, JOB_TYPES
+from jobs.types.spec import FAST_QUEUE, Submission
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _JOB_PREFIX = JOB_KEY.format(id="")
@@ -130,7 +130,7 @@ _READ_WITH_RESULT_LUA = _READ_JOB_LUA + """
 local h, chunks = read_job(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 return {h, chunks}
 """
-#: A submission's first step, one round trip: its admission (when ARGV[5] is 1; see jobs.admission),
+#: A submission's first step, one round trip: its admission (when ARGV[5] is 1; see jobs.store.admission),
 #: then the request-cache entry KEYS[1] and the job it names with its small result. ARGV: job key prefix,
 #: result key prefix and suffix, most JSON bytes, admission flag, admission args. Returns a rejection,
 #: {'free'}, {'other', entry} (not a job id) or {'taken', entry, job flat, chunks or false}.
@@ -206,7 +206,7 @@ class JobService:
         """RQ queue by name, JSON-serialized."""
         if self._queue_factory is not None:
             return self._queue_factory(name)
-        from jobs.queueing import JsonQueue
+        from jobs.store.queues import JsonQueue
         return JsonQueue(name, connection=self.conn)
 
     @property

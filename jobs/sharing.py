@@ -29,12 +29,12 @@ from __future__ import annotations
 import time
 import uuid
 
-from jobs.admission import Admission
-from jobs.keys import JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY, job_keys
-from jobs.record import JobRecord
 from jobs.service import JobService, Outcome
-from jobs.spec import Submission
-from jobs.status import JobStatus
+from jobs.store.admission import Admission
+from jobs.store.keys import JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY, job_keys
+from jobs.store.record import JobRecord
+from jobs.store.status import JobStatus
+from jobs.types.spec import Submission
 
 
 def submit_owned(svc: JobService, sub: Submission, owner: str | None,

@@ -11,14 +11,14 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request, stream_with_context
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from jobs.admission import Rejected
 from jobs.errors import BadRequest, InvalidParams
-from jobs.record import JobRecord
-from jobs.registry import JOB_TYPES
 from jobs.service import Outcome
 from jobs.sharing import submit_owned
-from jobs.spec import Submission
-from jobs.status import TERMINAL, JobStatus
+from jobs.store.admission import Rejected
+from jobs.store.record import JobRecord
+from jobs.store.status import TERMINAL, JobStatus
+from jobs.types.registry import JOB_TYPES
+from jobs.types.spec import Submission
 from rest import auth
 from rest.extensions import crunch, service
 from rest.logging import request_id

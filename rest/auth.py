@@ -37,8 +37,8 @@ from flask import Flask, abort, current_app, g, request, session
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 
-from jobs.keys import PREFIX
-from jobs.record import JobRecord
+from jobs.store.keys import PREFIX
+from jobs.store.record import JobRecord
 from rest.problems import PROBLEM_BASE, Problem
 
 #: String: the generated session-signing key when SECRET_KEY is unset (shared by every process).

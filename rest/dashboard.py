@@ -32,7 +32,7 @@ from flask import Flask, Response, current_app, redirect, request, url_for
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from jobs.queueing import JsonJob, JsonQueue
+from jobs.store.queues import JsonJob, JsonQueue
 from rest import auth
 from rest.problems import PROBLEM_BASE, Problem
 

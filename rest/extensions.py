@@ -11,10 +11,10 @@ from flask_caching.backends.rediscache import RedisCache
 from flask_rq2 import RQ
 from redis import Redis
 
-from jobs.events import EventHub
-from jobs.redis_connection import redis_from_url
-from jobs.request_cache import JsonSerializer, RequestCache
 from jobs.service import JobService, ServiceConfig
+from jobs.store.connection import redis_from_url
+from jobs.store.events import EventHub
+from jobs.store.request_cache import JsonSerializer, RequestCache
 
 
 class CrunchRQ(RQ):
@@ -57,8 +57,8 @@ class Crunch:
 def init_app(app: Flask) -> None:
     """Bind RQ and the request cache to this app's Redis."""
     app.config.setdefault("RQ_REDIS_URL", app.config["REDIS_URL"])
-    app.config["RQ_QUEUE_CLASS"] = "jobs.queueing.JsonQueue"
-    app.config["RQ_JOB_CLASS"] = "jobs.queueing.JsonJob"
+    app.config["RQ_QUEUE_CLASS"] = "jobs.store.queues.JsonQueue"
+    app.config["RQ_JOB_CLASS"] = "jobs.store.queues.JsonJob"
     app.config["RQ_QUEUES"] = ["fast", "default"]
     app.config.setdefault("CACHE_TYPE", "rest.extensions.JsonRedisCache")
     app.config.setdefault("CACHE_REDIS_URL", app.config["REDIS_URL"])

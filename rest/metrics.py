@@ -32,10 +32,10 @@ from redis import Redis
 from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
-from jobs.keys import QUEUE_STATS_KEY
-from jobs.queueing import QUEUES
-from jobs.registry import JOB_TYPES
 from jobs.service import DURATION_BUCKETS, JOB_DURATION_KEY, TYPE_STATS_KEY, Outcome
+from jobs.store.keys import QUEUE_STATS_KEY
+from jobs.store.queues import QUEUES
+from jobs.types.registry import JOB_TYPES
 
 ENDED_STATUSES = ("finished", "failed", "canceled")
 

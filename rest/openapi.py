@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask, Response, current_app, send_from_directory, url_for
 
-from jobs.registry import JOB_TYPES
-from jobs.spec import JobSpec, Limits
-from jobs.status import JobStatus
+from jobs.store.status import JobStatus
+from jobs.types.registry import JOB_TYPES
+from jobs.types.spec import JobSpec, Limits
 
 bp = Blueprint("openapi", __name__)
 

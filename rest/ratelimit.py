@@ -1,7 +1,7 @@
 """Rate limits per client, and a bound on live jobs per client; both counted in Redis.
 
 - Submissions (every POST /api/v1/<type>, valid or not) share one budget, RATE_LIMIT_SUBMIT. It
-  is checked and spent inside the submission's own lookup script (jobs.admission: a sliding
+  is checked and spent inside the submission's own lookup script (jobs.store.admission: a sliding
   window counter), so the hot path pays no round trip for it. The control actions (cancel,
   pause, resume, retry, delete) share another, RATE_LIMIT_CONTROL, checked by the same script
   before the action. Counters live in Redis, so each budget is per client across every web
@@ -26,7 +26,7 @@ from typing import Any
 from flask import Flask, current_app, request
 from limits import parse_many
 
-from jobs.admission import Admission, RateLimit, Rejected
+from jobs.store.admission import Admission, RateLimit, Rejected
 from rest.auth import current_owner
 from rest.extensions import service
 from rest.problems import PROBLEM_BASE, Problem

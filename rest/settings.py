@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from jobs.spec import Limits
+from jobs.types.spec import Limits
 
 
 def _int(name: str, default: int) -> int:

@@ -23,12 +23,12 @@ from flask import Blueprint, Flask, Response, abort, current_app, redirect, rend
 from werkzeug.datastructures import MultiDict
 
 from jobs.errors import InvalidParams
-from jobs.record import JobRecord, rfc3339
-from jobs.registry import JOB_TYPES
 from jobs.service import Conflict
 from jobs.sharing import submit_owned
-from jobs.spec import Limits, Submission
-from jobs.status import JobStatus
+from jobs.store.record import JobRecord, rfc3339
+from jobs.store.status import JobStatus
+from jobs.types.registry import JOB_TYPES
+from jobs.types.spec import Limits, Submission
 from rest import auth
 from rest.extensions import service
 

@@ -10,7 +10,7 @@ from redis import Redis
 
 from infra.embedded_redis import EmbeddedRedis
 from infra.processes import Api, Web, Workers
-from jobs.spec import Limits
+from jobs.types.spec import Limits
 from rest import create_app
 from rest.settings import Settings
 
@@ -80,7 +80,7 @@ def run_fast_queue(url: str) -> None:
     from rq.serializers import JSONSerializer
     from rq.worker import SimpleWorker
 
-    from jobs.queueing import JsonJob, JsonQueue
+    from jobs.store.queues import JsonJob, JsonQueue
 
     conn = Redis.from_url(url)
     SimpleWorker([JsonQueue("fast", connection=conn)], connection=conn, job_class=JsonJob, queue_class=JsonQueue,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis import Redis
 
-from jobs.keys import JOBS_INDEX_KEY
+from jobs.store.keys import JOBS_INDEX_KEY
 
 PROBLEM = "application/problem+json"
 

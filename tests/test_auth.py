@@ -18,11 +18,11 @@ import requests
 from redis import Redis
 
 from infra.processes import Web, Workers
-from jobs.keys import JOBS_INDEX_KEY
-from jobs.registry import JOB_TYPES
-from jobs.results import RedisResultWriter
 from jobs.sharing import submit_owned
-from jobs.status import JobStatus
+from jobs.store.keys import JOBS_INDEX_KEY
+from jobs.store.results import RedisResultWriter
+from jobs.store.status import JobStatus
+from jobs.types.registry import JOB_TYPES
 from rest import create_app
 from rest.auth import SECRET_KEY_KEY, hash_token, main, parse_tokens
 from rest.extensions import service

@@ -24,11 +24,11 @@ from werkzeug.datastructures import FileStorage, MultiDict
 
 from infra.processes import Api, Proc
 from jobs.context import LocalContext, MemoryScratch, Stop
-from jobs.csv import INPUT_PIECE_BYTES, CsvJob
 from jobs.errors import InvalidParams
 from jobs.kernels import csv as kernel
-from jobs.results import split_records
-from jobs.spec import Limits
+from jobs.store.results import split_records
+from jobs.types.csv import INPUT_PIECE_BYTES, CsvJob
+from jobs.types.spec import Limits
 
 # -- generated data and the reference ----------------------------------------------------------
 

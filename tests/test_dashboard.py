@@ -20,7 +20,7 @@ from redis import Redis
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
 from infra.processes import Workers
-from jobs.queueing import JsonQueue
+from jobs.store.queues import JsonQueue
 from rest import create_app
 from rest.auth import hash_token
 from rest.dashboard import CSP_TEMPLATE, parse_owners

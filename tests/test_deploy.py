@@ -30,7 +30,7 @@ import redis
 import requests
 
 from infra.embedded_redis import server_binary
-from jobs.spec import Limits
+from jobs.types.spec import Limits
 from rest.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -226,7 +226,7 @@ def test_a_job_over_its_type_timeout_fails_clearly_and_is_never_served_from_cach
 
 
 def test_job_timeouts_setting_is_checked() -> None:
-    from jobs.registry import parse_timeouts
+    from jobs.types.registry import parse_timeouts
 
     assert parse_timeouts("primes=7200, sort=300") == {"primes": 7200, "sort": 300}
     assert parse_timeouts("") == {}

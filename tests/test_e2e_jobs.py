@@ -13,7 +13,7 @@ import pytest
 from redis import Redis
 
 from infra.processes import Api
-from jobs.keys import JOBS_INDEX_KEY
+from jobs.store.keys import JOBS_INDEX_KEY
 from tests.conftest import fib_reference
 
 pytestmark = pytest.mark.e2e

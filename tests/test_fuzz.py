@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from werkzeug.datastructures import MultiDict
 
 from infra.processes import Api, Web, Workers
-from jobs.spec import Limits
+from jobs.types.spec import Limits
 from rest import create_app
 from rest.settings import Settings
 from tests.conftest import TEST_RATE_LIMITS
@@ -293,7 +293,7 @@ def finished_job(fuzz_client: FlaskClient, redis_url: str) -> str:
         from redis import Redis
         from rq.serializers import JSONSerializer
 
-        from jobs.queueing import JsonJob, JsonQueue
+        from jobs.store.queues import JsonJob, JsonQueue
         from worker import CrunchWorker
 
         conn = Redis.from_url(redis_url)

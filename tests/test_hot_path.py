@@ -15,17 +15,17 @@ from redis.connection import Connection
 from rq.callbacks import Callback
 from rq.serializers import JSONSerializer
 
-from jobs.admission import CLIENT_LIVE_KEY, Admission, RateLimit, Rejected
-from jobs.keys import EVENTS_CHANNEL, JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY
-from jobs.queueing import ON_FAILURE, RUNNER, JsonJob, JsonQueue
-from jobs.record import JobRecord
-from jobs.redis_connection import redis_from_url
-from jobs.registry import JOB_TIMEOUTS
-from jobs.request_cache import request_cache_for
-from jobs.scripts import Commands
 from jobs.service import JobService, ServiceConfig, packed, recorded
-from jobs.spec import Submission, canonical_json
-from jobs.status import JobStatus
+from jobs.store.admission import CLIENT_LIVE_KEY, Admission, RateLimit, Rejected
+from jobs.store.connection import redis_from_url
+from jobs.store.keys import EVENTS_CHANNEL, JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY
+from jobs.store.queues import ON_FAILURE, RUNNER, JsonJob, JsonQueue
+from jobs.store.record import JobRecord
+from jobs.store.request_cache import request_cache_for
+from jobs.store.scripts import Commands
+from jobs.store.status import JobStatus
+from jobs.types.registry import JOB_TIMEOUTS
+from jobs.types.spec import Submission, canonical_json
 from worker import CrunchWorker, InlineRun
 
 
@@ -147,7 +147,7 @@ def test_an_inline_run_starts_and_finishes_in_one_round_trip_each_and_drops_rqs_
 
 
 def test_the_finish_event_carries_exactly_what_the_job_hash_and_result_hold(redis_conn: Redis) -> None:
-    from jobs.runner import run
+    from jobs.worker.runner import run
 
     svc = service(redis_conn, uuid.uuid4().hex)
     rec, _ = svc.submit(submission(1000))

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from redis import Redis
 
-from jobs.keys import JOB_KEY
+from jobs.store.keys import JOB_KEY
 from rest.logging import JsonFormatter
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")

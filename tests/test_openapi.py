@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from jobs.registry import JOB_TYPES
+from jobs.types.registry import JOB_TYPES
 from rest import create_app
 from rest.openapi import build_document
 from rest.settings import Settings

@@ -10,8 +10,8 @@ import pytest
 from jobs.context import LocalContext, Stop
 from jobs.kernels.primes import DIRECT_WIDTH, MemorySegmentStore
 from jobs.kernels.primes import run as run_primes
-from jobs.primes import PrimesJob
-from jobs.spec import DEFAULT_QUEUE, FAST_QUEUE, Limits
+from jobs.types.primes import PrimesJob
+from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, Limits
 from primes import SEGMENT_SPAN, count_primes, primes_between
 
 S = SEGMENT_SPAN

@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 from redis import Redis
 
-from jobs.keys import RESULT_CHUNKS_KEY
-from jobs.results import CHUNK_ITEMS, RedisResultWriter, ResultReader
+from jobs.store.keys import RESULT_CHUNKS_KEY
+from jobs.store.results import CHUNK_ITEMS, RedisResultWriter, ResultReader
 
 
 def new_id() -> str:

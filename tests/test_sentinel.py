@@ -17,8 +17,8 @@ from redis.exceptions import RedisError
 
 from infra.embedded_redis import free_port, server_binary
 from infra.processes import Api, Web, Workers
-from jobs.keys import JOB_KEY
-from jobs.redis_connection import SentinelConnection, SentinelURL, parse_sentinel_url, redis_from_url
+from jobs.store.connection import SentinelConnection, SentinelURL, parse_sentinel_url, redis_from_url
+from jobs.store.keys import JOB_KEY
 
 SERVICE = "mymaster"
 

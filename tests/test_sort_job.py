@@ -16,13 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.datastructures import FileStorage, MultiDict
 
-from jobs import sort as sort_module
 from jobs.context import LocalContext, Stop
 from jobs.errors import InvalidParams
 from jobs.kernels import sort as sort_kernel
 from jobs.kernels.sort import MAX_INT_DIGITS, decode, has_wide_int_literal, run
-from jobs.sort import ECHO_MAX, SortJob
-from jobs.spec import DEFAULT_QUEUE, FAST_QUEUE, Limits
+from jobs.types import sort as sort_module
+from jobs.types.sort import ECHO_MAX, SortJob
+from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, Limits
 
 JOB = SortJob()
 LIMITS = Limits()
@@ -355,7 +355,7 @@ def test_million_int64_sanity() -> None:
     assert np.array_equal(np.array(ctx.output.items, dtype=np.int64), np.sort(values)[::-1])
 
 
-# -- the int64 fast path of decode_body (jobs.sort.int64_body) ------------------------------
+# -- the int64 fast path of decode_body (jobs.types.sort.int64_body) ------------------------------
 
 fast_lists = st.lists(st.one_of(int64s, st.sampled_from([2 ** 63 - 1, -(2 ** 63), 0, -1, 1])), min_size=1, max_size=40)
 

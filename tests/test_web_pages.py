@@ -12,10 +12,10 @@ import pytest
 from flask.testing import FlaskClient
 from redis import Redis
 
-from jobs.keys import JOBS_INDEX_KEY
-from jobs.registry import JOB_TYPES
-from jobs.results import RedisResultWriter
-from jobs.status import JobStatus
+from jobs.store.keys import JOBS_INDEX_KEY
+from jobs.store.results import RedisResultWriter
+from jobs.store.status import JobStatus
+from jobs.types.registry import JOB_TYPES
 from rest.extensions import service
 
 rng = random.Random()

@@ -1,7 +1,7 @@
 """Filter a CSV file by a date column and sort it by a column: streamed, pausable, bounded memory.
 
 The input is the uploaded file as stored (UTF-8, a header row, maybe a BOM), read piece by piece
-from ctx.input_chunks. Params (see jobs.csv): size, and optionally date_column, from, till (ISO
+from ctx.input_chunks. Params (see jobs.types.csv): size, and optionally date_column, from, till (ISO
 dates, inclusive), sort_by and descending.
 
 Records end at a newline outside double quotes (RFC 4180), found by quote parity, so a field may

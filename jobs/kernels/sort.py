@@ -1,7 +1,7 @@
 """Sort numbers exactly: numpy for int64-only input, float-only input, or ints within 2^53
 among floats (sorted apart, then merged); Python's exact int/float order for anything wider.
 
-The input is written at submit time (see jobs.sort): INT64_INPUT_MAGIC and the raw
+The input is written at submit time (see jobs.types.sort): INT64_INPUT_MAGIC and the raw
 little-endian int64 values when every number is an int64, else the canonical JSON array:
 integers as plain digits, floats always with a '.' or an exponent, single commas, no whitespace.
 """

@@ -14,13 +14,13 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from jobs.spec import DEFAULT_QUEUE, FAST_QUEUE
+from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE
 
 #: Every queue Crunch uses, in the order workers take from them (cheap jobs first).
 QUEUES = (FAST_QUEUE, DEFAULT_QUEUE)
 #: The only function RQ ever runs, by dotted name, so the web never imports kernels.
-RUNNER = "jobs.runner.execute"
-ON_FAILURE = "jobs.runner.on_rq_failure"
+RUNNER = "jobs.worker.runner.execute"
+ON_FAILURE = "jobs.worker.runner.on_rq_failure"
 
 
 _resolve_serializer = rq.serializers.resolve_serializer

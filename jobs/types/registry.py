@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from jobs.csv import CsvJob
-from jobs.fibonacci import FibonacciJob
-from jobs.primes import PrimesJob
-from jobs.sort import SortJob
-from jobs.spec import JobSpec
+from jobs.types.csv import CsvJob
+from jobs.types.fibonacci import FibonacciJob
+from jobs.types.primes import PrimesJob
+from jobs.types.sort import SortJob
+from jobs.types.spec import JobSpec
 
 JOB_TYPES: dict[str, JobSpec] = {spec.name: spec for spec in (PrimesJob(), FibonacciJob(), SortJob(), CsvJob())}
 

@@ -23,21 +23,6 @@ from redis import Redis
 from rq import get_current_job
 
 from jobs.context import Stop
-from jobs.events import publish
-from jobs.keys import (
-    JOB_CHECKPOINT_KEY,
-    JOB_CONTROL_KEY,
-    JOB_INPUT_KEY,
-    JOB_KEY,
-    RESULT_CHUNKS_KEY,
-    RESULT_COUNTS_KEY,
-    RUNNING_KEY,
-)
-from jobs.record import JobRecord
-from jobs.registry import JOB_TIMEOUTS, JOB_TYPES
-from jobs.request_cache import request_cache_for
-from jobs.results import RedisResultWriter, RedisScratch
-from jobs.scripts import Commands, LuaScript
 from jobs.service import (
     HEARTBEAT_TIMEOUT,
     INPUT_CHUNK_BYTES,
@@ -48,8 +33,23 @@ from jobs.service import (
     packed,
     recorded,
 )
-from jobs.spec import FAST_QUEUE
-from jobs.status import JobStatus
+from jobs.store.events import publish
+from jobs.store.keys import (
+    JOB_CHECKPOINT_KEY,
+    JOB_CONTROL_KEY,
+    JOB_INPUT_KEY,
+    JOB_KEY,
+    RESULT_CHUNKS_KEY,
+    RESULT_COUNTS_KEY,
+    RUNNING_KEY,
+)
+from jobs.store.record import JobRecord
+from jobs.store.request_cache import request_cache_for
+from jobs.store.results import RedisResultWriter, RedisScratch
+from jobs.store.scripts import Commands, LuaScript
+from jobs.store.status import JobStatus
+from jobs.types.registry import JOB_TIMEOUTS, JOB_TYPES
+from jobs.types.spec import FAST_QUEUE
 
 log = logging.getLogger("crunch.runner")
 
@@ -133,7 +133,7 @@ class RedisContext:
         self._last_checkpoint = now
         self._progress: tuple[int, int] | None = None
         if rec.type == "primes":
-            from jobs.segment_store import RedisSegmentStore
+            from jobs.store.segments import RedisSegmentStore
             self.segments = RedisSegmentStore(conn, result_ttl)
 
     def input(self) -> bytes:
@@ -258,7 +258,7 @@ def _rid(rec: JobRecord | None) -> str:
 
 
 def execute(job_id: str) -> dict[str, Any] | None:
-    """Entry point for RQ (enqueued by dotted name as jobs.runner.execute)."""
+    """Entry point for RQ (enqueued by dotted name as jobs.worker.runner.execute)."""
     rq_job = get_current_job()
     worker = os.environ.get("RQ_WORKER_ID") or rq_job.worker_name or str(os.getpid())
     return run(rq_job.connection, job_id, rq_job.id, worker)

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
-from jobs.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits
+from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits
 
 #: Below this n a run takes well under a millisecond, so it is not worth a fork.
 FAST_N = 200_000

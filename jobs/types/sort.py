@@ -34,7 +34,7 @@ from jobs.kernels.sort import (
     loads_exact,
     parse_int_text,
 )
-from jobs.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, decode_out_of_range, pydantic_errors
+from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, decode_out_of_range, pydantic_errors
 
 #: Up to this many numbers the params echo them, so small jobs show their input.
 ECHO_MAX = 1000

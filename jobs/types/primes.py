@@ -16,7 +16,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from jobs.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits
+from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits
 
 #: Ranges at most this wide sieve in a few milliseconds, so they are not worth a fork.
 FAST_WIDTH = 2_000_000

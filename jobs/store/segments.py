@@ -13,7 +13,7 @@ import logging
 from redis import Redis
 from redis.exceptions import RedisError
 
-from jobs.keys import PREFIX
+from jobs.store.keys import PREFIX
 
 log = logging.getLogger("crunch.segments")
 

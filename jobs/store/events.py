@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from redis import Redis
 
-from jobs.keys import EVENTS_CHANNEL
+from jobs.store.keys import EVENTS_CHANNEL
 
 log = logging.getLogger(__name__)
 

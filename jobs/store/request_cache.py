@@ -12,7 +12,7 @@ import orjson
 from cachelib import RedisCache
 from cachelib.serializers import BaseSerializer
 
-from jobs.keys import REQUEST_CACHE_PREFIX
+from jobs.store.keys import REQUEST_CACHE_PREFIX
 
 #: Compare-and-delete: drop a mapping only if it still points at the given job.
 _RELEASE_LUA = """

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.keys import PREFIX
+from jobs.store.keys import PREFIX
 
 #: String: the requests of one scope ("submit", "control") one client made in one window of one
 #: limit ("600/60" = 600 per 60 s).

@@ -27,7 +27,7 @@ from typing import IO, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.errors import InvalidParams
-from jobs.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, canonical_json
+from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, canonical_json
 
 #: Bytes read per piece while hashing and while streaming into Redis.
 INPUT_PIECE_BYTES = 4 << 20

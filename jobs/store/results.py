@@ -19,7 +19,7 @@ import gmpy2
 import orjson
 from redis import Redis
 
-from jobs.keys import PREFIX, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY
+from jobs.store.keys import PREFIX, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY
 
 CHUNK_ITEMS = 65_536
 VALUE_CHUNK_BYTES = 1 << 20

@@ -2,7 +2,7 @@
 
 PREFIX = "crunch:"
 
-#: Hash: the job record (see jobs.record.JobRecord).
+#: Hash: the job record (see jobs.store.record.JobRecord).
 JOB_KEY = PREFIX + "job:{id}"
 #: List of raw byte chunks: the input blob stored at submit time (sort numbers, CSV file).
 JOB_INPUT_KEY = PREFIX + "job:{id}:input"

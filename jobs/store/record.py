@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from jobs.status import JobStatus
+from jobs.store.status import JobStatus
 
 API_PREFIX = "/api/v1"
 
