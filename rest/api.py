@@ -21,6 +21,7 @@ from jobs.types.registry import JOB_TYPES
 from jobs.types.spec import Submission
 from rest import auth
 from rest.extensions import crunch, service
+from rest.input_bounds import duplicate_key
 from rest.logging import request_id
 from rest.metrics import count_submission
 from rest.problems import PROBLEM_BASE, Problem, validation_problem
@@ -29,7 +30,9 @@ from rest.ratelimit import admission, rejected
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 MAX_WAIT = 30
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
+#: RFC 7240 `wait=N`; a value of more than 6 digits is not a preference Crunch understands, so the
+#: whole preference is ignored (RFC 7240 section 2: unknown or malformed preferences are ignored).
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d{1,6})(?![\d])\"?", re.IGNORECASE)
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -97,6 +100,10 @@ def read_submission(job_type: str) -> Submission:
         except ValueError as exc:
             raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}",
                           type_=PROBLEM_BASE + "malformed-json") from None
+        dup = duplicate_key(raw)
+        if dup is not None:  # 422, not 400: valid JSON, ambiguous content (see rest.input_bounds)
+            raise validation_problem([{"loc": dup, "msg": "duplicate key: each key may appear once in an object"}],
+                                     f"{'.'.join(map(str, dup))}: duplicate key")
         if job_type == "sort":
             return spec.parse_json(body, limits, raw=raw)  # type: ignore[call-arg]
         return spec.parse_json(body, limits)
@@ -338,7 +345,9 @@ def delete_job(job_id: str) -> Response:
         service().delete(job_id)
     except KeyError:
         raise not_found(job_id) from None
-    return Response(status=204)
+    resp = Response(status=204)
+    del resp.headers["Content-Type"]  # no body, so no type (Flask would say text/html)
+    return resp
 
 
 @bp.get("/queues")

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from flask import Flask, Response, render_template, request
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
@@ -73,6 +74,35 @@ def validation_problem(errors: list[dict[str, Any]], detail: str) -> Problem:
     return Problem(422, "Validation failed", detail, type_=PROBLEM_BASE + "validation", errors=errors)
 
 
+#: Error-reply codes (the reply's first word) of a Redis that is up but will not serve now: loading
+#: its data, a replica after a failover, protected mode, not authenticated, a script hogging it,
+#: or (OOM) full at maxmemory. All pass with time or an operator's hand, so 503 + Retry-After;
+#: the job the request was creating is not left half-written because every job-creating step is
+#: one script, and Redis refuses a script's first write (all or nothing) when it is at maxmemory.
+STORE_REFUSALS = {"LOADING": 5, "READONLY": 5, "MASTERDOWN": 5, "TRYAGAIN": 1, "CLUSTERDOWN": 5,
+                  "BUSY": 5, "DENIED": 30, "NOAUTH": 30, "NOPERM": 30, "WRONGPASS": 30, "OOM": 30}
+
+
+def store_refused(e: Exception) -> Problem | None:
+    """The 503 problem for a Redis error reply that says "not now" (see STORE_REFUSALS), else None."""
+    code = getattr(e, "status_code", None) or ""
+    text = str(e)
+    if code not in STORE_REFUSALS:
+        # redis-py keeps the code only for the replies it maps; a script's error carries it in the text
+        # ("OOM command not allowed ...", "Error running script ...: -READONLY ...").
+        code = next((c for c in STORE_REFUSALS if text.startswith(c + " ") or f"-{c} " in text
+                     or f": {c} " in text), "")
+    if not code:
+        return None
+    retry = STORE_REFUSALS[code]
+    if code == "OOM":
+        return Problem(503, "Job store full", "the job store (Redis) is at its memory limit (maxmemory) and "
+                       "refuses new data; nothing was created. Retry once results expire or are deleted",
+                       type_=PROBLEM_BASE + "store-full", headers={"Retry-After": str(retry)})
+    return Problem(503, "Service unavailable", f"the job store (Redis) refuses commands for now ({code}); "
+                   "nothing was created", type_=PROBLEM_BASE + "unavailable", headers={"Retry-After": str(retry)})
+
+
 def init_app(app: Flask) -> None:
     """Register handlers that turn every exception into problem+json."""
 
@@ -99,6 +129,16 @@ def init_app(app: Flask) -> None:
         app.logger.error("Redis unavailable: %s", e)
         return error_response(Problem(503, "Service unavailable", "the job store (Redis) is unreachable",
                                       type_=PROBLEM_BASE + "unavailable", headers={"Retry-After": "5"}))
+
+    @app.errorhandler(RedisResponseError)
+    def _redis_refused(e: RedisResponseError) -> Response:
+        p = store_refused(e)
+        if p is None:
+            app.logger.exception("unexpected Redis error reply")
+            p = Problem(500, "Internal Server Error", "an unexpected error occurred")
+        else:
+            app.logger.error("the job store refused a command: %s", e)
+        return error_response(p)
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException) -> Response:

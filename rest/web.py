@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -31,6 +30,7 @@ from jobs.types.registry import JOB_TYPES
 from jobs.types.spec import Limits, Submission
 from rest import auth
 from rest.extensions import service
+from rest.input_bounds import TooLong, parse_uint
 
 bp = Blueprint("web", __name__)
 
@@ -51,7 +51,6 @@ FLASH_COOKIE = "crunch_flash"
 
 _TRUE = frozenset(("true", "1", "on", "yes"))
 _FALSE = frozenset(("false", "0", "off", "no", ""))
-_UINT = re.compile(r"[0-9]+")
 
 
 # -- validation: form and query strings to the specs' JSON bodies ------------------------------
@@ -62,15 +61,19 @@ def _limits() -> Limits:
 
 
 def _int_field(values: Mapping[str, str], name: str, errors: list[dict[str, Any]]) -> int | None:
-    """A whole number typed into a form or a query string, or an error located at the field."""
+    """A whole number typed into a form or a query string, or an error located at the field
+    (its length is checked before int(): see rest.input_bounds)."""
     raw = (values.get(name) or "").strip()
     if not raw:
         errors.append({"loc": ["body", name], "msg": "this field is required"})
         return None
-    if not _UINT.fullmatch(raw):
+    try:
+        return parse_uint(raw)
+    except TooLong as exc:
+        errors.append({"loc": ["body", name], "msg": f"too long: {exc}"})
+    except ValueError:
         errors.append({"loc": ["body", name], "msg": "must be a whole number, 0 or more"})
-        return None
-    return int(raw)
+    return None
 
 
 def _bool_field(values: Mapping[str, str], name: str, errors: list[dict[str, Any]]) -> bool:
@@ -497,10 +500,17 @@ def _signed_in_and_csrf() -> Response | None:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path on this site (never //host or an absolute URL) may follow a login."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")) and "\\" not in target:
-        return target
-    return url_for("web.home")
+    """Only a path on this site (never //host or an absolute URL) may follow a login.
+
+    Control characters and whitespace are refused outright, not stripped: browsers and Werkzeug
+    drop tabs and newlines from a Location, so "/\t/evil.example" would leave as "//evil.example"."""
+    home = url_for("web.home")
+    if not target or any(c <= " " or "\x7f" <= c <= "\x9f" or c == "\\" for c in target):
+        return home
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return home
+    return target
 
 
 @bp.route("/login", methods=["GET", "POST"])

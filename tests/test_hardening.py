@@ -1,0 +1,233 @@
+"""Hardening II (issue 17), in process: long numbers, duplicate keys, a safe `next`, DELETE's 204,
+and Redis error replies; each was a 500, an open redirect or a silent misreading before."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+
+from rest import create_app
+from rest.input_bounds import TooLong, duplicate_key, parse_uint
+from rest.settings import Settings
+from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
+
+NINES = "9" * 4301
+
+
+def assert_422(r, field: str) -> None:
+    assert r.status_code == 422, (r.status_code, r.get_data()[:300])
+    assert r.headers["Content-Type"].startswith("application/problem+json")
+    problem = r.get_json()
+    assert any(e["loc"][-1] == field for e in problem["errors"]), problem
+
+
+@pytest.mark.parametrize("path, field", [
+    (f"/api/v1/jobs?limit={NINES}", "limit"),
+    (f"/api/v1/jobs/{{id}}/result?offset={NINES}", "offset"),
+    (f"/api/v1/jobs/{{id}}/result?limit={NINES}", "limit"),
+    (f"/api/v1/jobs/{{id}}?wait={NINES}", "wait"),
+])
+def test_long_numbers_in_api_query_parameters_are_422(client, path: str, field: str) -> None:
+    job = client.post("/api/v1/fibonacci", json={"n": 13}).get_json()
+    assert_422(client.get(path.replace("{id}", job["id"])), field)
+
+
+@pytest.mark.parametrize("path, field", [
+    (f"/fibonacci?n={NINES}", "n"),
+    (f"/primes?start={NINES}&end=10", "start"),
+    (f"/primes?start=1&end={NINES}", "end"),
+])
+def test_long_numbers_in_page_links_are_422_not_500(client, path: str, field: str) -> None:
+    r = client.get(path)
+    assert r.status_code == 422, r.status_code
+    assert b"too long" in r.get_data()
+
+
+@pytest.mark.parametrize("job_type, form, field", [
+    ("fibonacci", {"n": NINES}, "n"),
+    ("primes", {"start": "1", "end": NINES}, "end"),
+])
+def test_long_numbers_in_form_posts_are_422(client, job_type: str, form: dict[str, str], field: str) -> None:
+    client.get("/")  # a session with a CSRF token
+    with client.session_transaction() as sess:
+        token = sess["csrf"]
+    r = client.post(f"/submit/{job_type}", data={**form, "csrf_token": token})
+    assert r.status_code == 422, (r.status_code, r.get_data()[:300])
+    assert b"too long" in r.get_data()
+
+
+@pytest.mark.parametrize("body, field", [
+    ('{"n": ' + NINES + '}', "n"),
+    ('{"start": 1, "end": ' + NINES + '}', "end"),
+])
+def test_long_numbers_in_json_bodies_are_422(client, body: str, field: str) -> None:
+    job_type = "fibonacci" if field == "n" else "primes"
+    assert_422(client.post(f"/api/v1/{job_type}", data=body, content_type="application/json"), field)
+
+
+def test_a_long_prefer_wait_is_ignored_as_rfc_7240_says(client) -> None:
+    r = client.post("/api/v1/fibonacci", json={"n": 7}, headers={"Prefer": f"wait={NINES}"})
+    assert r.status_code in (200, 202), r.get_data()
+    assert "Preference-Applied" not in r.headers
+
+
+def test_parse_uint_bounds_the_length_before_int() -> None:
+    assert parse_uint("000123") == 123
+    assert parse_uint("18446744073709551615") == 2**64 - 1
+    with pytest.raises(TooLong):
+        parse_uint(NINES)
+    with pytest.raises(ValueError):
+        parse_uint("-1")
+
+
+def test_duplicate_json_keys_are_refused_with_422_at_the_key(client) -> None:
+    r = client.post("/api/v1/fibonacci", data='{"n": 5, "n": 100000}', content_type="application/json")
+    assert_422(r, "n")
+    assert "duplicate key" in r.get_json()["detail"]
+    r = client.post("/api/v1/sort", data='{"numbers": [3, 1], "descending": true, "descending": false}',
+                    content_type="application/json")
+    assert_422(r, "descending")
+
+
+def test_duplicate_key_scan_reads_strings_and_escapes_correctly() -> None:
+    assert duplicate_key(b'{"a": {"b": 1, "c": "x\\":", "b": 2}}') == ["body", "a", "b"]
+    assert duplicate_key(b'{"a": 1, "\\u0061": 2}') == ["body", "a"]  # the same key, escaped
+    assert duplicate_key(b'[{"a": 1}, {"a": 2}]') is None  # two objects, one key each
+    assert duplicate_key(b'{"s": "{\\"s\\": 1}", "t": "}"}') is None  # brackets and keys inside strings
+    assert duplicate_key(b'{"numbers": [1, 2, 3], "descending": true}') is None
+
+
+@pytest.mark.parametrize("target", ["/%09/evil.example", "/%0a/evil.example", "/%0d%0a/evil.example",
+                                    "//evil.example", "/\\evil.example", "https://evil.example/",
+                                    "%2F%2Fevil.example", "/%20/evil.example", "/%7f/evil.example",
+                                    "javascript:alert(1)", "/%c2%85/evil.example"])
+def test_login_next_never_leaves_the_site(client, target: str) -> None:
+    r = client.get(f"/login?next={target}")
+    assert r.status_code == 303
+    assert r.headers["Location"] == "/", r.headers["Location"]
+
+
+def test_login_next_keeps_a_plain_path(client) -> None:
+    r = client.get("/login?next=/jobs%3Fstatus%3Dfinished")
+    assert r.headers["Location"] == "/jobs?status=finished"
+
+
+def test_delete_answers_204_with_no_content_type(client) -> None:
+    job = client.post("/api/v1/fibonacci", json={"n": 11}).get_json()
+    r = client.delete(f"/api/v1/jobs/{job['id']}")
+    assert r.status_code == 204 and r.get_data() == b""
+    assert "Content-Type" not in r.headers, dict(r.headers)
+
+
+# -- Redis error replies ---------------------------------------------------------------------------
+
+
+class RefusingRedis:
+    """A real TCP peer on 127.0.0.1 that answers every command with one error reply, as a Redis that
+    is loading, a read-only replica, in protected mode or unauthenticated does."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                # One error reply per RESP command (each array starts with '*').
+                while buf.startswith(b"*"):
+                    end = _resp_command_end(buf)
+                    if end is None:
+                        break
+                    buf = buf[end:]
+                    conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _resp_command_end(buf: bytes) -> int | None:
+    """Where the first complete RESP array of bulk strings in buf ends, or None if incomplete."""
+    line_end = buf.find(b"\r\n")
+    if line_end < 0:
+        return None
+    count, pos = int(buf[1:line_end]), line_end + 2
+    for _ in range(count):
+        line_end = buf.find(b"\r\n", pos)
+        if line_end < 0:
+            return None
+        size = int(buf[pos + 1:line_end])
+        pos = line_end + 2 + size + 2
+        if pos > len(buf):
+            return None
+    return pos
+
+
+@pytest.fixture
+def refusing(request) -> Iterator[RefusingRedis]:
+    srv = RefusingRedis(request.param)
+    yield srv
+    srv.close()
+
+
+REPLIES = [b"-LOADING Redis is loading the dataset in memory\r\n",
+           b"-READONLY You can't write against a read only replica.\r\n",
+           b"-DENIED Redis is running in protected mode because protected mode is enabled\r\n",
+           b"-NOAUTH Authentication required.\r\n",
+           b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"]
+
+
+@pytest.mark.parametrize("refusing", REPLIES, indirect=True, ids=lambda r: r[1:r.index(b" ")].decode())
+def test_redis_error_replies_are_503_problems_with_retry_after(refusing: RefusingRedis) -> None:
+    app = create_app(settings=Settings(redis_url=f"redis://127.0.0.1:{refusing.port}/0", limits=TEST_LIMITS,
+                                       wait_slots=8, **TEST_RATE_LIMITS))
+    c = app.test_client()
+    for method, path, kw in [("post", "/api/v1/fibonacci", {"json": {"n": 10}}),
+                             ("get", "/api/v1/jobs/" + "0" * 32, {}), ("get", "/api/v1/jobs", {})]:
+        r = getattr(c, method)(path, **kw)
+        assert r.status_code == 503, (path, r.status_code, r.get_data()[:300])
+        assert r.headers["Content-Type"].startswith("application/problem+json")
+        assert int(r.headers["Retry-After"]) > 0
+        assert "nothing was created" in r.get_json()["detail"] or "unreachable" in r.get_json()["detail"]
+
+
+def test_a_full_store_answers_503_and_writes_no_job(app, client, redis_conn: Redis) -> None:
+    """A real valkey at maxmemory (noeviction): the submit is refused whole, no key of a job is left."""
+    before = set(redis_conn.keys("crunch:job:*"))
+    used = int(redis_conn.info("memory")["used_memory"])
+    redis_conn.config_set("maxmemory", str(max(1, used - 1024 * 1024)))
+    redis_conn.config_set("maxmemory-policy", "noeviction")
+    try:
+        r = client.post("/api/v1/fibonacci", json={"n": 77})
+        assert r.status_code == 503, (r.status_code, r.get_data()[:300])
+        problem = r.get_json()
+        assert problem["type"].endswith("store-full") and int(r.headers["Retry-After"]) > 0, problem
+    finally:
+        redis_conn.config_set("maxmemory", "0")
+    assert set(redis_conn.keys("crunch:job:*")) == before
+    r = client.post("/api/v1/fibonacci", json={"n": 77})
+    assert r.status_code in (200, 202)
