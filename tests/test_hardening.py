@@ -3,13 +3,18 @@ and Redis error replies; each was a 500, an open redirect or a silent misreading
 
 from __future__ import annotations
 
+import csv
+import io
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from redis import Redis
 
+from jobs.context import LocalContext
+from jobs.kernels import csv as csv_kernel
 from rest import create_app
 from rest.input_bounds import TooLong, duplicate_key, parse_uint
 from rest.settings import Settings
@@ -231,3 +236,40 @@ def test_a_full_store_answers_503_and_writes_no_job(app, client, redis_conn: Red
     assert set(redis_conn.keys("crunch:job:*")) == before
     r = client.post("/api/v1/fibonacci", json={"n": 77})
     assert r.status_code in (200, 202)
+
+
+# -- CSV output ------------------------------------------------------------------------------------
+
+
+def run_csv(data: bytes, **params: Any) -> bytes:
+    ctx = LocalContext(data)
+    csv_kernel.run({"size": len(data), **params}, ctx)
+    return bytes(ctx.output.text)
+
+
+def test_csv_formula_cells_are_neutralised_and_numbers_kept() -> None:
+    data = (b'name,amount,note\r\n'
+            b'=cmd|\' /C calc\'!A0,-5,+SUM(A1:A2)\r\n'
+            b'@x,+1.5e3,"=HYPERLINK(""http://x"",""y"")"\r\n'
+            b'"\tTAB",-,-2+3\r\n'
+            b'plain,12,"a,=b"\r\n')
+    out = run_csv(data, sort_by="name")
+    rows = list(csv.reader(io.StringIO(out.decode(), newline="")))
+    assert rows == [["name", "amount", "note"],
+                    ["'\tTAB", "'-", "'-2+3"],
+                    ["'=cmd|' /C calc'!A0", "-5", "'+SUM(A1:A2)"],
+                    ["'@x", "+1.5e3", "'=HYPERLINK(\"http://x\",\"y\")"],
+                    ["plain", "12", "a,=b"]], rows
+    assert b"plain,12,\"a,=b\"\r\n" in out  # a record with nothing to neutralise stays byte for byte
+
+
+def test_csv_output_keeps_the_input_line_endings() -> None:
+    lf = b"id,v\n1,b\n2,a\n"
+    assert run_csv(lf, sort_by="v") == b"id,v\n2,a\n1,b\n"
+    assert run_csv(lf.replace(b"\n", b"\r\n"), sort_by="v") == b"id,v\r\n2,a\r\n1,b\r\n"
+
+
+@pytest.mark.parametrize("data", [b'id,v\r\n1,"open\r\n2,x\r\n', b'id,"v\r\n1,2\r\n', b'id,v\n1,a"b\n'])
+def test_csv_with_an_unterminated_quote_fails_clearly(data: bytes) -> None:
+    with pytest.raises(csv_kernel.CsvInputError, match="never closed"):
+        run_csv(data)

@@ -6,8 +6,13 @@ dates, inclusive), sort_by and descending.
 
 Records end at a newline outside double quotes (RFC 4180), found by quote parity, so a field may
 hold newlines. Records without quotes are split on commas; the others go through the csv module.
-Output records are the input records byte for byte, each ended by CRLF; the header comes first
-(without the BOM). Blank lines are not records. A record whose date does not parse (by
+Output records are the input records byte for byte, each ended by the header's line ending (CRLF
+or LF, so the output keeps the input's); the header comes first (without the BOM). The one change
+is OWASP's defence against CSV injection: a cell that starts with =, +, -, @, a tab or a CR (a
+formula to a spreadsheet) gets a single quote in front ('=cmd|...). Numbers are exempt: -5 or
++1.5e3 (a finite float) is data, and quoting it would turn it into text in every spreadsheet. A
+file whose double quotes do not balance fails with a message naming where the open quote is,
+rather than producing a malformed CSV. Blank lines are not records. A record whose date does not parse (by
 datetime.fromisoformat, after trimming spaces) is left out and counted in `skipped`.
 
 Without sort_by there is one pass, "filter": kept records go to the output as the pass goes, and
@@ -38,6 +43,7 @@ from __future__ import annotations
 import csv
 import heapq
 import io
+import re
 import struct
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -120,6 +126,40 @@ def quoted_fields(rec: bytes) -> list[bytes]:
     return [f.encode("utf-8", "surrogateescape") for f in row]
 
 
+#: A cell that may start with a formula character: at the start of the record or after a comma,
+#: maybe inside an opening quote. A quoted comma matches too; neutralise() then finds nothing to do.
+_MAYBE_FORMULA = re.compile(rb'(?:^|,)"?[=+\-@\t\r]')
+
+
+def _formula(cell: bytes) -> bool:
+    """Whether a spreadsheet would read this cell as a formula (OWASP's list), numbers excepted."""
+    return cell[:1] in (b"=", b"+", b"-", b"@", b"\t", b"\r") and not (cell[:1] in b"+-" and is_number(cell))
+
+
+def neutralise(rec: bytes) -> bytes:
+    """The record with a single quote before each formula cell; the same bytes when there is none."""
+    if _MAYBE_FORMULA.search(rec) is None:
+        return rec
+    if b'"' not in rec:
+        cells = rec.split(b",")
+        if not any(_formula(c) for c in cells):
+            return rec
+        return b",".join(b"'" + c if _formula(c) else c for c in cells)
+    cells = quoted_fields(rec)
+    if not any(_formula(c) for c in cells):
+        return rec
+    buf = io.StringIO()  # QUOTE_MINIMAL quotes a cell holding a character of the lineterminator; "" would be none
+    csv.writer(buf, lineterminator="\r\n").writerow(
+        ("'" + c.decode("utf-8", "surrogateescape")) if _formula(c) else c.decode("utf-8", "surrogateescape")
+        for c in cells)
+    return buf.getvalue()[:-2].encode("utf-8", "surrogateescape")
+
+
+def join_records(records: list[bytes], eol: bytes) -> bytes:
+    """Output records, neutralised, each ended by `eol`."""
+    return eol.join(map(neutralise, records)) + eol
+
+
 def parse_date(value: bytes) -> date | None:
     """The date a value names (an ISO date, or the date part of an ISO datetime), else None."""
     try:
@@ -170,8 +210,9 @@ class _Dates:
         return v
 
 
-def _header(ctx: KernelContext) -> tuple[bytes, list[str], int]:
-    """The header record (BOM dropped), its column names, and the offset of the first data record."""
+def _header(ctx: KernelContext) -> tuple[bytes, list[str], int, bytes]:
+    """The header record (BOM dropped), its column names, the offset of the first data record, and
+    its line ending (CRLF unless it ends with a bare LF), which every output record gets."""
     buf = b""
     for piece in ctx.input_chunks(0):
         buf += piece
@@ -183,17 +224,21 @@ def _header(ctx: KernelContext) -> tuple[bytes, list[str], int]:
             raise CsvInputError(f"no header row in the first {MAX_RECORD_BYTES} bytes")
     else:
         end = len(buf)
-    raw = buf[:end].rstrip(b"\n")
+    raw = buf[:end]
+    eol = b"\n" if raw.endswith(b"\n") and not raw.endswith(b"\r\n") else b"\r\n"
+    raw = raw.rstrip(b"\n")
     raw = raw[:-1] if raw.endswith(b"\r") else raw
     if raw.startswith(_UTF8_BOM):
         raw = raw[len(_UTF8_BOM):]
     if not raw:
         raise CsvInputError("the file has no header row")
+    if raw.count(b'"') & 1:
+        raise CsvInputError("the header row has a double quote that is never closed")
     try:
         columns = next(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
     except (UnicodeDecodeError, csv.Error, StopIteration) as exc:
         raise CsvInputError(f"the header row cannot be read: {exc}") from None
-    return raw, columns, end
+    return raw, columns, end, eol
 
 
 def _first_record_end(data: bytes) -> int | None:
@@ -225,6 +270,9 @@ def _blocks(ctx: KernelContext, offset: int, size: int) -> Iterator[tuple[list[b
                                 "(an unbalanced double quote?)")
         yield records, pos
     if rest:
+        if rest.count(b'"') & 1:
+            raise CsvInputError(f"the record at byte {pos} has a double quote that is never closed "
+                                "(the file ends inside a quoted field)")
         records, used = split_records(rest, final=True)
         pos += used
         yield records, pos
@@ -235,8 +283,8 @@ def _blocks(ctx: KernelContext, offset: int, size: int) -> Iterator[tuple[list[b
 class _Output:
     """Kept records batched into output chunks of about CHUNK_BYTES whole records."""
 
-    def __init__(self, ctx: KernelContext) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: KernelContext, eol: bytes) -> None:
+        self.ctx, self.eol = ctx, eol
         self.records: list[bytes] = []
         self.bytes = 0
 
@@ -248,7 +296,7 @@ class _Output:
 
     def flush(self) -> None:
         if self.records:
-            self.ctx.output.write_text(b"\r\n".join(self.records) + b"\r\n", len(self.records))
+            self.ctx.output.write_text(join_records(self.records, self.eol), len(self.records))
             self.records = []
             self.bytes = 0
 
@@ -259,7 +307,7 @@ class _Job:
     def __init__(self, params: dict[str, Any], ctx: KernelContext) -> None:
         self.ctx = ctx
         self.size = int(params["size"])
-        self.header, self.columns, self.body_start = _header(ctx)
+        self.header, self.columns, self.body_start, self.eol = _header(ctx)
         self.date_index = self._index(params.get("date_column"))
         self.sort_index = self._index(params.get("sort_by"))
         lo, hi = params.get("from"), params.get("till")
@@ -288,7 +336,7 @@ class _Job:
         return {**self.state, "samples": list(self.state["samples"])}
 
     def write_header(self) -> None:
-        self.ctx.output.write_text(self.header + b"\r\n")
+        self.ctx.output.write_text(neutralise(self.header) + self.eol)
         self.state["header"] = True
 
     def keep(self, fields: list[bytes], read: int) -> bool:
@@ -328,7 +376,7 @@ class _Job:
     def filter_pass(self) -> None:
         """Kept records straight to the output, a checkpoint per input piece."""
         ctx, st = self.ctx, self.state
-        out = _Output(ctx)
+        out = _Output(ctx, self.eol)
         if not st["header"]:
             self.write_header()
         read, kept, date_index = st["read"], st["kept"], self.date_index
@@ -428,7 +476,7 @@ class _Job:
         """Everything fit in one buffer: sort it and write it out, no scratch needed."""
         records = [rec for _, rec in self._sorted(buf)]
         self.write_header()
-        out = _Output(self.ctx)
+        out = _Output(self.ctx, self.eol)
         for rec in records:
             out.add(rec)
         out.flush()
@@ -450,14 +498,14 @@ class _Job:
             records.append(rec)
             size += len(rec)
             if size >= CHUNK_BYTES:
-                ctx.output.write_text(b"\r\n".join(records) + b"\r\n", len(records))
+                ctx.output.write_text(join_records(records, self.eol), len(records))
                 merged_bytes += size
                 records, size = [], 0
                 st.update(consumed=list(consumed), merged_bytes=merged_bytes)
                 ctx.progress(self.size + self.size * merged_bytes // kept_bytes, self.total())
                 ctx.checkpoint(self.snapshot())
         if records:
-            ctx.output.write_text(b"\r\n".join(records) + b"\r\n", len(records))
+            ctx.output.write_text(join_records(records, self.eol), len(records))
         st.update(consumed=consumed, merged_bytes=merged_bytes + size)
 
     def _run_items(self, run: int, counts: list[int], skip: int) -> Iterator[tuple[Any, int, bytes]]:
