@@ -8,7 +8,6 @@ or a job field added to one and not the other fails here, naming what to add whe
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
