@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 RUN_STAMP  := $(VENV)/.run-deps
 TEST_STAMP := $(VENV)/.test-deps
 
-.PHONY: run test bench lint worker web clean
+.PHONY: run test bench lint worker web clean offline-images
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ worker: $(RUN_STAMP)
 
 web: $(RUN_STAMP)
 	$(PY) -m gunicorn -c python:rest.gunicorn_conf rest.wsgi:app
+
+# Stand-ins for the base images (python:3.11-slim, valkey/valkey:8, nginx) built from Debian's
+# packages, for machines with a Docker engine but no registry; see infra/images/build.sh.
+offline-images:
+	infra/images/build.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
