@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 
 GUNICORN_CMD = ["python", "-m", "gunicorn", "-c", "python:rest.gunicorn_conf", "rest.wsgi:app"]
 WORKER_CMD = ["python", "worker.py"]
@@ -46,7 +47,8 @@ SETTING_VARS = ("PORT", "REDIS_URL", "RESULT_TTL", "HEARTBEAT_TIMEOUT", "MAX_BOD
                 "MAX_PRIMES_END", "MAX_PRIMES_LIST_WIDTH", "MAX_SORT_LENGTH", "WORKERS", "WEB_PROCESSES",
                 "WEB_THREADS", "WAIT_SLOTS", "ACCESS_LOG", "WEB_CONNECTIONS", "REQUEST_HEADER_TIMEOUT",
                 "RATE_LIMIT_SUBMIT", "RATE_LIMIT_CONTROL", "RATE_LIMIT_ENABLED", "MAX_QUEUED_PER_CLIENT",
-                "API_TOKENS", "SECRET_KEY", "RQ_DASHBOARD", "RQ_DASHBOARD_OWNERS", "JOB_TIMEOUTS")
+                "API_TOKENS", "SECRET_KEY", "RQ_DASHBOARD", "RQ_DASHBOARD_OWNERS", "JOB_TIMEOUTS",
+                "REDIS_MAXMEMORY", "PUBLISH_ADDRESS", "PYTHON_IMAGE", "REDIS_IMAGE", "NGINX_IMAGE", "CRUNCH_IMAGE")
 
 
 # --------------------------------------------------------------------------------------
@@ -117,34 +119,65 @@ def volume_sources(service: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def published_ports(service: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(host address, published port, container port) from the short (v1) or long (v2) syntax."""
+    found = []
+    for p in service.get("ports") or []:
+        if isinstance(p, str):
+            *host, target = p.split(":")
+            host_ip, published = (["0.0.0.0", *host] if len(host) == 1 else host)[-2:]
+        else:
+            host_ip, published, target = p.get("host_ip") or "0.0.0.0", p["published"], p["target"]
+        found.append((str(host_ip), str(published), int(str(target).split("/")[0])))
+    return found
+
+
 def healthcheck_text(service: dict[str, Any]) -> str:
     test = service["healthcheck"]["test"]
     return " ".join(test) if isinstance(test, list) else str(test)
 
 
-def test_compose_config_resolves_three_services_with_health_and_defaults(tmp_path: Path) -> None:
+def command_args(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    return command if isinstance(command, list) else shlex.split(command)
+
+
+def test_compose_config_resolves_four_services_with_health_and_defaults(tmp_path: Path) -> None:
     cfg = compose_config(tmp_path)
     services = cfg["services"]
-    assert set(services) == {"redis", "web", "worker"}
+    assert set(services) == {"redis", "web", "worker", "proxy"}
 
-    redis_svc, web, worker = services["redis"], services["web"], services["worker"]
+    redis_svc, web, worker, proxy = services["redis"], services["web"], services["worker"], services["proxy"]
     # Redis: persistent append-only file on a named volume, and a real health check.
     assert "redis-data" in cfg["volumes"]
     assert volume_sources(redis_svc).get("/data") == "redis-data"
-    command = redis_svc["command"]
-    command = command if isinstance(command, list) else shlex.split(command)
+    command = command_args(redis_svc)
     assert command[command.index("--appendonly") + 1] == "yes"
+    # Bounded memory that never evicts a job record or a queue (issue 17).
+    assert command[command.index("--maxmemory") + 1] == "2gb"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert "ping" in healthcheck_text(redis_svc) and "PONG" in healthcheck_text(redis_svc)
+    assert redis_svc["image"] == "valkey/valkey:8"
 
     # Web and workers wait for a healthy Redis; the web is healthy only when /readyz says so.
     for svc in (web, worker):
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "/readyz" in healthcheck_text(web)
-    assert [str(p["published"]) for p in web["ports"]] == ["5000"]
-    assert [int(p["target"]) for p in web["ports"]] == [5000]
+    # Only the proxy is published, on every address by default; the web stays inside (and scales).
+    assert not web.get("ports")
+    assert published_ports(proxy) == [("0.0.0.0", "5000", 80)]
+    assert proxy["depends_on"]["web"]["condition"] == "service_healthy"
+    assert proxy["image"] == "nginx:1.28"
+    assert str(proxy["environment"]["MAX_BODY_BYTES"]) == str(Limits().max_body_bytes)
+    assert any(str(v).endswith(":/etc/crunch/nginx.conf:ro") or (isinstance(v, dict) and
+               v.get("target") == "/etc/crunch/nginx.conf") for v in proxy["volumes"])
 
-    # One image for both; the worker runs `python worker.py` and can be scaled.
-    assert web["image"] == worker["image"] and "build" in web and "build" in worker
+    # One image for both, from the official Python image unless PYTHON_IMAGE says otherwise;
+    # the worker runs `python worker.py` and can be scaled.
+    assert web["image"] == worker["image"] == "crunch:latest" and "build" in web and "build" in worker
+    for svc in (web, worker):
+        assert svc["build"]["args"]["PYTHON_IMAGE"] == "python:3.11-slim"
+    assert str(web["environment"]["HOST"]) == "0.0.0.0", "gunicorn must listen on the Compose network"
     assert "command" not in web or web["command"] in (None, GUNICORN_CMD)
     assert worker["command"] == WORKER_CMD
     assert "container_name" not in worker and not worker.get("ports")
@@ -176,10 +209,20 @@ def test_compose_config_resolves_three_services_with_health_and_defaults(tmp_pat
 
 def test_compose_settings_come_from_the_environment(tmp_path: Path) -> None:
     cfg = compose_config(tmp_path, PORT="8088", WORKERS="3", RESULT_TTL="600", HEARTBEAT_TIMEOUT="7",
-                         MAX_FIB_N="5000")
-    web, worker = cfg["services"]["web"], cfg["services"]["worker"]
-    assert [str(p["published"]) for p in web["ports"]] == ["8088"]
+                         MAX_FIB_N="5000", PUBLISH_ADDRESS="127.0.0.1", REDIS_MAXMEMORY="512mb",
+                         MAX_BODY_BYTES="1048576", PYTHON_IMAGE="crunch-offline/python:3.11",
+                         REDIS_IMAGE="crunch-offline/valkey:8", NGINX_IMAGE="crunch-offline/nginx:1.22",
+                         CRUNCH_IMAGE="crunch-test:x")
+    web, worker, proxy, redis_svc = (cfg["services"][k] for k in ("web", "worker", "proxy", "redis"))
+    assert published_ports(proxy) == [("127.0.0.1", "8088", 80)]
     assert str(web["environment"]["PORT"]) == "5000", "the container port stays 5000; PORT moves the host side"
+    assert str(proxy["environment"]["MAX_BODY_BYTES"]) == "1048576"
+    command = command_args(redis_svc)
+    assert command[command.index("--maxmemory") + 1] == "512mb"
+    # The offline stand-ins (make offline-images) replace the three base images.
+    assert redis_svc["image"] == "crunch-offline/valkey:8" and proxy["image"] == "crunch-offline/nginx:1.22"
+    assert web["image"] == worker["image"] == "crunch-test:x"
+    assert web["build"]["args"]["PYTHON_IMAGE"] == "crunch-offline/python:3.11"
     assert str(worker["environment"]["WORKERS"]) == "3"
     for svc in (web, worker):
         env = svc["environment"]
@@ -214,7 +257,9 @@ def env_assignments(args: str) -> dict[str, str]:
 def test_dockerfile_runs_as_non_root_with_a_cached_dependency_layer() -> None:
     steps = dockerfile_instructions(DOCKERFILE.read_text())
     names = [s[0] for s in steps]
-    assert steps[0] == ("FROM", "python:3.11-slim")
+    # The base is a build argument defaulting to the official image (make offline-images passes a stand-in).
+    assert steps[0] == ("ARG", "PYTHON_IMAGE=python:3.11-slim")
+    assert steps[1] == ("FROM", "${PYTHON_IMAGE}")
 
     # Dependencies from requirements.txt in their own layer, before the code is copied.
     copy_reqs = next(i for i, (n, a) in enumerate(steps) if n == "COPY" and "requirements.txt" in a.split())
@@ -250,7 +295,37 @@ def test_dockerignore_keeps_local_state_out_and_the_code_in() -> None:
     assert {".venv", "var", ".git"} <= patterns
     for needed in ("requirements.txt", "worker.py", "rest", "jobs", "primes", "infra", "*.py", "*"):
         assert needed not in patterns, f".dockerignore drops {needed}, which the image needs"
+    # What the running image never uses stays out of it.
+    assert {"tests", "bench", "requirements-dev.txt", "infra/images"} <= patterns
 
+
+def nginx_directives(text: str) -> list[list[str]]:
+    """Every `name args...;` statement of an nginx config, comments dropped (blocks flattened)."""
+    body = "\n".join("" if line.lstrip().startswith("#") else line.split(" #", 1)[0] for line in text.splitlines())
+    out = []
+    for stmt in body.replace("{", ";").replace("}", ";").split(";"):
+        words = stmt.split()
+        if words:
+            out.append(words)
+    return out
+
+
+def test_the_proxy_buffers_bodies_bounds_them_and_streams_events() -> None:
+    text = NGINX_CONF.read_text()
+    directives = nginx_directives(text)
+    first = {d[0]: d[1:] for d in reversed(directives)}  # the first (server-wide) value of each
+    # Bodies are read whole by nginx, within a per-read timeout, and bounded by MAX_BODY_BYTES.
+    assert first["proxy_request_buffering"] == ["on"]
+    assert first["client_max_body_size"] == ["@MAX_BODY_BYTES@"]
+    assert first["client_body_timeout"] and first["client_header_timeout"]
+    # Long-polls wait up to 30 s: the proxy must wait longer for the answer.
+    assert int(first["proxy_read_timeout"][0].rstrip("s")) > 30
+    # Event streams are not buffered and outlive their 15 s keep-alives.
+    events = text[text.index("location ~ ^/api/v1/(jobs|batches)/[^/]+/events$"):]
+    events = events[:events.index("}")]
+    assert "proxy_buffering off;" in events and "proxy_read_timeout 1h;" in events
+    # The web is found by its Compose service name, re-resolved so a recreated web is found again.
+    assert ["set", "$web", "http://web:5000"] in directives and first["resolver"][0] == "127.0.0.11"
 
 # --------------------------------------------------------------------------------------
 # Several hosts out of network namespaces
