@@ -294,7 +294,7 @@ def finished_job(fuzz_client: FlaskClient, redis_url: str) -> str:
         from rq.serializers import JSONSerializer
 
         from jobs.store.queues import JsonJob, JsonQueue
-        from worker import CrunchWorker
+        from jobs.worker.rq_worker import CrunchWorker
 
         conn = Redis.from_url(redis_url)
         queue = JsonQueue(job["queue"], connection=conn)

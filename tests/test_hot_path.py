@@ -26,7 +26,7 @@ from jobs.store.scripts import Commands
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TIMEOUTS
 from jobs.types.spec import Submission, canonical_json
-from worker import CrunchWorker, InlineRun
+from jobs.worker.rq_worker import CrunchWorker, InlineRun
 
 
 def service(conn: Redis, queue: str) -> JobService:
