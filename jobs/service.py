@@ -1,163 +1,58 @@
-"""The job service: every state change of a job goes through here, from web and worker alike.
+"""The web-facing job service: submit, read, wait, list and steer jobs.
 
-Status changes are compare-and-set Lua scripts on the job hash, so a cancel from the web
-and a start in a worker can race without either clobbering the other.
+A thin facade: every status change is an operation of jobs.store.lifecycle (one atomic Redis step
+each); this module adds what the web needs around them (dedupe lookups, long-polls, listing, the
+queue and worker views).
 """
 
 from __future__ import annotations
 
 import base64
-import os
 import re
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import orjson
 from redis import Redis
-from rq.callbacks import Callback
 from rq.command import send_stop_job_command
 from rq.queue import Queue
 from rq.worker import Worker
 
-from jobs.store.admission import ADMIT_LUA, CLIENT_LIVE_KEY, Admission
-from jobs.store.events import EventHub, publish
+from jobs.settings import Settings
+from jobs.store.admission import Admission
+from jobs.store.events import EventHub, Watch, publish
 from jobs.store.keys import (
-    JOB_CHECKPOINT_KEY,
+    FAST_QUEUE,
+    INPUT_CHUNK_BYTES,
     JOB_CONTROL_KEY,
     JOB_INPUT_KEY,
     JOB_KEY,
     JOBS_INDEX_KEY,
-    PREFIX,
+    PREFETCH_MAX_BYTES,
     QUEUE_STATS_KEY,
+    QUEUES,
     RESULT_CHUNKS_KEY,
-    RESULT_COUNTS_KEY,
     RUNNING_KEY,
     job_keys,
 )
-from jobs.store.queues import ON_FAILURE, QUEUES, RUNNER
+from jobs.store.lifecycle import Lifecycle, count_live
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import RequestCache
 from jobs.store.results import ResultReader
-from jobs.store.scripts import Commands, LuaScript
+from jobs.store.scripts import ADMIT_ONLY_LUA, LOOKUP_LUA, READ_WITH_RESULT_LUA, LuaScript
 from jobs.store.status import SETTLED, TERMINAL, JobStatus
-from jobs.types.registry import JOB_TIMEOUTS, JOB_TYPES
-from jobs.types.spec import FAST_QUEUE, Submission
+from jobs.types.registry import JOB_TYPES
+from jobs.types.spec import Submission
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _JOB_PREFIX = JOB_KEY.format(id="")
 _RESULT_AFFIXES = RESULT_CHUNKS_KEY.split("{id}")
-#: Hash: cumulative finished/failed/canceled counts per job type (read by /metrics).
-TYPE_STATS_KEY = PREFIX + "stats:{type}"
-#: Hash: a histogram of run times of jobs that ended, per type (bucket upper bound -> count, sum, count).
-JOB_DURATION_KEY = PREFIX + "stats:{type}:duration"
-#: Upper bounds (seconds) of the run-time buckets, from trivial jobs to hour-long sieves.
-DURATION_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0)
-#: A quiet client's count expires, so a count that drifted (a crash between two steps) heals.
-CLIENT_LIVE_TTL = 7 * 86_400
-INPUT_CHUNK_BYTES = 4 << 20
-#: A running job whose heartbeat is older than this (seconds) is presumed lost with its worker.
-HEARTBEAT_TIMEOUT = int(os.environ.get("HEARTBEAT_TIMEOUT", "30"))
-#: Crash recoveries before a job is failed instead of re-queued.
-MAX_ATTEMPTS = 3
-#: A result this small (JSON bytes) is read along with its finished record, by a waiter woken by the
-#: finish or by a cache hit, and kept per request thread for resource() (at most this much per thread).
-PREFETCH_MAX_BYTES = 16 << 10
 #: Most records one list request reads while filtering, so a rare filter cannot stall it.
 LIST_SCAN_LIMIT = 10_000
-
-#: Shared by the scripts below, so a state change and all its bookkeeping cost one round trip and
-#: happen atomically: replay(i) runs the commands packed in ARGV from index i on, each as its
-#: argument count then its arguments (see packed()); one that starts with "?eq KEY VALUE" runs only
-#: while GET KEY == VALUE (the request cache's compare-and-set).
-REPLAY_LUA = """
-local function replay(i)
-  while i <= #ARGV do
-    local n = tonumber(ARGV[i])
-    if ARGV[i + 1] == '?eq' then
-      if redis.call('GET', ARGV[i + 2]) == ARGV[i + 3] then redis.call(unpack(ARGV, i + 4, i + n)) end
-    else
-      redis.call(unpack(ARGV, i + 1, i + n))
-    end
-    i = i + n + 1
-  end
-end
-"""
-#: Set status (and fields) only if the job exists and its status is one of ARGV[1] (comma list).
-#: ARGV[2] = new status, ARGV[3] = count of the field/value arguments that follow, then the
-#: commands to replay once the status matched. Returns the previous status or false.
-_TRANSITION_LUA = REPLAY_LUA + """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return false end
-local ok = false
-for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
-if not ok then return false end
-local n = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 4, 3 + n))
-replay(4 + n)
-return cur
-"""
-#: Claim a request-cache entry (SET NX, no expiry) and, only if it was free, replay the commands
-#: that create the job and put it on its queue: nobody ever sees the entry without its job.
-#: Returns false once claimed, else the entry's current value.
-_CLAIM_LUA = REPLAY_LUA + """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  replay(2)
-  return false
-end
-return redis.call('GET', KEYS[1])
-"""
-#: Reads a job (flat HGETALL) and, when its result is small (at most `max` JSON bytes), the result's chunks.
-_READ_JOB_LUA = """
-local function read_job(key, result_key, max)
-  local h = redis.call('HGETALL', key)
-  local raw = redis.call('HGET', key, 'result_meta')
-  if raw and raw ~= '' then
-    local meta = cjson.decode(raw)
-    if meta.kind ~= 'text' and (meta.json_bytes or 0) <= max then
-      return h, redis.call('LRANGE', result_key, 0, (meta.chunks or 0) - 1)
-    end
-  end
-  return h, false
-end
-"""
-#: HGETALL of a job (flat), and its result chunks too when the result is small: ARGV[1] = most JSON bytes.
-_READ_WITH_RESULT_LUA = _READ_JOB_LUA + """
-local h, chunks = read_job(KEYS[1], KEYS[2], tonumber(ARGV[1]))
-return {h, chunks}
-"""
-#: A submission's first step, one round trip: its admission (when ARGV[5] is 1; see jobs.store.admission),
-#: then the request-cache entry KEYS[1] and the job it names with its small result. ARGV: job key prefix,
-#: result key prefix and suffix, most JSON bytes, admission flag, admission args. Returns a rejection,
-#: {'free'}, {'other', entry} (not a job id) or {'taken', entry, job flat, chunks or false}.
-_LOOKUP_LUA = ADMIT_LUA + _READ_JOB_LUA + """
-if ARGV[5] == '1' then
-  local no = admit(2, 6)
-  if no then return no end
-end
-local v = redis.call('GET', KEYS[1])
-if not v then return {'free'} end
-local id = string.match(v, '^"([0-9a-f]+)"$')
-if not id then return {'other', v} end
-local h, chunks = read_job(ARGV[1] .. id, ARGV[2] .. id .. ARGV[3], tonumber(ARGV[4]))
-return {'taken', v, h, chunks}
-"""
-#: Admission alone (a submission that never reaches the lookup still spends its budget): KEYS and
-#: ARGV as Admission.script_keys/script_args. Returns a rejection or {'ok'}.
-_ADMIT_ONLY_LUA = ADMIT_LUA + """
-local no = admit(1, 1)
-if no then return no end
-return {'ok'}
-"""
-#: Replay the packed commands unconditionally (a terminal state's bookkeeping) in one round trip.
-_REPLAY_ALL_LUA = REPLAY_LUA + """
-replay(1)
-return 1
-"""
 
 
 class Outcome(str, Enum):
@@ -173,60 +68,41 @@ class Conflict(Exception):
 
 
 @dataclass
-class ServiceConfig:
-    """Settings the service needs, read once from the environment by the caller."""
+class Submitted:
+    """How a submission was answered: the job, the outcome and, when the caller asked to wait, the watch
+    registered before the job existed (so wait() misses no event). Unpacks as (rec, outcome)."""
 
-    result_ttl: int = 86_400
+    rec: JobRecord
+    outcome: Outcome
+    watch: Watch | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.rec, self.outcome))
 
 
 class JobService:
-    """Submit, observe and steer jobs; shared by the web app and the workers."""
+    """Submit, observe and steer jobs: the web's facade over jobs.store."""
 
-    def __init__(self, conn: Redis, cache: RequestCache, config: ServiceConfig | None = None,
+    def __init__(self, conn: Redis, cache: RequestCache, settings: Settings | None = None,
                  queue_factory: Callable[[str], Queue] | None = None,
                  hub: EventHub | None = None) -> None:
         self.conn = conn
         self.cache = cache
-        self.config = config or ServiceConfig()
-        self._queue_factory = queue_factory
+        self.settings = settings or Settings()
+        self.life = Lifecycle(conn, cache, self.settings, queue_factory)
         self._hub = hub
-        self._transition_script = LuaScript(conn, _TRANSITION_LUA)
-        self._claim_script = LuaScript(conn, _CLAIM_LUA)
-        self._replay_script = LuaScript(conn, _REPLAY_ALL_LUA)
-        self._read_script = LuaScript(conn, _READ_WITH_RESULT_LUA)
-        self._lookup_script = LuaScript(conn, _LOOKUP_LUA)
-        self._admit_script = LuaScript(conn, _ADMIT_ONLY_LUA)
-        #: Per request thread: the watch submit() registered before creating a job (wait_until takes it
-        #: instead of re-reading a job it knows is queued), and result chunks read along with a record.
-        self._local = threading.local()
-
-    # -- plumbing -----------------------------------------------------------------
+        self._read_script = LuaScript(conn, READ_WITH_RESULT_LUA)
+        self._lookup_script = LuaScript(conn, LOOKUP_LUA)
+        self._admit_script = LuaScript(conn, ADMIT_ONLY_LUA)
 
     def queue(self, name: str) -> Queue:
-        """RQ queue by name, JSON-serialized."""
-        if self._queue_factory is not None:
-            return self._queue_factory(name)
-        from jobs.store.queues import JsonQueue
-        return JsonQueue(name, connection=self.conn)
+        return self.life.queue(name)
 
     @property
     def hub(self) -> EventHub:
         if self._hub is None:
             self._hub = EventHub(self.conn)
         return self._hub
-
-    def transition(self, job_id: str, from_: tuple[JobStatus, ...], to: JobStatus,
-                   fields: dict[str, Any] | None = None, then: list[Any] | None = None) -> JobStatus | None:
-        """Compare-and-set the status; returns the old status, or None if it did not match.
-
-        `then` (see packed()) runs in the same atomic step, only when the status matched.
-        """
-        pairs: list[Any] = []
-        for k, v in (fields or {}).items():
-            pairs += [k, v]
-        args: list[Any] = [",".join(s.value for s in from_), to.value, len(pairs), *pairs, *(then or ())]
-        prev = self._transition_script(keys=[JOB_KEY.format(id=job_id)], args=args)
-        return JobStatus(prev.decode()) if prev else None
 
     # -- reading ------------------------------------------------------------------
 
@@ -241,11 +117,8 @@ class JobService:
         """Result reader of a finished job, None if it has no result (yet)."""
         if rec.status is not JobStatus.FINISHED or rec.result_meta is None:
             return None
-        # A finished job's result never changes while its id exists, so chunks _read() fetched stay good.
-        prefetched = getattr(self._local, "chunks", None)
-        if prefetched is not None and prefetched[0] == rec.id:
-            return ResultReader(self.conn, rec.id, rec.result_meta, rec.type, prefetched=prefetched[1])
-        return ResultReader(self.conn, rec.id, rec.result_meta, rec.type)
+        # A finished job's result never changes while its id exists, so chunks read with the record stay good.
+        return ResultReader(self.conn, rec.id, rec.result_meta, rec.type, prefetched=rec.prefetched)
 
     def resource(self, rec: JobRecord, *, cached: bool = False, deduplicated: bool = False,
                  inline: bool = True) -> dict[str, Any]:
@@ -256,17 +129,31 @@ class JobService:
             result = orjson.Fragment(reader.json_bytes())
         return rec.to_resource(result=result, cached=cached, deduplicated=deduplicated)
 
-    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
-        """Block until the job settles (terminal or paused) or timeout passes, woken by pub/sub."""
+    def wait(self, job_id: str, timeout: float, fresh: Submitted | None = None) -> JobRecord | None:
+        """Block until the job settles (terminal or paused) or timeout passes, woken by pub/sub.
+        fresh: the submission that just created the job with a watch (see submit(watch=True))."""
         if timeout <= 0:
+            self.unwatch(fresh)
             return self.get(job_id)
-        return self.wait_until(job_id, SETTLED, timeout)
+        return self.wait_until(job_id, SETTLED, timeout, fresh)
 
-    def wait_until(self, job_id: str, statuses: frozenset[JobStatus], timeout: float) -> JobRecord | None:
+    def unwatch(self, fresh: Submitted | None) -> None:
+        """Drop a submission's watch nobody will wait on."""
+        if fresh is not None and fresh.watch is not None:
+            self.hub.unwatch(fresh.watch)
+            fresh.watch = None
+
+    def wait_until(self, job_id: str, statuses: frozenset[JobStatus], timeout: float,
+                   fresh_sub: Submitted | None = None) -> JobRecord | None:
         """The job once its status is in `statuses` (or gone, or timed out), woken by its events."""
         deadline = time.monotonic() + timeout
-        self._local.chunks = None
-        fresh = self._take_fresh(job_id)
+        fresh = None
+        if fresh_sub is not None and fresh_sub.watch is not None:
+            if fresh_sub.rec.id == job_id:
+                fresh = (fresh_sub.watch, fresh_sub.rec)
+                fresh_sub.watch = None
+            else:
+                self.unwatch(fresh_sub)
         watch = fresh[0] if fresh else self.hub.watch(job_id)
         event: dict[str, Any] | None = None
         try:
@@ -276,7 +163,7 @@ class JobService:
                 elif event is not None and "job" in event:  # the finish, with the fields it wrote
                     rec = JobRecord.from_fields(event["job"])
                     if event.get("chunks") is not None:
-                        self._local.chunks = (job_id, [c.encode() for c in event["chunks"]])
+                        rec.prefetched = [c.encode() for c in event["chunks"]]
                 else:
                     rec = self._read(job_id, with_result=event is not None and event.get("status") == "finished")
                 remaining = deadline - time.monotonic()
@@ -290,37 +177,15 @@ class JobService:
             self.hub.unwatch(watch)
 
     def _read(self, job_id: str, with_result: bool) -> JobRecord | None:
-        """get(), plus a small finished result in the same round trip, kept for reader() (resource() inlines it)."""
+        """get(), plus a small finished result in the same round trip, kept on the record for reader()."""
         if not with_result or not JOB_ID_RE.match(job_id):
             return self.get(job_id)
         flat, chunks = self._read_script(keys=[JOB_KEY.format(id=job_id), RESULT_CHUNKS_KEY.format(id=job_id)],
                                          args=[PREFETCH_MAX_BYTES])
         rec = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
         if rec is not None and rec.status is JobStatus.FINISHED and chunks:
-            self._local.chunks = (job_id, chunks)
+            rec.prefetched = chunks
         return rec
-
-    def _watch_fresh(self, rec: JobRecord) -> None:
-        """In a process that waits on jobs (the web), watch a new job before it exists (see wait_until)."""
-        self._drop_fresh()
-        if self._hub is not None:
-            self._local.fresh = (self._hub.watch(rec.id), rec)
-
-    def _take_fresh(self, job_id: str) -> tuple[Any, JobRecord] | None:
-        """The fresh watch of job_id; one of another job is dropped (its request did not wait)."""
-        fresh = getattr(self._local, "fresh", None)
-        if fresh is None or fresh[1].id != job_id:
-            self._drop_fresh()
-            return None
-        self._local.fresh = None
-        return fresh
-
-    def _drop_fresh(self) -> None:
-        """Forget a fresh watch nobody waited on (the request did not ask to wait)."""
-        fresh = getattr(self._local, "fresh", None)
-        if fresh is not None:
-            self._local.fresh = None
-            self.hub.unwatch(fresh[0])
 
     def list(self, status: str | None = None, type_: str | None = None, limit: int = 50,
              cursor: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], str | None]:
@@ -364,14 +229,14 @@ class JobService:
 
     # -- submitting ---------------------------------------------------------------
 
-    def submit(self, sub: Submission, admission: Admission | None = None) -> tuple[JobRecord, Outcome]:
+    def submit(self, sub: Submission, admission: Admission | None = None, watch: bool = False) -> Submitted:
         """Create, join or answer from cache; SET NX on the canonical key decides the race.
 
         admission: the client's budget and live bound, checked (and spent) in the lookup's round trip;
-        raises Rejected when over.
+        raises Rejected when over. watch: a created job is watched before it exists, so a wait() given
+        the result misses none of its events (pass it to wait(), or drop it with unwatch()).
         """
         key = sub.cache_key
-        self._local.chunks = None
         for _ in range(8):
             reply = self._lookup(key, admission)
             if reply[0] in (b"limited", b"busy"):
@@ -382,17 +247,18 @@ class JobService:
                 flat, chunks = reply[2], reply[3]
                 rec = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
                 if rec is not None and rec.status is JobStatus.FINISHED and chunks:
-                    self._local.chunks = (rec.id, chunks)  # a cache hit's result comes along
+                    rec.prefetched = chunks  # a cache hit's result comes along
                 outcome = self._classify(rec)
                 if rec is not None and outcome is not None:
-                    return rec, outcome
+                    return Submitted(rec, outcome)
                 self.cache.release(key, existing)
                 continue
             rec = self._create(sub)
-            self._watch_fresh(rec)
-            if self._claim(key, rec):
-                return rec, Outcome.CREATED
-            self._drop_fresh()
+            fresh = self.hub.watch(rec.id) if watch else None
+            if self.life.claim(self.cache.full_key(key), rec):
+                return Submitted(rec, Outcome.CREATED, fresh)
+            if fresh is not None:
+                self.hub.unwatch(fresh)
             if rec.has_input:
                 self._discard(rec.id)
         raise RuntimeError(f"request cache entry {key} kept changing")
@@ -451,48 +317,14 @@ class JobService:
             pipe.execute()
         return rec
 
-    def _claim(self, key: str, rec: JobRecord) -> bool:
-        """Claim the request-cache entry, write the record and enqueue it, in one atomic round trip."""
-        pipe = Commands()
-        self._enqueue(rec, fresh=True, pipe=pipe)
-        pipe.hset(JOB_KEY.format(id=rec.id), mapping=rec.to_hash())
-        pipe.zadd(JOBS_INDEX_KEY, {rec.id: rec.created_at * 1000})
-        _count_live(pipe, rec, 1)
-        taken = self._claim_script(keys=[self.cache.full_key(key)],
-                                   args=[self.cache.serializer.dumps(rec.id), *packed(recorded(pipe))])
-        return not taken
-
     def _discard(self, job_id: str, rec: JobRecord | None = None) -> None:
         """Remove a record that lost the dedupe race before anyone could see it queued."""
         pipe = self.conn.pipeline(transaction=False)
         pipe.delete(*job_keys(job_id))
         pipe.zrem(JOBS_INDEX_KEY, job_id)
         if rec is not None:
-            _count_live(pipe, rec, -1)
+            count_live(pipe, rec, -1)
         pipe.execute()
-
-    def _enqueue(self, rec: JobRecord, fresh: bool = False, pipe: Any = None) -> None:
-        """Put a queued job on its RQ queue under a new per-run RQ id (on `pipe` when given, unexecuted)."""
-        if fresh:
-            # _create already set runs=1 and the RQ id, and nobody can be watching a new id.
-            rq_id = rec.rq_id
-        else:
-            runs = self.conn.hincrby(JOB_KEY.format(id=rec.id), "runs", 1)
-            rq_id = f"{rec.id}-{runs}"
-        own = pipe is None
-        if own:
-            pipe = self.conn.pipeline(transaction=True)
-        # rq calls pipe.multi(), which a pipeline allows only before any command: enqueue first.
-        self.queue(rec.queue).enqueue_call(
-            RUNNER, args=(rec.id,), job_id=rq_id, timeout=JOB_TIMEOUTS[rec.type], result_ttl=600,
-            failure_ttl=self.config.result_ttl, on_failure=Callback(ON_FAILURE),
-            description=f"{rec.type} {rec.id}", pipeline=pipe,
-        )
-        if not fresh:
-            pipe.hset(JOB_KEY.format(id=rec.id), "rq_id", rq_id)
-            publish(pipe, rec.id, JobStatus.QUEUED.value)
-        if own:
-            pipe.execute()
 
     # -- steering -----------------------------------------------------------------
 
@@ -507,12 +339,7 @@ class JobService:
         rec = self._require(job_id)
         if rec.status.terminal:
             raise Conflict(f"job is already {rec.status.value}")
-        now = repr(time.time())
-        prev = self.transition(job_id, (JobStatus.QUEUED, JobStatus.PAUSED), JobStatus.CANCELED,
-                               {"ended_at": now})
-        if prev is not None:
-            self._remove_from_queue(rec)
-            self.finish_terminal(rec, JobStatus.CANCELED)
+        if self.life.cancel(rec, (JobStatus.QUEUED, JobStatus.PAUSED)):
             return self._require(job_id)
         # Running: ask the worker to stop at its next checkpoint...
         self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "cancel", ex=3600)
@@ -523,9 +350,7 @@ class JobService:
                 send_stop_job_command(self.conn, rec.rq_id)
             except Exception:  # noqa: BLE001 - the horse may have just finished
                 pass
-            if self.transition(job_id, (JobStatus.STARTED,), JobStatus.CANCELED,
-                               {"ended_at": repr(time.time())}) is not None:
-                self.finish_terminal(rec, JobStatus.CANCELED)
+            self.life.cancel(rec, (JobStatus.STARTED,))
             rec = self.wait_until(job_id, TERMINAL, wait * 0.4) or self._require(job_id)
         return rec
 
@@ -537,10 +362,7 @@ class JobService:
             return rec
         if rec.status.terminal:
             raise Conflict(f"job is already {rec.status.value}")
-        prev = self.transition(job_id, (JobStatus.QUEUED,), JobStatus.PAUSED)
-        if prev is not None:
-            self._remove_from_queue(rec)
-            publish(self.conn, job_id, JobStatus.PAUSED.value)
+        if self.life.pause(rec, (JobStatus.QUEUED,)):
             return self._require(job_id)
         self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "pause", ex=3600)
         return self.wait_until(job_id, SETTLED, wait) or self._require(job_id)
@@ -549,30 +371,16 @@ class JobService:
         rec = self._require(job_id)
         if rec.status is not JobStatus.PAUSED:
             raise Conflict(f"only paused jobs can be resumed; this one is {rec.status.value}")
-        self.conn.delete(JOB_CONTROL_KEY.format(id=job_id))
-        if self.transition(job_id, (JobStatus.PAUSED,), JobStatus.QUEUED) is None:
+        if not self.life.resume(rec):
             raise Conflict("job changed state; try again")
-        self._enqueue(rec)
         return self._require(job_id)
 
     def retry(self, job_id: str) -> JobRecord:
         rec = self._require(job_id)
         if rec.status not in (JobStatus.FAILED, JobStatus.CANCELED):
             raise Conflict(f"only failed or canceled jobs can be retried; this one is {rec.status.value}")
-        fields = {"ended_at": "", "error": "", "result_meta": "", "attempt": "0", "run_ms": "0",
-                  "started_at": "", "progress": orjson.dumps({"done": 0, "total": 0, "percent": 0.0}).decode()}
-        if self.transition(job_id, (JobStatus.FAILED, JobStatus.CANCELED), JobStatus.QUEUED, fields) is None:
+        if not self.life.retry(rec):
             raise Conflict("job changed state; try again")
-        pipe = self.conn.pipeline(transaction=False)
-        for tmpl in (JOB_CHECKPOINT_KEY, JOB_CONTROL_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY):
-            pipe.delete(tmpl.format(id=job_id))
-        for key in job_keys(job_id):
-            pipe.persist(key)
-        _count_live(pipe, rec, 1)
-        pipe.execute()
-        # Take the cache entry back if nobody else owns it now.
-        self.cache.add(rec.cache_key, job_id, timeout=0)
-        self._enqueue(rec)
         return self._require(job_id)
 
     def delete(self, job_id: str) -> None:
@@ -586,7 +394,7 @@ class JobService:
         pipe.zrem(JOBS_INDEX_KEY, job_id)
         pipe.zrem(RUNNING_KEY, job_id)
         if rec.status.live:
-            _count_live(pipe, rec, -1)
+            count_live(pipe, rec, -1)
         publish(pipe, job_id, "deleted")
         pipe.execute()
 
@@ -596,69 +404,9 @@ class JobService:
             raise KeyError(job_id)
         return rec
 
-    # -- endings (called by the runner, or by the web for jobs no worker holds) ----
-
-    def finish_terminal(self, rec: JobRecord, status: JobStatus) -> None:
-        """Bookkeeping of a terminal state: cache entry, expiry, counters, event (one round trip)."""
-        self._replay_script(args=self.terminal_commands(rec, status))
-
-    def terminal_commands(self, rec: JobRecord, status: JobStatus, run_s: float | None = None,
-                          event: dict[str, Any] | None = None) -> list[Any]:
-        """finish_terminal's writes as packed commands, to ride along with the transition itself.
-        event: extra fields of the ending's event (see JobService.wait_until)."""
-        ttl = self.config.result_ttl
-        if status is JobStatus.FINISHED:
-            cache_cmd = self.cache.refresh_command(rec.cache_key, rec.id, ttl)
-        else:
-            cache_cmd = self.cache.release_command(rec.cache_key, rec.id)
-        drop = [JOB_CONTROL_KEY.format(id=rec.id)]
-        if status is JobStatus.FINISHED:
-            drop += [JOB_INPUT_KEY.format(id=rec.id), JOB_CHECKPOINT_KEY.format(id=rec.id)]
-        else:  # keep the input so a retry can run again
-            drop += [RESULT_CHUNKS_KEY.format(id=rec.id), RESULT_COUNTS_KEY.format(id=rec.id)]
-        pipe = Commands()
-        pipe.delete(*drop)
-        for key in job_keys(rec.id):
-            if key not in drop:  # just deleted: nothing to expire
-                pipe.expire(key, ttl)
-        pipe.zrem(RUNNING_KEY, rec.id)
-        pipe.hincrby(QUEUE_STATS_KEY.format(name=rec.queue), status.value, 1)
-        pipe.hincrby(TYPE_STATS_KEY.format(type=rec.type), status.value, 1)
-        if run_s is not None:  # a run that ended in a worker: kept in Redis so every host's runs add up
-            key = JOB_DURATION_KEY.format(type=rec.type)
-            bucket = next((repr(b) for b in DURATION_BUCKETS if run_s <= b), "+Inf")
-            pipe.hincrby(key, bucket, 1)
-            pipe.hincrby(key, "count", 1)
-            pipe.hincrbyfloat(key, "sum", run_s)
-        _count_live(pipe, rec, -1)
-        publish(pipe, rec.id, status.value, extra=event)
-        return packed([cache_cmd, *recorded(pipe)])
-
-    # -- crash recovery -----------------------------------------------------------
-
     def recover_stalled(self, now: float | None = None) -> list[str]:
         """Re-queue (from checkpoint) or fail running jobs whose worker stopped heartbeating."""
-        now = time.time() if now is None else now
-        recovered = []
-        for member in self.conn.zrangebyscore(RUNNING_KEY, "-inf", now):
-            job_id = member.decode()
-            if not self.conn.zrem(RUNNING_KEY, job_id):
-                continue  # another host's reaper claimed it
-            rec = self.get(job_id)
-            if rec is None or rec.status is not JobStatus.STARTED:
-                continue
-            if rec.attempt + 1 >= MAX_ATTEMPTS:
-                error = {"type": "WorkerLost",
-                         "message": f"the worker running this job died {rec.attempt + 1} times; giving up"}
-                if self.transition(job_id, (JobStatus.STARTED,), JobStatus.FAILED,
-                                   {"error": orjson.dumps(error).decode(),
-                                    "ended_at": repr(now)}) is not None:
-                    self.finish_terminal(rec, JobStatus.FAILED)
-            elif self.transition(job_id, (JobStatus.STARTED,), JobStatus.QUEUED,
-                                 {"attempt": str(rec.attempt + 1), "worker": ""}) is not None:
-                self._enqueue(rec)
-            recovered.append(job_id)
-        return recovered
+        return self.life.recover(now)
 
     # -- queues and workers -------------------------------------------------------
 
@@ -710,29 +458,6 @@ class JobService:
                 "last_heartbeat": hb.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if hb else None,
             })
         return out
-
-
-def _count_live(pipe: Any, rec: JobRecord, delta: int) -> None:
-    """Add delta to the live-job count of the job's client (a no-op for jobs without one)."""
-    client = rec.extra.get("client")
-    if client:
-        key = CLIENT_LIVE_KEY.format(client=client)
-        pipe.incrby(key, delta)
-        pipe.expire(key, CLIENT_LIVE_TTL)
-
-
-def recorded(pipe: Any) -> list[tuple[Any, ...]]:
-    """The commands recorded on a pipeline that is used only as a recorder (never executed)."""
-    return [args for args, _options in pipe.command_stack]
-
-
-def packed(commands: Iterable[Sequence[Any]]) -> list[Any]:
-    """ARGV tail for the replay scripts: each command as its argument count, then its arguments."""
-    out: list[Any] = []
-    for args in commands:
-        out.append(len(args))
-        out.extend(args)
-    return out
 
 
 def _may_reach(event: dict[str, Any], statuses: frozenset[JobStatus]) -> bool:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from jobs.service import JobService, Outcome
+from jobs.service import JobService, Outcome, Submitted
 from jobs.store.admission import Admission
 from jobs.store.keys import JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY, job_keys
 from jobs.store.record import JobRecord
@@ -38,11 +38,11 @@ from jobs.types.spec import Submission
 
 
 def submit_owned(svc: JobService, sub: Submission, owner: str | None,
-                 admission: Admission | None = None) -> tuple[JobRecord, Outcome]:
+                 admission: Admission | None = None, watch: bool = False) -> Submitted:
     """JobService.submit for one owner (see the module docstring); owner None is the tokens-off path.
     admission: checked first, whichever way the submission is then answered (raises Rejected)."""
     if not owner:
-        return svc.submit(sub, admission)
+        return svc.submit(sub, admission, watch)
     if admission is not None:
         svc.admit(admission)
     sub.scope = owner
@@ -50,12 +50,13 @@ def submit_owned(svc: JobService, sub: Submission, owner: str | None,
     if not isinstance(svc.cache.get(sub.cache_key), str):
         copied = _copy_shared(svc, sub)
         if copied is not None:
-            return copied, Outcome.CACHED
-    rec, outcome = svc.submit(sub)
+            return Submitted(copied, Outcome.CACHED)
+    submitted = svc.submit(sub, watch=watch)
+    rec, outcome = submitted
     if outcome is Outcome.CREATED:
         # First of its kind (or the previous pointer is still live): offer the result to others.
-        svc.cache.add(sub.shared_key, rec.id, timeout=svc.config.result_ttl)
-    return rec, outcome
+        svc.cache.add(sub.shared_key, rec.id, timeout=svc.settings.result_ttl)
+    return submitted
 
 
 def _copy_shared(svc: JobService, sub: Submission) -> JobRecord | None:
@@ -74,7 +75,7 @@ def _copy_shared(svc: JobService, sub: Submission) -> JobRecord | None:
     if not reader.exists():
         svc.cache.release(shared, src_id)
         return None
-    ttl = svc.config.result_ttl
+    ttl = svc.settings.result_ttl
     now = time.time()
     rec = JobRecord(
         id=uuid.uuid4().hex, type=src.type, params=sub.params, status=JobStatus.FINISHED, queue=src.queue,

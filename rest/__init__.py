@@ -25,6 +25,7 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
         RATELIMIT_ENABLED=settings.rate_limit_enabled,
         MAX_QUEUED_PER_CLIENT=settings.max_queued_per_client,
         JSON_SORT_KEYS=False,
+        SETTINGS=settings,
     )
     if overrides:
         app.config.update(overrides)

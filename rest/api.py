@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, g, request, stream_with_cont
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from jobs.errors import BadRequest, InvalidParams
-from jobs.service import Outcome
+from jobs.service import Outcome, Submitted
 from jobs.sharing import submit_owned
 from jobs.store.admission import Rejected
 from jobs.store.record import JobRecord
@@ -131,13 +131,14 @@ def prefer_wait() -> int:
     return min(int(m.group(1)), MAX_WAIT) if m else 0
 
 
-def wait_for(job_id: str, seconds: float) -> JobRecord | None:
+def wait_for(job_id: str, seconds: float, fresh: Submitted | None = None) -> JobRecord | None:
     """Long-poll within this process's wait slots so waiters never starve other requests."""
     ext = crunch()
     if seconds <= 0 or not ext.wait_slots.acquire(blocking=False):
+        ext.service.unwatch(fresh)
         return ext.service.get(job_id)
     try:
-        return ext.service.wait(job_id, seconds)
+        return ext.service.wait(job_id, seconds, fresh)
     finally:
         ext.wait_slots.release()
 
@@ -164,16 +165,17 @@ def submit(job_type: str) -> Response:
     sub.extra["client"] = adm.client
     sub.extra["request_id"] = request_id() or ""
     try:
-        rec, outcome = submit_owned(svc, sub, auth.current_owner(), adm)
+        submitted = submit_owned(svc, sub, auth.current_owner(), adm, watch=wait > 0)
     except Rejected as r:
         raise rejected(r) from None
+    rec, outcome = submitted
     count_submission(job_type, outcome)
     g.log_job_id = rec.id
     if outcome is Outcome.CACHED:
         return json_response(svc.resource(rec, cached=True), 200,
                              {"Location": f"/api/v1/jobs/{rec.id}"})
     if wait:
-        done = wait_for(rec.id, wait)
+        done = wait_for(rec.id, wait, submitted)
         if done is not None and done.status in TERMINAL:
             return json_response(svc.resource(done, deduplicated=outcome is Outcome.JOINED), 200,
                                  {"Location": f"/api/v1/jobs/{rec.id}",

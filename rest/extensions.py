@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 from flask import Flask, current_app
@@ -11,9 +12,10 @@ from flask_caching.backends.rediscache import RedisCache
 from flask_rq2 import RQ
 from redis import Redis
 
-from jobs.service import JobService, ServiceConfig
+from jobs.service import JobService
 from jobs.store.connection import redis_from_url
 from jobs.store.events import EventHub
+from jobs.store.keys import QUEUES, REQUEST_CACHE_PREFIX
 from jobs.store.request_cache import JsonSerializer, RequestCache
 
 
@@ -48,7 +50,7 @@ class Crunch:
     def __init__(self, app: Flask) -> None:
         self.hub = EventHub(rq.connection)
         self.service = JobService(
-            rq.connection, cache.cache, ServiceConfig(result_ttl=app.config["RESULT_TTL"]),
+            rq.connection, cache.cache, replace(app.config["SETTINGS"], result_ttl=app.config["RESULT_TTL"]),
             queue_factory=rq.get_queue, hub=self.hub,
         )
         self.wait_slots = threading.BoundedSemaphore(app.config["WAIT_SLOTS"])
@@ -59,10 +61,10 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("RQ_REDIS_URL", app.config["REDIS_URL"])
     app.config["RQ_QUEUE_CLASS"] = "jobs.store.queues.JsonQueue"
     app.config["RQ_JOB_CLASS"] = "jobs.store.queues.JsonJob"
-    app.config["RQ_QUEUES"] = ["fast", "default"]
+    app.config["RQ_QUEUES"] = list(QUEUES)
     app.config.setdefault("CACHE_TYPE", "rest.extensions.JsonRedisCache")
     app.config.setdefault("CACHE_REDIS_URL", app.config["REDIS_URL"])
-    app.config.setdefault("CACHE_KEY_PREFIX", "crunch:request:")
+    app.config.setdefault("CACHE_KEY_PREFIX", REQUEST_CACHE_PREFIX)
     app.config.setdefault("CACHE_DEFAULT_TIMEOUT", 0)
     rq.init_app(app)
     # Flask-RQ2 caches one connection on its module-level object; a new app (tests make

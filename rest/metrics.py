@@ -32,8 +32,8 @@ from redis import Redis
 from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
-from jobs.service import DURATION_BUCKETS, JOB_DURATION_KEY, TYPE_STATS_KEY, Outcome
-from jobs.store.keys import QUEUE_STATS_KEY
+from jobs.service import Outcome
+from jobs.store.keys import DURATION_BUCKETS, JOB_DURATION_KEY, QUEUE_STATS_KEY, TYPE_STATS_KEY
 from jobs.store.queues import QUEUES
 from jobs.types.registry import JOB_TYPES
 

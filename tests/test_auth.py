@@ -90,9 +90,10 @@ def finish_with(app, job_id: str, value: dict) -> None:
         writer.write_value(value)
         meta = writer.finish()
         now = repr(time.time())
-        assert svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.FINISHED, {
-            "ended_at": now, "started_at": now, "result_meta": orjson.dumps(meta).decode()})
-        svc.finish_terminal(svc.get(job_id), JobStatus.FINISHED)
+        rec = svc.get(job_id)
+        assert svc.life.transition(job_id, (JobStatus.QUEUED,), JobStatus.FINISHED, {
+            "ended_at": now, "started_at": now, "result_meta": orjson.dumps(meta).decode()},
+            then=svc.life.terminal_commands(rec, JobStatus.FINISHED))
 
 
 def csrf_of(client, path: str = "/") -> str:

@@ -15,23 +15,24 @@ from redis.connection import Connection
 from rq.callbacks import Callback
 from rq.serializers import JSONSerializer
 
-from jobs.service import JobService, ServiceConfig, packed, recorded
+from jobs.service import JobService
+from jobs.settings import Settings
 from jobs.store.admission import CLIENT_LIVE_KEY, Admission, RateLimit, Rejected
 from jobs.store.connection import redis_from_url
 from jobs.store.keys import EVENTS_CHANNEL, JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY
 from jobs.store.queues import ON_FAILURE, RUNNER, JsonJob, JsonQueue
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import request_cache_for
-from jobs.store.scripts import Commands
+from jobs.store.scripts import Commands, packed, recorded
 from jobs.store.status import JobStatus
-from jobs.types.registry import JOB_TIMEOUTS
+from jobs.types.registry import JOB_TYPES
 from jobs.types.spec import Submission, canonical_json
 from jobs.worker.rq_worker import CrunchWorker, InlineRun
 
 
 def service(conn: Redis, queue: str) -> JobService:
     """A service whose RQ queues are private to the test, so the suite's workers never take its jobs."""
-    return JobService(conn, request_cache_for(conn), ServiceConfig(),
+    return JobService(conn, request_cache_for(conn), Settings(),
                       queue_factory=lambda name: JsonQueue(f"{queue}-{name}", connection=conn))
 
 
@@ -46,9 +47,9 @@ def test_transition_runs_its_then_commands_only_when_the_status_matched(redis_co
     redis_conn.hset(JOB_KEY.format(id=job_id), mapping={"status": "queued"})
     marker = f"test:{job_id}:marker"
     then = packed([("SET", marker, "1"), ("INCRBY", marker, 4)])
-    assert svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FINISHED, {"x": "1"}, then=then) is None
+    assert svc.life.transition(job_id, (JobStatus.STARTED,), JobStatus.FINISHED, {"x": "1"}, then=then) is None
     assert redis_conn.get(marker) is None and redis_conn.hget(JOB_KEY.format(id=job_id), "x") is None
-    prev = svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, {"x": "1", "y": "2"}, then=then)
+    prev = svc.life.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, {"x": "1", "y": "2"}, then=then)
     assert prev is JobStatus.QUEUED
     assert redis_conn.get(marker) == b"5"
     assert redis_conn.hmget(JOB_KEY.format(id=job_id), "status", "x", "y") == [b"started", b"1", b"2"]
@@ -60,7 +61,7 @@ def test_a_lost_claim_writes_no_record_and_queues_nothing(redis_conn: Redis) -> 
     sub = submission(10)
     first, _ = svc.submit(sub)
     loser = svc._create(sub)
-    assert not svc._claim(sub.cache_key, loser)
+    assert not svc.life.claim(svc.cache.full_key(sub.cache_key), loser)
     assert not redis_conn.exists(JOB_KEY.format(id=loser.id))
     assert redis_conn.zscore(JOBS_INDEX_KEY, loser.id) is None
     rq_queue = JsonQueue(f"{queue}-fast", connection=redis_conn)
@@ -74,11 +75,12 @@ def test_terminal_bookkeeping_in_one_script_refreshes_only_its_own_cache_entry(r
     rec, _ = svc.submit(submission(11))
     entry = svc.cache.full_key(rec.cache_key)
     assert redis_conn.ttl(entry) == -1  # claimed without expiry while the job is live
-    svc.finish_terminal(rec, JobStatus.FINISHED)
-    assert 0 < redis_conn.ttl(entry) <= svc.config.result_ttl
+    assert svc.life.transition(rec.id, (JobStatus.QUEUED,), JobStatus.FINISHED,
+                              then=svc.life.terminal_commands(rec, JobStatus.FINISHED))
+    assert 0 < redis_conn.ttl(entry) <= svc.settings.result_ttl
     other, _ = svc.submit(submission(12))
     redis_conn.set(svc.cache.full_key(other.cache_key), b'"someone-else"')
-    svc.finish_terminal(other, JobStatus.CANCELED)  # release: the entry is not this job's any more
+    svc.life.cancel(other, (JobStatus.QUEUED,))  # release: the entry is not this job's any more
     assert redis_conn.get(svc.cache.full_key(other.cache_key)) == b'"someone-else"'
 
 
@@ -287,7 +289,8 @@ def test_an_inline_run_is_held_to_its_types_timeout(redis_conn: Redis) -> None:
     failed = svc.get(rec.id)
     assert failed is not None and failed.status is JobStatus.FAILED
     assert failed.error == {"type": "JobTimeoutException",
-                            "message": f"Task exceeded maximum timeout value ({JOB_TIMEOUTS['fibonacci']} seconds)"}
+                            "message": "Task exceeded maximum timeout value "
+                                       f"({JOB_TYPES['fibonacci'].timeout} seconds)"}
 
 
 def test_a_client_serves_more_concurrent_callers_than_redis_pys_default_pool_of_100(redis_url: str) -> None:

@@ -79,7 +79,7 @@ def finish(app, job_id: str) -> None:
     """Mark an idle job finished by hand, with an empty result."""
     with app.app_context():
         now = repr(time.time())
-        assert service().transition(job_id, (JobStatus.QUEUED,), JobStatus.FINISHED, {
+        assert service().life.transition(job_id, (JobStatus.QUEUED,), JobStatus.FINISHED, {
             "ended_at": now, "started_at": now,
             "result_meta": '{"kind": "array", "chunks": 0, "items": 0, "bytes": 0, "json_bytes": 2}'})
 
@@ -343,7 +343,7 @@ def finish_with(app, redis_conn: Redis, job_id: str, items: list | None = None, 
     meta = writer.finish()
     with app.app_context():
         now = repr(time.time())
-        assert service().transition(job_id, (JobStatus.QUEUED,), JobStatus.FINISHED, {
+        assert service().life.transition(job_id, (JobStatus.QUEUED,), JobStatus.FINISHED, {
             "ended_at": now, "started_at": now, "result_meta": orjson.dumps(meta).decode()})
 
 

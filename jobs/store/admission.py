@@ -1,7 +1,8 @@
 """Admission of a request: the client's rate budget and live-job bound, checked in the submit's own step.
 
 The web builds an Admission per request (who the client is, which budgets apply) and the job
-service evaluates it inside the same Redis script that looks up the request cache, so a
+service evaluates it inside the same Redis script that looks up the request cache (ADMIT_LUA in
+jobs.store.scripts), so a
 submission's checks cost no round trip of their own. The budget is a sliding window counter
 (the count of the current window plus the previous one's, weighted by how much of it still
 overlaps), the strategy of Flask-Limiter's "sliding-window-counter", with its keys under
@@ -85,29 +86,3 @@ class Rejected(Exception):
         self.kind = kind
         self.retry_after = retry_after
         self.detail = detail
-
-
-#: The checks, as the opening of a script: KEYS[first] is the live count, then two keys per limit
-#: (Admission.script_keys); ARGV from `a` on as Admission.script_args. Returns a rejection reply, or
-#: counts the submission in every limit and falls through.
-ADMIT_LUA = """
-local function admit(first, a)
-  local bound, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  for i = 1, n do
-    local amount, share = tonumber(ARGV[a + 3 * i - 1]), tonumber(ARGV[a + 3 * i + 1])
-    local cur = tonumber(redis.call('GET', KEYS[first + 2 * i - 1]) or '0')
-    local prev = tonumber(redis.call('GET', KEYS[first + 2 * i]) or '0')
-    if prev * (1 - share) + cur + 1 > amount then return {'limited', i} end
-  end
-  for i = 1, n do
-    local key = KEYS[first + 2 * i - 1]
-    redis.call('INCR', key)
-    redis.call('EXPIRE', key, 2 * tonumber(ARGV[a + 3 * i]))
-  end
-  if bound > 0 then
-    local live = tonumber(redis.call('GET', KEYS[first]) or '0')
-    if live >= bound then return {'busy', live} end
-  end
-  return false
-end
-"""

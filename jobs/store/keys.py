@@ -2,6 +2,13 @@
 
 PREFIX = "crunch:"
 
+#: RQ queue of cheap jobs (run inline by the workers, never behind a long one).
+FAST_QUEUE = "fast"
+#: RQ queue of everything else (a forked work horse per run).
+DEFAULT_QUEUE = "default"
+#: Every queue Crunch uses, in the order workers take from them (cheap jobs first).
+QUEUES = (FAST_QUEUE, DEFAULT_QUEUE)
+
 #: Hash: the job record (see jobs.store.record.JobRecord).
 JOB_KEY = PREFIX + "job:{id}"
 #: List of raw byte chunks: the input blob stored at submit time (sort numbers, CSV file).
@@ -21,10 +28,22 @@ JOBS_INDEX_KEY = PREFIX + "jobs"
 RUNNING_KEY = PREFIX + "running"
 #: Hash: cumulative finished/failed/canceled counts per queue.
 QUEUE_STATS_KEY = PREFIX + "queue:{name}:stats"
+#: Hash: cumulative finished/failed/canceled counts per job type (read by /metrics).
+TYPE_STATS_KEY = PREFIX + "stats:{type}"
+#: Hash: a histogram of run times of jobs that ended, per type (bucket upper bound -> count, sum, count).
+JOB_DURATION_KEY = PREFIX + "stats:{type}:duration"
+#: Upper bounds (seconds) of JOB_DURATION_KEY's buckets, from trivial jobs to hour-long sieves.
+DURATION_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0)
 #: Pub/sub channel: one message per job status or progress change.
 EVENTS_CHANNEL = PREFIX + "events"
 #: Prefix of request-cache entries (canonical request -> job id), via Flask-Caching/cachelib.
 REQUEST_CACHE_PREFIX = PREFIX + "request:"
+
+#: Size of each stored input piece (the last may be shorter), so a reader finds any offset's piece directly.
+INPUT_CHUNK_BYTES = 4 << 20
+#: A result this small (JSON bytes) is read along with its finished record, by a waiter woken by the
+#: finish or by a cache hit, and rides along with the finish event.
+PREFETCH_MAX_BYTES = 16 << 10
 
 
 def job_keys(job_id: str) -> list[str]:

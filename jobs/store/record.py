@@ -56,6 +56,8 @@ class JobRecord:
     worker: str = ""
     has_input: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    #: The result's chunks when they were read along with the record (never stored; see ResultReader).
+    prefetched: list[bytes] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_hash(cls, h: dict[bytes, bytes]) -> JobRecord:

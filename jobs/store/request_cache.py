@@ -13,17 +13,7 @@ from cachelib import RedisCache
 from cachelib.serializers import BaseSerializer
 
 from jobs.store.keys import REQUEST_CACHE_PREFIX
-
-#: Compare-and-delete: drop a mapping only if it still points at the given job.
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-#: Compare-and-expire: refresh the TTL of a mapping only if it still points at the job.
-_EXPIRE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
+from jobs.store.scripts import RELEASE_LUA
 
 
 class JsonSerializer(BaseSerializer):
@@ -58,7 +48,7 @@ class RequestCache(RedisCache):
     def release(self, key: str, job_id: str) -> bool:
         """Forget key only while it maps to job_id, so a newer job's entry survives."""
         client = self._write_client
-        return bool(client.eval(_RELEASE_LUA, 1, self._get_prefix() + key, self.serializer.dumps(job_id)))
+        return bool(client.eval(RELEASE_LUA, 1, self._get_prefix() + key, self.serializer.dumps(job_id)))
 
     def full_key(self, key: str) -> str:
         """The Redis key of a cache entry, for scripts that claim it in the same step as other writes."""
@@ -73,12 +63,6 @@ class RequestCache(RedisCache):
         """refresh() as a guarded command for JobService's replay scripts."""
         full = self._get_prefix() + key
         return ["?eq", full, self.serializer.dumps(job_id), "EXPIRE", full, int(timeout)]
-
-    def refresh(self, key: str, job_id: str, timeout: int) -> bool:
-        """Keep the entry exactly as long as the finished result it points to."""
-        client = self._write_client
-        return bool(client.eval(_EXPIRE_LUA, 1, self._get_prefix() + key,
-                                self.serializer.dumps(job_id), int(timeout)))
 
 
 def request_cache_for(conn: Any) -> RequestCache:

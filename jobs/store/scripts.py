@@ -1,13 +1,167 @@
-"""Lua scripts run with EVALSHA, loaded on the first NOSCRIPT, as redis-py's Script does."""
+"""Every Lua script of the job lifecycle, with the runner that sends them and the command recorder.
+
+Each script is headed by what its KEYS and ARGV hold, as rq's own scripts are. A state change and
+all its bookkeeping are one script, hence one atomic round trip: the packed-command tail (see
+packed()) lets a caller add writes (rq's enqueue, a worker's own hash) to the same step.
+jobs.store.lifecycle names the operations that run them.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import NoScriptError
+
+#: Shared by the scripts below, so a state change and all its bookkeeping cost one round trip and
+#: happen atomically: replay(i) runs the commands packed in ARGV from index i on, each as its
+#: argument count then its arguments (see packed()); one that starts with "?eq KEY VALUE" runs only
+#: while GET KEY == VALUE (the request cache's compare-and-set).
+REPLAY_LUA = """
+local function replay(i)
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    if ARGV[i + 1] == '?eq' then
+      if redis.call('GET', ARGV[i + 2]) == ARGV[i + 3] then redis.call(unpack(ARGV, i + 4, i + n)) end
+    else
+      redis.call(unpack(ARGV, i + 1, i + n))
+    end
+    i = i + n + 1
+  end
+end
+"""
+
+#: ADMIT (a function; see jobs.store.admission): the checks, as the opening of a script: KEYS[first] is the
+#: live count, then two keys per limit
+#: (Admission.script_keys); ARGV from `a` on as Admission.script_args. Returns a rejection reply, or
+#: counts the submission in every limit and falls through.
+ADMIT_LUA = """
+local function admit(first, a)
+  local bound, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  for i = 1, n do
+    local amount, share = tonumber(ARGV[a + 3 * i - 1]), tonumber(ARGV[a + 3 * i + 1])
+    local cur = tonumber(redis.call('GET', KEYS[first + 2 * i - 1]) or '0')
+    local prev = tonumber(redis.call('GET', KEYS[first + 2 * i]) or '0')
+    if prev * (1 - share) + cur + 1 > amount then return {'limited', i} end
+  end
+  for i = 1, n do
+    local key = KEYS[first + 2 * i - 1]
+    redis.call('INCR', key)
+    redis.call('EXPIRE', key, 2 * tonumber(ARGV[a + 3 * i]))
+  end
+  if bound > 0 then
+    local live = tonumber(redis.call('GET', KEYS[first]) or '0')
+    if live >= bound then return {'busy', live} end
+  end
+  return false
+end
+"""
+
+#: TRANSITION: compare-and-set a job's status, with its bookkeeping.
+#: KEYS[1] = job hash. ARGV[1] = statuses it may leave (comma list), ARGV[2] = new status,
+#: ARGV[3] = the `runs` the job must still have ('' = any: guards a re-enqueue against a run it did not see),
+#: ARGV[4] = count n of the field/value arguments that follow, ARGV[5..4+n] = fields, then packed commands
+#: replayed only when the status matched. Returns the previous status, or false.
+TRANSITION_LUA = REPLAY_LUA + """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return false end
+local ok = false
+for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
+if not ok then return false end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'runs') ~= ARGV[3] then return false end
+local n = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 5, 4 + n))
+replay(5 + n)
+return cur
+"""
+
+#: CLAIM: a new job's creation. KEYS[1] = request-cache entry. ARGV[1] = the entry's value (the job id,
+#: JSON), then packed commands (write the record, enqueue it) replayed only if the entry was free (SET NX,
+#: no expiry): nobody ever sees the entry without its job. Returns false once claimed, else the entry.
+CLAIM_LUA = REPLAY_LUA + """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  replay(2)
+  return false
+end
+return redis.call('GET', KEYS[1])
+"""
+
+#: Reads a job (flat HGETALL) and, when its result is small (at most `max` JSON bytes), the result's chunks.
+READ_JOB_LUA = """
+local function read_job(key, result_key, max)
+  local h = redis.call('HGETALL', key)
+  local raw = redis.call('HGET', key, 'result_meta')
+  if raw and raw ~= '' then
+    local meta = cjson.decode(raw)
+    if meta.kind ~= 'text' and (meta.json_bytes or 0) <= max then
+      return h, redis.call('LRANGE', result_key, 0, (meta.chunks or 0) - 1)
+    end
+  end
+  return h, false
+end
+"""
+
+#: READ_WITH_RESULT: KEYS[1] = job hash, KEYS[2] = its result chunks; ARGV[1] = most JSON bytes.
+#: Returns {HGETALL flat, chunks or false}.
+READ_WITH_RESULT_LUA = READ_JOB_LUA + """
+local h, chunks = read_job(KEYS[1], KEYS[2], tonumber(ARGV[1]))
+return {h, chunks}
+"""
+
+#: LOOKUP: a submission's first step, one round trip. KEYS[1] = request-cache entry, then (when ARGV[5]
+#: is 1) the admission keys (jobs.store.admission). ARGV: job key prefix, result key prefix and suffix,
+#: most JSON bytes, admission flag, admission args. Returns a rejection, {'free'}, {'other', entry}
+#: (not a job id) or {'taken', entry, job flat, chunks or false}.
+LOOKUP_LUA = ADMIT_LUA + READ_JOB_LUA + """
+if ARGV[5] == '1' then
+  local no = admit(2, 6)
+  if no then return no end
+end
+local v = redis.call('GET', KEYS[1])
+if not v then return {'free'} end
+local id = string.match(v, '^"([0-9a-f]+)"$')
+if not id then return {'other', v} end
+local h, chunks = read_job(ARGV[1] .. id, ARGV[2] .. id .. ARGV[3], tonumber(ARGV[4]))
+return {'taken', v, h, chunks}
+"""
+
+#: ADMIT_ONLY: admission alone (a submission that never reaches the lookup still spends its budget).
+#: KEYS and ARGV as Admission.script_keys/script_args. Returns a rejection or {'ok'}.
+ADMIT_ONLY_LUA = ADMIT_LUA + """
+local no = admit(1, 1)
+if no then return no end
+return {'ok'}
+"""
+
+#: BEGIN: a run's start. KEYS[1] = job hash, KEYS[2] = control request, KEYS[3] = checkpoint.
+#: ARGV[1] = rq id of this run, ARGV[2] = worker, ARGV[3] = now, then packed commands.
+#: Reads the job, its control request and checkpoint; when the run is current, the job queued and
+#: neither a control request nor a checkpoint exists (a fresh run), also takes STARTED (worker,
+#: started_at if unset) and replays the commands. Returns {HGETALL before, control, checkpoint, 1 if taken}.
+BEGIN_LUA = REPLAY_LUA + """
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return {h, false, false, 0} end
+local control = redis.call('GET', KEYS[2])
+local checkpoint = redis.call('GET', KEYS[3])
+local f = {}
+for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
+if f['rq_id'] ~= ARGV[1] or control or checkpoint or f['status'] ~= 'queued' then
+  return {h, control, checkpoint, 0}
+end
+redis.call('HSET', KEYS[1], 'status', 'started', 'worker', ARGV[2])
+if not f['started_at'] or f['started_at'] == '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
+replay(4)
+return {h, false, false, 1}
+"""
+
+#: RELEASE: compare-and-delete a request-cache entry. KEYS[1] = entry; ARGV[1] = the job id (JSON) it
+#: must still name. Returns 1 if deleted, else 0.
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class LuaScript:
@@ -28,7 +182,7 @@ class LuaScript:
 
 
 class Commands:
-    """Records Redis commands for a replay script (see jobs.service.packed), with the method names and
+    """Records Redis commands for a replay script (see packed()), with the method names and
     argument order of redis-py's, as a never-executed pipeline did at several times the CPU per command."""
 
     def __init__(self) -> None:
@@ -90,3 +244,17 @@ class Commands:
 
     def persist(self, key: Any) -> None:
         self._add("PERSIST", key)
+
+
+def recorded(pipe: Any) -> list[tuple[Any, ...]]:
+    """The commands recorded on a Commands recorder (or a never-executed redis-py pipeline)."""
+    return [args for args, _options in pipe.command_stack]
+
+
+def packed(commands: Iterable[Sequence[Any]]) -> list[Any]:
+    """ARGV tail for the replay scripts: each command as its argument count, then its arguments."""
+    out: list[Any] = []
+    for args in commands:
+        out.append(len(args))
+        out.extend(args)
+    return out

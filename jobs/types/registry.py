@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from jobs.types.csv import CsvJob
 from jobs.types.fibonacci import FibonacciJob
 from jobs.types.primes import PrimesJob
@@ -24,8 +22,3 @@ def parse_timeouts(text: str) -> dict[str, int]:
                              f"{', '.join(JOB_TYPES)} and SECONDS >= 1")
         out[name] = int(seconds)
     return out
-
-
-#: Read once per process: the web and the workers both enqueue (submit, resume, retry, recovery).
-JOB_TIMEOUTS: dict[str, int] = {name: spec.timeout for name, spec in JOB_TYPES.items()} | parse_timeouts(
-    os.environ.get("JOB_TIMEOUTS", ""))

@@ -12,9 +12,8 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from jobs.errors import InvalidParams
-
-FAST_QUEUE = "fast"
-DEFAULT_QUEUE = "default"
+from jobs.store.keys import DEFAULT_QUEUE as DEFAULT_QUEUE  # re-exported: types route by queue name
+from jobs.store.keys import FAST_QUEUE as FAST_QUEUE
 
 
 @dataclass(frozen=True)
@@ -24,6 +23,8 @@ class Limits:
     max_fib_n: int = 10_000_000
     max_primes_end: int = 1_000_000_000_000
     max_primes_list_width: int = 1_000_000_000
+    #: The largest end - start in count mode (v1.1 MAX_PRIMES_COUNT_WIDTH).
+    max_primes_count_width: int = 1_000_000_000_000
     max_sort_length: int = 10_000_000
     max_body_bytes: int = 268_435_456
 

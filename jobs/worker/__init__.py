@@ -1,1 +1,1 @@
-"""worker"""
+"""What runs jobs: the runner rq executes, Crunch's rq worker classes and the supervisor (worker.py)."""

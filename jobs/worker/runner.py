@@ -23,33 +23,27 @@ from redis import Redis
 from rq import get_current_job
 
 from jobs.context import Stop
-from jobs.service import (
-    HEARTBEAT_TIMEOUT,
-    INPUT_CHUNK_BYTES,
-    PREFETCH_MAX_BYTES,
-    REPLAY_LUA,
-    JobService,
-    ServiceConfig,
-    packed,
-    recorded,
-)
+from jobs.settings import Settings, process_settings
 from jobs.store.events import publish
 from jobs.store.keys import (
+    FAST_QUEUE,
+    INPUT_CHUNK_BYTES,
     JOB_CHECKPOINT_KEY,
     JOB_CONTROL_KEY,
     JOB_INPUT_KEY,
     JOB_KEY,
+    PREFETCH_MAX_BYTES,
     RESULT_CHUNKS_KEY,
     RESULT_COUNTS_KEY,
     RUNNING_KEY,
 )
+from jobs.store.lifecycle import Lifecycle
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import request_cache_for
 from jobs.store.results import RedisResultWriter, RedisScratch
-from jobs.store.scripts import Commands, LuaScript
+from jobs.store.scripts import Commands
 from jobs.store.status import JobStatus
-from jobs.types.registry import JOB_TIMEOUTS, JOB_TYPES
-from jobs.types.spec import FAST_QUEUE
+from jobs.types.registry import JOB_TYPES
 
 log = logging.getLogger("crunch.runner")
 
@@ -59,44 +53,17 @@ PROGRESS_INTERVAL = 0.2
 CONTROL_INTERVAL = 0.1
 #: A crash-recovery checkpoint is saved at least this often while a kernel runs.
 CHECKPOINT_INTERVAL = 5.0
-HEARTBEAT_INTERVAL = min(5.0, HEARTBEAT_TIMEOUT / 4)
 #: Result bytes still buffered at the end ride along with the finishing transition up to this size.
 FINISH_INLINE_BYTES = 64 << 10
 #: Marks "not read yet" for RedisContext's checkpoint argument.
 _UNREAD = object()
 
 
-#: A run's start: read the job, its control request and checkpoint; when the run is current, the job
-#: queued and neither a control request nor a checkpoint exists (a fresh run), also take STARTED
-#: (worker, started_at if unset) and replay the start's commands. KEYS: job hash, control, checkpoint;
-#: ARGV: rq id, worker, now, packed commands. Returns {HGETALL before, control, checkpoint, 1 if taken}.
-_BEGIN_LUA = REPLAY_LUA + """
-local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return {h, false, false, 0} end
-local control = redis.call('GET', KEYS[2])
-local checkpoint = redis.call('GET', KEYS[3])
-local f = {}
-for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
-if f['rq_id'] ~= ARGV[1] or control or checkpoint or f['status'] ~= 'queued' then
-  return {h, control, checkpoint, 0}
-end
-redis.call('HSET', KEYS[1], 'status', 'started', 'worker', ARGV[2])
-if not f['started_at'] or f['started_at'] == '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
-replay(4)
-return {h, false, false, 1}
-"""
-
-
 @lru_cache(maxsize=4)
-def _begin_script(conn: Redis) -> LuaScript:
-    return LuaScript(conn, _BEGIN_LUA)
-
-
-@lru_cache(maxsize=4)
-def _service(conn: Redis) -> JobService:
-    """One service per connection and process."""
-    ttl = int(os.environ.get("RESULT_TTL", "86400"))
-    return JobService(conn, request_cache_for(conn), ServiceConfig(result_ttl=ttl))
+def _lifecycle(conn: Redis, settings: Settings | None = None) -> Lifecycle:
+    """One lifecycle per connection and process, with this process's settings (read once)."""
+    settings = settings or process_settings()
+    return Lifecycle(conn, request_cache_for(conn), settings)
 
 
 def _kernel(path: str) -> Any:
@@ -107,10 +74,12 @@ def _kernel(path: str) -> Any:
 class RedisContext:
     """KernelContext backed by the job's Redis keys."""
 
-    def __init__(self, conn: Redis, rec: JobRecord, result_ttl: int, checkpoint: Any = _UNREAD,
+    def __init__(self, life: Lifecycle, rec: JobRecord, checkpoint: Any = _UNREAD,
                  reset_output: bool = True) -> None:
         """checkpoint: the raw checkpoint when the caller already read it; reset_output=False: the
         caller records output.reset_commands() in its own write (execute() does both, saving round trips)."""
+        conn, result_ttl = life.conn, life.settings.result_ttl
+        self.life = life
         self.conn = conn
         self.rec = rec
         self.job_id = rec.id
@@ -175,11 +144,7 @@ class RedisContext:
 
     def save_checkpoint(self, state: dict[str, Any] | None) -> None:
         """Persist kernel state with the output position it matches; None means restart from zero."""
-        key = JOB_CHECKPOINT_KEY.format(id=self.job_id)
-        if state is None:
-            self.conn.delete(key)
-        else:
-            self.conn.set(key, orjson.dumps({"kernel": state, "output": self.output.position()}))
+        self.life.checkpoint(self.job_id, state, self.output.position())
         self._last_checkpoint = time.monotonic()
 
     def _poll_control(self) -> None:
@@ -222,13 +187,14 @@ class _Heartbeats:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict[str, Redis] = {}
+        self._jobs: dict[str, tuple[Redis, int]] = {}
         self._thread: threading.Thread | None = None
 
-    def add(self, conn: Redis, job_id: str) -> None:
-        """Beat for job_id every HEARTBEAT_INTERVAL from now on (its first deadline is set by the caller)."""
+    def add(self, conn: Redis, job_id: str, timeout: int) -> None:
+        """Beat for job_id every min(5, timeout / 4) seconds from now on, each beat moving its deadline
+        `timeout` seconds ahead (its first deadline is set by the start)."""
         with self._lock:
-            self._jobs[job_id] = conn
+            self._jobs[job_id] = (conn, timeout)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="crunch-heartbeats", daemon=True)
                 self._thread.start()
@@ -239,12 +205,14 @@ class _Heartbeats:
 
     def _run(self) -> None:
         while True:
-            time.sleep(HEARTBEAT_INTERVAL)
+            with self._lock:
+                interval = min([5.0, *(t / 4 for _, t in self._jobs.values())])
+            time.sleep(interval)
             with self._lock:
                 jobs = list(self._jobs.items())
-            for job_id, conn in jobs:
+            for job_id, (conn, timeout) in jobs:
                 try:
-                    conn.zadd(RUNNING_KEY, {job_id: time.time() + HEARTBEAT_TIMEOUT}, xx=False)
+                    conn.zadd(RUNNING_KEY, {job_id: time.time() + timeout}, xx=False)
                 except Exception:
                     log.warning("heartbeat for %s failed", job_id, exc_info=True)
 
@@ -271,36 +239,28 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
     taking STARTED / a successful finish (a worker running the job inline keeps RQ's view of itself
     there, and drops RQ's job hash at the end); time_limit(seconds): a guard enforcing the type's
     timeout around the kernel, for callers that run it outside rq's own."""
-    svc = _service(conn)
+    life = _lifecycle(conn)
     started = time.time()
     # Fresh runs (no checkpoint, no control request) take STARTED in the same round trip as the read.
-    then = Commands()
-    then.delete(RESULT_CHUNKS_KEY.format(id=job_id), RESULT_COUNTS_KEY.format(id=job_id))
-    then.zadd(RUNNING_KEY, {job_id: started + HEARTBEAT_TIMEOUT})
-    publish(then, job_id, JobStatus.STARTED.value)
-    flat, control, checkpoint, took = _begin_script(conn)(
-        keys=[JOB_KEY.format(id=job_id), JOB_CONTROL_KEY.format(id=job_id), JOB_CHECKPOINT_KEY.format(id=job_id)],
-        args=[rq_id, worker, repr(started), *packed(recorded(then)), *packed(start_then)])
+    reset = Commands()
+    reset.delete(RESULT_CHUNKS_KEY.format(id=job_id), RESULT_COUNTS_KEY.format(id=job_id))
+    begun = life.start(job_id, rq_id, worker, started, reset, then=start_then)
     # The job's fields as this run leaves them, so the finish event can carry them (see _finish_event).
-    known = {k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    known = begun.fields
     rec = JobRecord.from_fields(known) if known else None
     if rec is None or rec.rq_id != rq_id:
         log.info("job %s: run %s superseded or deleted; skipping request_id=%s", job_id, rq_id, _rid(rec))
         return None
-    if control in (b"cancel", b"pause"):
+    if begun.control in (b"cancel", b"pause"):
         # A control request for a job the queue still held: honour it without running.
-        target = JobStatus.CANCELED if control == b"cancel" else JobStatus.PAUSED
-        log.info("job %s %s before it ran request_id=%s", job_id, target.value, _rid(rec))
-        if svc.transition(job_id, (JobStatus.QUEUED,), target, {"ended_at": repr(time.time())}
-                          if target is JobStatus.CANCELED else None):
-            conn.delete(JOB_CONTROL_KEY.format(id=job_id))
-            if target is JobStatus.CANCELED:
-                svc.finish_terminal(rec, target)
-            else:
-                publish(conn, job_id, target.value)
+        log.info("job %s %s before it ran request_id=%s", job_id, begun.control.decode(), _rid(rec))
+        if begun.control == b"cancel":
+            life.cancel(rec, (JobStatus.QUEUED,))
+        else:
+            life.pause(rec, (JobStatus.QUEUED,))
         return None
-    ctx = RedisContext(conn, rec, svc.config.result_ttl, checkpoint=checkpoint, reset_output=False)
-    if took:
+    ctx = RedisContext(life, rec, checkpoint=begun.checkpoint, reset_output=False)
+    if begun.took:
         known["worker"] = worker
         known["started_at"] = known.get("started_at") or repr(started)
     else:
@@ -309,14 +269,11 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         if rec.started_at is None:
             fields["started_at"] = repr(started)
         known.update(fields)
-        then = Commands()
-        ctx.output.reset_commands(then)
-        then.zadd(RUNNING_KEY, {job_id: time.time() + HEARTBEAT_TIMEOUT})
-        publish(then, job_id, JobStatus.STARTED.value)
-        if svc.transition(job_id, (JobStatus.QUEUED,), JobStatus.STARTED, fields,
-                          then=[*packed(recorded(then)), *packed(start_then)]) is None:
+        reset = Commands()
+        ctx.output.reset_commands(reset)
+        if not life.start_resumed(rec, fields, reset, then=start_then):
             return None
-    _heartbeats.add(conn, job_id)
+    _heartbeats.add(conn, job_id, life.settings.heartbeat_timeout)
     if rec.queue != FAST_QUEUE:  # a fast job gets its one line when it ends
         log.info("job %s started type=%s run=%s request_id=%s", job_id, rec.type, rq_id, _rid(rec))
     t0 = time.perf_counter()
@@ -329,7 +286,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         if time_limit is None:
             stats = _kernel(spec.kernel)(rec.params, ctx)
         else:
-            with time_limit(JOB_TIMEOUTS[rec.type]):
+            with time_limit(life.settings.job_timeout(rec.type)):
                 stats = _kernel(spec.kernel)(rec.params, ctx)
         _drop_scratch(ctx)
         pushes = ctx.output.take_pending(FINISH_INLINE_BYTES)
@@ -343,25 +300,19 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         # The result's last pushes, the state, the cache entry, counters and event: one atomic step.
         event = _finish_event({**known, **fields, "status": JobStatus.FINISHED.value}, meta, pushes,
                               ctx.output.chunks_key)
-        svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FINISHED, fields,
-                       then=[*packed(pushes), *svc.terminal_commands(rec, JobStatus.FINISHED,
-                                                                      float(fields["run_ms"]) / 1000, event),
-                             *packed(finish_then)])
+        life.finish(rec, fields, float(fields["run_ms"]) / 1000, event, pushes=pushes, then=finish_then)
         # A fast job's success is a DEBUG line: at a thousand a second, INFO lines would be most of the log
         # and a tenth of the worker's CPU (the web's request line already names the job).
         (log.debug if rec.queue == FAST_QUEUE else log.info)(
             "job %s finished in %.3f ms request_id=%s", job_id, float(fields["run_ms"]), _rid(rec))
         return {"job": job_id, "status": "finished"}
     except Stop:
-        return _stopped(svc, rec, ctx, run_ms())
+        return _stopped(life, rec, ctx, run_ms())
     except Exception as exc:
         error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
         log.error("job %s failed request_id=%s: %s", job_id, _rid(rec), "".join(traceback.format_exception(exc)))
         _drop_scratch(ctx)
-        failed_ms = run_ms()
-        svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FAILED,
-                       {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time()), "run_ms": failed_ms},
-                       then=svc.terminal_commands(rec, JobStatus.FAILED, float(failed_ms) / 1000))
+        life.fail(rec, error, run_ms())
         raise
     finally:
         _heartbeats.remove(job_id)
@@ -391,30 +342,24 @@ def _drop_scratch(ctx: RedisContext) -> None:
             log.warning("could not drop the scratch lists of job %s (they expire)", ctx.job_id, exc_info=True)
 
 
-def _stopped(svc: JobService, rec: JobRecord, ctx: RedisContext, run_ms: str) -> dict[str, Any]:
+def _stopped(life: Lifecycle, rec: JobRecord, ctx: RedisContext, run_ms: str) -> dict[str, Any]:
     """Leave the job in the state its stop reason asks for."""
-    conn, job_id, reason = svc.conn, rec.id, ctx.stop_reason
+    conn, job_id, reason = life.conn, rec.id, ctx.stop_reason
     log.info("job %s stopped (%s) request_id=%s", job_id, reason, _rid(rec))
     if reason in ("deleted", "cancel"):
         _drop_scratch(ctx)
-    if reason == "deleted":
+    if reason == "deleted":  # nothing left to move: the web deleted the record
+        conn.delete(JOB_CHECKPOINT_KEY.format(id=job_id))
         conn.zrem(RUNNING_KEY, job_id)
-        conn.delete(*[k.format(id=job_id) for k in (JOB_CHECKPOINT_KEY,)])
         return {"job": job_id, "status": "deleted"}
-    conn.delete(JOB_CONTROL_KEY.format(id=job_id))
     if reason == "cancel":
-        if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.CANCELED,
-                          {"ended_at": repr(time.time()), "run_ms": run_ms}):
-            svc.finish_terminal(rec, JobStatus.CANCELED)
+        life.cancel(rec, (JobStatus.STARTED,), run_ms)
         return {"job": job_id, "status": "canceled"}
-    conn.zrem(RUNNING_KEY, job_id)
     if reason == "pause":
-        if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.PAUSED, {"run_ms": run_ms}):
-            publish(conn, job_id, JobStatus.PAUSED.value)
+        life.pause(rec, (JobStatus.STARTED,), run_ms)
         return {"job": job_id, "status": "paused"}
     # "requeue": the worker is shutting down; another run continues from the checkpoint.
-    if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.QUEUED, {"run_ms": run_ms, "worker": ""}):
-        svc._enqueue(rec)
+    life.requeue(rec, run_ms)
     return {"job": job_id, "status": "requeued"}
 
 
@@ -423,13 +368,12 @@ def on_rq_failure(job: Any, connection: Redis, exc_type: Any, value: Any, tb: An
     job_id = job.args[0] if job.args else None
     if not job_id:
         return
-    svc = _service(connection)
-    rec = svc.get(job_id)
+    life = _lifecycle(connection)
+    h = connection.hgetall(JOB_KEY.format(id=job_id))
+    rec = JobRecord.from_hash(h) if h else None
     if rec is None or rec.rq_id != job.id or rec.status is not JobStatus.STARTED:
         return
     name = getattr(exc_type, "__name__", str(exc_type))
     error = {"type": name, "message": str(value) or "the work horse ended unexpectedly"}
     log.error("job %s failed: %s: %s request_id=%s", job_id, name, error["message"], _rid(rec))
-    if svc.transition(job_id, (JobStatus.STARTED,), JobStatus.FAILED,
-                      {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time())}):
-        svc.finish_terminal(rec, JobStatus.FAILED)
+    life.fail(rec, error)

@@ -20,6 +20,7 @@ from redis import Redis
 from rq.serializers import JSONSerializer
 
 from infra.embedded_redis import redact_url
+from jobs.settings import process_settings
 from jobs.store.connection import redis_from_url
 from jobs.store.queues import QUEUES, JsonJob
 from jobs.worker.rq_worker import CrunchWorker, WorkerQueue
@@ -62,9 +63,9 @@ def run_worker(url: str, queues: list[str], burst: bool = False) -> None:
 
 def reap(conn: Redis) -> None:
     """Re-queue jobs whose worker died (SIGKILL, lost host), from their last checkpoint."""
-    from jobs.worker.runner import _service
+    from jobs.worker.runner import _lifecycle
 
-    for job_id in _service(conn).recover_stalled():
+    for job_id in _lifecycle(conn).recover():
         log.warning("job %s lost its worker; recovered", job_id)
 
 
@@ -122,8 +123,9 @@ def supervise(url: str, count: int, queues: list[str], burst: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or os.cpu_count() or 1))
+    settings = process_settings()
+    parser.add_argument("--url", default=settings.redis_url)
+    parser.add_argument("--workers", type=int, default=settings.workers)
     parser.add_argument("--queues", default=",".join(QUEUES), help="comma-separated, in priority order")
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     args = parser.parse_args(argv)

@@ -1,0 +1,138 @@
+"""Every setting Crunch reads from the environment, parsed once into one frozen object.
+
+The web (rest.create_app), the worker supervisor (jobs.worker.supervisor.main) and the runner in each
+worker process call Settings.from_env() once and pass the object down; no module reads os.environ at
+import time, so a test or a host can build any number of differently configured apps in one process.
+README.md's settings table documents each name; v1.1's rows are parsed here already and carried to
+the code that implements them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from jobs.types.spec import Limits
+
+_OFF = ("0", "false", "off", "no")
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if len(raw) > 40:  # bound the digits before int() (Python's 4,300-digit limit is far too generous)
+        raise SystemExit(f"setting {name} must be an integer, got {raw[:40]!r}...")
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"setting {name} must be an integer, got {raw!r}") from None
+
+
+def _str(name: str, default: str = "") -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    return default if not raw else raw not in _OFF
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Crunch reads from the environment, parsed once (see the README's settings table)."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Seconds a finished result, its cache entry and an ended job's record are kept.
+    result_ttl: int = 86_400
+    #: Seconds a paused job (record, input, checkpoint) is kept before it expires: a week, so a job
+    #: paused on Friday can still be resumed on Monday, yet a forgotten one does not hold memory forever.
+    paused_ttl: int = 7 * 86_400
+    #: A running job whose heartbeat is older than this (seconds) is presumed lost with its worker.
+    heartbeat_timeout: int = 30
+    limits: Limits = field(default_factory=Limits)
+    #: Per-type run limits in seconds over the types' own defaults (JOB_TIMEOUTS="primes=7200,sort=300").
+    job_timeouts: dict[str, int] = field(default_factory=dict)
+    #: Long-polls and event streams one web process holds at once; the rest answer at once.
+    wait_slots: int = 240
+    #: Per client, shared by every web process (kept in Redis); "limits" notation, e.g. "600/minute".
+    rate_limit_submit: str = "600/minute"
+    rate_limit_control: str = "600/minute"
+    rate_limit_enabled: bool = True
+    #: Live (queued, started or paused) jobs one client may have; 0 means no bound.
+    max_queued_per_client: int = 20_000
+    #: Comma-separated `owner:sha256hex` entries (rest.auth); empty means the API is open to all.
+    api_tokens: str = ""
+    #: Signs the browser session cookie; empty means one generated key shared through Redis.
+    secret_key: str = ""
+    #: Mount the read-only RQ dashboard at /rq (rest.dashboard).
+    rq_dashboard: bool = True
+    #: Owners that may see /rq while API_TOKENS is set; empty means nobody (/rq is then 404).
+    rq_dashboard_owners: str = ""
+    #: The address the web binds (v1.1).
+    host: str = "0.0.0.0"
+    #: Worker processes `python worker.py` supervises on this host.
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: The most items in one batch (v1.1).
+    max_batch_jobs: int = 10_000
+    #: The Standard Webhooks signing key (`whsec_...`); empty: generated once and kept in Redis (v1.1).
+    webhook_secret: str = field(default="", repr=False)
+    #: Allow webhook URLs on loopback and private addresses (v1.1).
+    webhook_allow_private: bool = False
+    #: Input and result bytes one client may hold (v1.1).
+    max_stored_bytes_per_client: int = 2_147_483_648
+
+    def job_timeout(self, job_type: str) -> int:
+        """The run limit of a job type: JOB_TIMEOUTS' entry, else the type's own default."""
+        if job_type in self.job_timeouts:
+            return self.job_timeouts[job_type]
+        from jobs.types.registry import JOB_TYPES
+
+        return JOB_TYPES[job_type].timeout
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        from jobs.types.registry import parse_timeouts
+
+        d = Limits()
+        limits = Limits(
+            max_fib_n=_int("MAX_FIB_N", d.max_fib_n),
+            max_primes_end=_int("MAX_PRIMES_END", d.max_primes_end),
+            max_primes_list_width=_int("MAX_PRIMES_LIST_WIDTH", d.max_primes_list_width),
+            max_primes_count_width=_int("MAX_PRIMES_COUNT_WIDTH", d.max_primes_count_width),
+            max_sort_length=_int("MAX_SORT_LENGTH", d.max_sort_length),
+            max_body_bytes=_int("MAX_BODY_BYTES", d.max_body_bytes),
+        )
+        s = cls()
+        return cls(
+            redis_url=_str("REDIS_URL", s.redis_url),
+            result_ttl=_int("RESULT_TTL", s.result_ttl),
+            paused_ttl=_int("PAUSED_TTL", s.paused_ttl),
+            heartbeat_timeout=_int("HEARTBEAT_TIMEOUT", s.heartbeat_timeout),
+            limits=limits,
+            job_timeouts=parse_timeouts(os.environ.get("JOB_TIMEOUTS", "")),
+            # Leave threads free for submissions however many clients wait.
+            wait_slots=_int("WAIT_SLOTS", max(1, _int("WEB_THREADS", 256) - 16)),
+            rate_limit_submit=_str("RATE_LIMIT_SUBMIT", s.rate_limit_submit),
+            rate_limit_control=_str("RATE_LIMIT_CONTROL", s.rate_limit_control),
+            rate_limit_enabled=_flag("RATE_LIMIT_ENABLED", s.rate_limit_enabled),
+            max_queued_per_client=_int("MAX_QUEUED_PER_CLIENT", s.max_queued_per_client),
+            api_tokens=_str("API_TOKENS"),
+            secret_key=_str("SECRET_KEY"),
+            rq_dashboard=_flag("RQ_DASHBOARD", s.rq_dashboard),
+            rq_dashboard_owners=_str("RQ_DASHBOARD_OWNERS"),
+            host=_str("HOST", s.host),
+            workers=_int("WORKERS", s.workers),
+            max_batch_jobs=_int("MAX_BATCH_JOBS", s.max_batch_jobs),
+            webhook_secret=_str("WEBHOOK_SECRET"),
+            webhook_allow_private=_flag("WEBHOOK_ALLOW_PRIVATE", s.webhook_allow_private),
+            max_stored_bytes_per_client=_int("MAX_STORED_BYTES_PER_CLIENT", s.max_stored_bytes_per_client),
+        )
+
+
+@lru_cache(maxsize=1)
+def process_settings() -> Settings:
+    """This process's settings, read from the environment on first use: for code rq calls by dotted name
+    (the runner in a work horse), which no caller can hand an object to."""
+    return Settings.from_env()

@@ -1,0 +1,313 @@
+"""The job lifecycle: every change of a job's status, as named operations, each one atomic Redis step.
+
+    claim ─► QUEUED ─start─► STARTED ─finish─► FINISHED
+               ▲ │            │ │ └──fail───► FAILED ──┐
+      resume   │ │pause  pause│ │                      │ retry (back to QUEUED)
+               │ ▼            ▼ └──cancel──► CANCELED ─┘
+              PAUSED ◄────────┘
+    requeue (worker shutdown) and recover (lost worker): STARTED ─► QUEUED (or FAILED after MAX_ATTEMPTS)
+
+Each operation is one script from jobs.store.scripts: a compare-and-set on the job hash plus all its
+bookkeeping (cache entry, expiry, counters, rq's queue, the event), so a cancel from the web and a
+finish in a worker can race without either clobbering the other, and no crash leaves a half-written
+ending. There is one way to end a job: `_end` (finish, fail, cancel and recover's give-up all use it).
+The web (jobs.service.JobService) and the worker (jobs.worker.runner) both call these operations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+from redis import Redis
+from rq.callbacks import Callback
+from rq.queue import Queue
+
+from jobs.settings import Settings
+from jobs.store.admission import CLIENT_LIVE_KEY
+from jobs.store.events import publish
+from jobs.store.keys import (
+    DURATION_BUCKETS,
+    JOB_CHECKPOINT_KEY,
+    JOB_CONTROL_KEY,
+    JOB_DURATION_KEY,
+    JOB_INPUT_KEY,
+    JOB_KEY,
+    JOBS_INDEX_KEY,
+    QUEUE_STATS_KEY,
+    RESULT_CHUNKS_KEY,
+    RESULT_COUNTS_KEY,
+    RUNNING_KEY,
+    TYPE_STATS_KEY,
+    job_keys,
+)
+from jobs.store.queues import ON_FAILURE, RUNNER, JsonQueue
+from jobs.store.record import JobRecord
+from jobs.store.request_cache import RequestCache
+from jobs.store.scripts import BEGIN_LUA, CLAIM_LUA, TRANSITION_LUA, Commands, LuaScript, packed, recorded
+from jobs.store.status import JobStatus
+
+#: Crash recoveries before a job is failed instead of re-queued.
+MAX_ATTEMPTS = 3
+#: A quiet client's count expires, so a count that drifted (a crash between two steps) heals.
+CLIENT_LIVE_TTL = 7 * 86_400
+#: Fields a retry resets.
+_RETRY_FIELDS = {"ended_at": "", "error": "", "result_meta": "", "attempt": "0", "run_ms": "0", "started_at": "",
+                 "progress": orjson.dumps({"done": 0, "total": 0, "percent": 0.0}).decode()}
+
+QUEUED, STARTED, PAUSED = JobStatus.QUEUED, JobStatus.STARTED, JobStatus.PAUSED
+FINISHED, FAILED, CANCELED = JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED
+
+
+@dataclass
+class Begun:
+    """What `start` read (and maybe took) in its one round trip."""
+
+    #: The job's fields as the start read them (empty if the job is gone).
+    fields: dict[str, str]
+    #: A pending control request ("cancel", "pause", "requeue") or None.
+    control: bytes | None
+    #: The raw checkpoint, or None.
+    checkpoint: bytes | None
+    #: Whether the start took STARTED (a fresh run); else the caller decides (see Lifecycle.start).
+    took: bool
+
+
+class Lifecycle:
+    """The named transitions of a job. One per process and connection; shared by web and worker."""
+
+    def __init__(self, conn: Redis, cache: RequestCache, settings: Settings,
+                 queue_factory: Callable[[str], Queue] | None = None) -> None:
+        self.conn = conn
+        self.cache = cache
+        self.settings = settings
+        self._queue_factory = queue_factory
+        self._transition = LuaScript(conn, TRANSITION_LUA)
+        self._claim = LuaScript(conn, CLAIM_LUA)
+        self._begin = LuaScript(conn, BEGIN_LUA)
+
+    def queue(self, name: str) -> Queue:
+        """RQ queue by name, JSON-serialized."""
+        if self._queue_factory is not None:
+            return self._queue_factory(name)
+        return JsonQueue(name, connection=self.conn)
+
+    # -- the one primitive ---------------------------------------------------------
+
+    def transition(self, job_id: str, from_: Sequence[JobStatus], to: JobStatus,
+                   fields: dict[str, Any] | None = None, then: Sequence[Any] = (),
+                   runs: int | None = None) -> JobStatus | None:
+        """Compare-and-set the status; returns the old status, or None if it did not match.
+        then (packed commands) runs in the same atomic step, only when the status matched;
+        runs: the job's run count must still be this (see requeue)."""
+        pairs: list[Any] = []
+        for k, v in (fields or {}).items():
+            pairs += [k, v]
+        args: list[Any] = [",".join(s.value for s in from_), to.value, "" if runs is None else runs,
+                           len(pairs), *pairs, *then]
+        prev = self._transition(keys=[JOB_KEY.format(id=job_id)], args=args)
+        return JobStatus(prev.decode()) if prev else None
+
+    # -- creation and queueing -----------------------------------------------------
+
+    def claim(self, full_cache_key: str, rec: JobRecord) -> bool:
+        """Claim the request-cache entry, write the new record and enqueue it: one atomic round trip.
+        False: someone else's job holds the entry (nothing was written)."""
+        pipe = Commands()
+        self._enqueue_commands(rec, pipe)
+        pipe.hset(JOB_KEY.format(id=rec.id), mapping=rec.to_hash())
+        pipe.zadd(JOBS_INDEX_KEY, {rec.id: rec.created_at * 1000})
+        count_live(pipe, rec, 1)
+        taken = self._claim(keys=[full_cache_key], args=[self.cache.serializer.dumps(rec.id), *packed(recorded(pipe))])
+        return not taken
+
+    def _enqueue_commands(self, rec: JobRecord, pipe: Any) -> None:
+        """rq's enqueue of the job's current run (rec.rq_id), recorded on `pipe` (rq's public pipeline= API)."""
+        # rq calls pipe.multi(), which a pipeline allows only before any command: enqueue first.
+        self.queue(rec.queue).enqueue_call(
+            RUNNER, args=(rec.id,), job_id=rec.rq_id, timeout=self.settings.job_timeout(rec.type),
+            result_ttl=600, failure_ttl=self.settings.result_ttl, on_failure=Callback(ON_FAILURE),
+            description=f"{rec.type} {rec.id}", pipeline=pipe,
+        )
+
+    def _back_on_queue(self, rec: JobRecord, from_: Sequence[JobStatus], fields: dict[str, Any],
+                       then: Sequence[Sequence[Any]] = ()) -> bool:
+        """Move the job to QUEUED under a new run id and put that run on its rq queue, in one step."""
+        runs = rec.runs + 1
+        nxt = replace(rec, runs=runs, rq_id=f"{rec.id}-{runs}")
+        pipe = Commands()
+        self._enqueue_commands(nxt, pipe)
+        for cmd in then:
+            pipe.command_stack.append((tuple(cmd), {}))
+        publish(pipe, rec.id, QUEUED.value)
+        return self.transition(rec.id, from_, QUEUED, {**fields, "runs": runs, "rq_id": nxt.rq_id},
+                               then=packed(recorded(pipe)), runs=rec.runs) is not None
+
+    # -- a run --------------------------------------------------------------------------
+
+    def start(self, job_id: str, rq_id: str, worker: str, started: float, reset: Commands,
+              then: Sequence[Sequence[Any]] = ()) -> Begun:
+        """Read the job, control request and checkpoint and, on a fresh run (current, queued, no control,
+        no checkpoint), take STARTED with `reset` and `then` replayed: one round trip (BEGIN_LUA).
+        A run that is not fresh (resumed or recovered) then calls start_resumed."""
+        cmds = Commands()
+        cmds.command_stack.extend(reset.command_stack)
+        cmds.zadd(RUNNING_KEY, {job_id: started + self.settings.heartbeat_timeout})
+        publish(cmds, job_id, STARTED.value)
+        flat, control, checkpoint, took = self._begin(
+            keys=[JOB_KEY.format(id=job_id), JOB_CONTROL_KEY.format(id=job_id), JOB_CHECKPOINT_KEY.format(id=job_id)],
+            args=[rq_id, worker, repr(started), *packed(recorded(cmds)), *packed(then)])
+        fields = {k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        return Begun(fields, control, checkpoint, bool(took))
+
+    def start_resumed(self, rec: JobRecord, fields: dict[str, Any], reset: Commands,
+                      then: Sequence[Sequence[Any]] = ()) -> bool:
+        """QUEUED -> STARTED for a run that continues from a checkpoint; `reset` drops output written after it."""
+        cmds = Commands()
+        cmds.command_stack.extend(reset.command_stack)
+        cmds.zadd(RUNNING_KEY, {rec.id: time.time() + self.settings.heartbeat_timeout})
+        publish(cmds, rec.id, STARTED.value)
+        return self.transition(rec.id, (QUEUED,), STARTED, fields,
+                               then=[*packed(recorded(cmds)), *packed(then)]) is not None
+
+    def checkpoint(self, job_id: str, state: dict[str, Any] | None, output: dict[str, Any]) -> None:
+        """Save kernel state with the output position it matches; None means restart from zero."""
+        key = JOB_CHECKPOINT_KEY.format(id=job_id)
+        if state is None:
+            self.conn.delete(key)
+        else:
+            self.conn.set(key, orjson.dumps({"kernel": state, "output": output}))
+
+    # -- endings: the one way a job ends ---------------------------------------------------
+
+    def _end(self, rec: JobRecord, from_: Sequence[JobStatus], to: JobStatus, fields: dict[str, Any],
+             run_s: float | None = None, event: dict[str, Any] | None = None,
+             before: Sequence[Sequence[Any]] = (), after: Sequence[Sequence[Any]] = ()) -> bool:
+        """The status change to a terminal state and all its bookkeeping, one atomic step.
+        before/after: commands replayed before/after the bookkeeping (a finish's last result pushes,
+        a worker's own hash)."""
+        then = [*packed(before), *self.terminal_commands(rec, to, run_s, event), *packed(after)]
+        return self.transition(rec.id, from_, to, fields, then=then) is not None
+
+    def finish(self, rec: JobRecord, fields: dict[str, Any], run_s: float, event: dict[str, Any],
+               pushes: Sequence[Sequence[Any]] = (), then: Sequence[Sequence[Any]] = ()) -> bool:
+        """STARTED -> FINISHED with the result's last pushes, the cache entry's expiry, counters and event."""
+        return self._end(rec, (STARTED,), FINISHED, fields, run_s, event, before=pushes, after=then)
+
+    def fail(self, rec: JobRecord, error: dict[str, Any], run_ms: str | None = None,
+             from_: Sequence[JobStatus] = (STARTED,)) -> bool:
+        """-> FAILED with the error; the cache forgets the request (a failure is never served from it)."""
+        fields = {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time())}
+        if run_ms is not None:
+            fields["run_ms"] = run_ms
+        return self._end(rec, from_, FAILED, fields, None if run_ms is None else float(run_ms) / 1000)
+
+    def cancel(self, rec: JobRecord, from_: Sequence[JobStatus], run_ms: str | None = None) -> bool:
+        """-> CANCELED. A queued run is taken off its rq queue in the same step."""
+        fields = {"ended_at": repr(time.time())}
+        if run_ms is not None:
+            fields["run_ms"] = run_ms
+        before = self._unqueue_commands(rec) if QUEUED in from_ else []
+        return self._end(rec, from_, CANCELED, fields, before=before)
+
+    def terminal_commands(self, rec: JobRecord, status: JobStatus, run_s: float | None = None,
+                          event: dict[str, Any] | None = None) -> list[Any]:
+        """A terminal state's bookkeeping as packed commands: cache entry, expiry, counters, event.
+        event: extra fields of the ending's event (see JobService.wait_until)."""
+        ttl = self.settings.result_ttl
+        if status is FINISHED:
+            cache_cmd = self.cache.refresh_command(rec.cache_key, rec.id, ttl)
+        else:
+            cache_cmd = self.cache.release_command(rec.cache_key, rec.id)
+        drop = [JOB_CONTROL_KEY.format(id=rec.id)]
+        if status is FINISHED:
+            drop += [JOB_INPUT_KEY.format(id=rec.id), JOB_CHECKPOINT_KEY.format(id=rec.id)]
+        else:  # keep the input so a retry can run again
+            drop += [RESULT_CHUNKS_KEY.format(id=rec.id), RESULT_COUNTS_KEY.format(id=rec.id)]
+        pipe = Commands()
+        pipe.delete(*drop)
+        for key in job_keys(rec.id):
+            if key not in drop:  # just deleted: nothing to expire
+                pipe.expire(key, ttl)
+        pipe.zrem(RUNNING_KEY, rec.id)
+        pipe.hincrby(QUEUE_STATS_KEY.format(name=rec.queue), status.value, 1)
+        pipe.hincrby(TYPE_STATS_KEY.format(type=rec.type), status.value, 1)
+        if run_s is not None:  # a run that ended in a worker: kept in Redis so every host's runs add up
+            key = JOB_DURATION_KEY.format(type=rec.type)
+            bucket = next((repr(b) for b in DURATION_BUCKETS if run_s <= b), "+Inf")
+            pipe.hincrby(key, bucket, 1)
+            pipe.hincrby(key, "count", 1)
+            pipe.hincrbyfloat(key, "sum", run_s)
+        count_live(pipe, rec, -1)
+        publish(pipe, rec.id, status.value, extra=event)
+        return packed([cache_cmd, *recorded(pipe)])
+
+    # -- pause, resume, requeue, retry, recover ------------------------------------------
+
+    def pause(self, rec: JobRecord, from_: Sequence[JobStatus], run_ms: str | None = None) -> bool:
+        """-> PAUSED; a queued run leaves its rq queue, the control request is dropped, in one step."""
+        pipe = Commands()
+        for cmd in self._unqueue_commands(rec) if QUEUED in from_ else ():
+            pipe.command_stack.append((tuple(cmd), {}))
+        pipe.delete(JOB_CONTROL_KEY.format(id=rec.id))
+        pipe.zrem(RUNNING_KEY, rec.id)
+        publish(pipe, rec.id, PAUSED.value)
+        fields = {"run_ms": run_ms} if run_ms is not None else {}
+        return self.transition(rec.id, from_, PAUSED, fields, then=packed(recorded(pipe))) is not None
+
+    def resume(self, rec: JobRecord) -> bool:
+        """PAUSED -> QUEUED on a new run."""
+        return self._back_on_queue(rec, (PAUSED,), {}, then=[("DEL", JOB_CONTROL_KEY.format(id=rec.id))])
+
+    def requeue(self, rec: JobRecord, run_ms: str) -> bool:
+        """STARTED -> QUEUED on a new run (the worker is shutting down; the next run continues from the checkpoint)."""
+        return self._back_on_queue(rec, (STARTED,), {"run_ms": run_ms, "worker": ""},
+                                   then=[("DEL", JOB_CONTROL_KEY.format(id=rec.id)), ("ZREM", RUNNING_KEY, rec.id)])
+
+    def retry(self, rec: JobRecord) -> bool:
+        """FAILED or CANCELED -> QUEUED from scratch on a new run; takes the cache entry back if it is free."""
+        then: list[tuple[Any, ...]] = [("DEL", *[t.format(id=rec.id) for t in (
+            JOB_CHECKPOINT_KEY, JOB_CONTROL_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY)])]
+        then += [("PERSIST", key) for key in job_keys(rec.id)]
+        live = Commands()
+        count_live(live, rec, 1)
+        then += recorded(live)
+        full = self.cache.full_key(rec.cache_key)
+        then.append(("SET", full, self.cache.serializer.dumps(rec.id), "NX"))
+        return self._back_on_queue(rec, (FAILED, CANCELED), _RETRY_FIELDS, then=then)
+
+    def recover(self, now: float | None = None) -> list[str]:
+        """Re-queue (from checkpoint) or fail running jobs whose worker stopped heartbeating."""
+        now = time.time() if now is None else now
+        recovered = []
+        for member in self.conn.zrangebyscore(RUNNING_KEY, "-inf", now):
+            job_id = member.decode()
+            if not self.conn.zrem(RUNNING_KEY, job_id):
+                continue  # another host's reaper claimed it
+            h = self.conn.hgetall(JOB_KEY.format(id=job_id))
+            rec = JobRecord.from_hash(h) if h else None
+            if rec is None or rec.status is not STARTED:
+                continue
+            if rec.attempt + 1 >= MAX_ATTEMPTS:
+                self.fail(rec, {"type": "WorkerLost",
+                                "message": f"the worker running this job died {rec.attempt + 1} times; giving up"})
+            else:
+                self._back_on_queue(rec, (STARTED,), {"attempt": str(rec.attempt + 1), "worker": ""})
+            recovered.append(job_id)
+        return recovered
+
+    def _unqueue_commands(self, rec: JobRecord) -> list[tuple[Any, ...]]:
+        """Take the job's queued run off its rq queue (what rq's Queue.remove sends)."""
+        return [("LREM", self.queue(rec.queue).key, 1, rec.rq_id)] if rec.rq_id else []
+
+
+def count_live(pipe: Any, rec: JobRecord, delta: int) -> None:
+    """Add delta to the live-job count of the job's client (a no-op for jobs without one)."""
+    client = rec.extra.get("client")
+    if client:
+        key = CLIENT_LIVE_KEY.format(client=client)
+        pipe.incrby(key, delta)
+        pipe.expire(key, CLIENT_LIVE_TTL)
