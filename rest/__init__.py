@@ -30,13 +30,14 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     if overrides:
         app.config.update(overrides)
 
-    from rest import api, extensions, health, problems, web
+    from rest import api, extensions, health, ops, problems, web
 
     extensions.init_app(app)
     problems.init_app(app)
     api.init_app(app)
     health.init_app(app)
     web.init_app(app)
+    ops.init_app(app)
 
     from rest import auth, dashboard, logging, metrics, openapi, ratelimit, security
 

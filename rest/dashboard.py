@@ -40,6 +40,7 @@ PREFIX = "/rq"
 BLUEPRINT = "rq_dashboard"
 #: Owners allowed on /rq when API_TOKENS is set (app.extensions key).
 OWNERS_EXT = "crunch_rq_dashboard_owners"
+ENABLED_EXT = "crunch_rq_dashboard_enabled"
 #: The dashboard's views that change RQ state; refused even on GET (requeue_all takes GET).
 WRITE_ENDPOINTS = frozenset(f"{BLUEPRINT}.{name}" for name in (
     "delete_job_view", "requeue_job_view", "requeue_all", "empty_queue", "compact_queue"))
@@ -126,9 +127,20 @@ def _harden_page(resp: Response) -> Response:
     return resp
 
 
+def rq_link() -> str | None:
+    """The /rq URL for the pages' navigation, when this viewer may open it (else None)."""
+    if not current_app.extensions.get(ENABLED_EXT):
+        return None
+    if auth.enabled() and auth.current_owner() not in current_app.extensions.get(OWNERS_EXT, frozenset()):
+        return None
+    return PREFIX + "/"
+
+
 def init_app(app: Flask, enabled: bool = True, owners: str = "") -> None:
     """Mount rq-dashboard at /rq on this app's Redis, read-only and guarded (unless RQ_DASHBOARD=0)."""
     app.extensions[OWNERS_EXT] = parse_owners(owners)
+    app.extensions[ENABLED_EXT] = enabled
+    app.jinja_env.globals["rq_link"] = rq_link
     if not enabled:
         return
     import rq_dashboard

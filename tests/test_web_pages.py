@@ -385,3 +385,44 @@ def test_csv_form(client) -> None:
         "file": (io.BytesIO(body), "data.csv"), "date_column": "nope", "sort_by": ""})
     assert resp.status_code == 422 and field_error(html(resp), "csv", "date_column")
     assert 'value="nope"' in html(resp)
+
+
+def test_operations_page_shows_queues_workers_and_chart_data_from_redis(client, redis_conn: Redis) -> None:
+    from rest import ops
+
+    redis_conn.delete(ops.SAMPLES_KEY, ops.SAMPLE_LOCK_KEY)
+    page = html(client.get("/queues"))
+    assert "<h1>Queues and workers</h1>" in page and 'aria-current="page">Queues and workers' in page
+    assert 'data-queue="fast"' in page and 'data-queue="default"' in page
+    assert "/static/vendor/uplot/uPlot.iife.min.js" in page and "cdn" not in page.lower()
+    series = orjson.loads(re.search(r'data-series="([^"]*)"', page).group(1).replace("&#34;", '"')
+                          .replace("&quot;", '"'))
+    assert len(series["finished"]) == 60 and series["depth"]["queues"] == ["fast", "default"]
+    assert len(series["depth"]["points"]) == 1, "the page's own request took a sample"
+    # A second request within SAMPLE_EVERY seconds (any web process) adds no sample.
+    data = client.get("/queues/data").get_json()
+    assert len(data["depth"]["points"]) == 1
+    # Finished per minute: the finish step's counters are exact; other minutes come from samples.
+    minute = int(time.time() // 60)
+    redis_conn.set(ops.FINISHED_MINUTE_KEY.format(minute=minute - 2), 7, ex=60)
+    data = client.get("/queues/data").get_json()
+    per_minute = dict((t // 60, n) for t, n in data["finished_per_minute"])
+    assert per_minute[minute - 2] == 7 and per_minute[minute - 59] is None
+    assert client.get("/static/vendor/uplot/LICENSE").status_code == 200
+
+
+def test_operations_page_derives_finished_per_minute_from_samples(app) -> None:
+    from rest import ops
+
+    now = 1_000_000 * 60 + 30.0  # 1971: no finish-step counter exists for these minutes
+    samples = [{"t": now - 150, "finished": {"fast": 10, "default": 0}},
+               {"t": now - 100, "finished": {"fast": 15, "default": 1}},
+               {"t": now - 70, "finished": {"fast": 20, "default": 2}},
+               {"t": now - 5, "finished": {"fast": 30, "default": 2}}]
+    with app.app_context():
+        out = dict(ops.finished_per_minute(now, samples))
+    m = int(now // 60) * 60
+    assert len(out) == 60 and max(out) == m
+    # The growth of the totals between each minute's last sample and the previous one's.
+    assert out[m] == 32 - 22 and out[m - 60] == 22 - 16
+    assert out[m - 120] is None and out[m - 180] is None, "no earlier sample: unknown, not 0"
