@@ -112,6 +112,19 @@ def _guard() -> Response | None:
     return None
 
 
+#: What rq's counts mean next to Crunch's: said on every /rq page, with the way back.
+BANNER = (
+    '<div class="crunch-banner" role="note"><a href="{home}">Crunch</a> · <a href="{ops}">Queues and workers</a>'
+    ' · <a href="{jobs}">All jobs</a><p>This is rq\'s own view. Cheap jobs of the <strong>fast</strong> queue run '
+    "inline, without rq's registries, so they appear here only while they wait: rq's Finished and Failed counts "
+    "leave them out, and <strong>default</strong>'s Finished also holds the canceled runs whose work horse ended "
+    "cleanly. Crunch's counts of every job are on its Queues and workers page.</p></div>")
+
+
+def _banner() -> str:
+    return BANNER.format(home=url_for("web.home"), ops=url_for("ops.queues_page"), jobs=url_for("web.jobs_list"))
+
+
 def _harden_page(resp: Response) -> Response:
     """Give dashboard pages their CSP (inline scripts by hash) and the stylesheet that hides write buttons."""
     if not _under_prefix() or resp.mimetype != "text/html" or resp.direct_passthrough or resp.status_code >= 300:
@@ -119,6 +132,7 @@ def _harden_page(resp: Response) -> Response:
     html = resp.get_data(as_text=True)
     css = url_for("static", filename="rq-readonly.css")
     html = html.replace("</head>", f'<link rel="stylesheet" href="{css}">\n</head>', 1)
+    html = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + _banner(), html, count=1)
     hashes = "".join(
         f" 'sha256-{base64.b64encode(hashlib.sha256(m.group(1).encode()).digest()).decode()}'"
         for m in _INLINE_SCRIPT.finditer(html))

@@ -28,7 +28,7 @@ from jobs.store.record import JobRecord, rfc3339
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES
 from jobs.types.spec import Limits, Submission
-from rest import auth
+from rest import auth, presenting
 from rest.extensions import service
 from rest.input_bounds import TooLong, parse_uint
 
@@ -45,7 +45,7 @@ LIST_PAGE = 25
 RECENT = 10
 #: Seconds between self-refreshes of a live job page without JavaScript.
 REFRESH_SECONDS = 2
-ACTIONS = ("cancel", "pause", "resume", "retry")
+ACTIONS = ("cancel", "pause", "resume", "retry", "delete")
 TYPE_LABELS = {"primes": "Primes", "fibonacci": "Fibonacci", "sort": "Sort", "csv": "CSV"}
 FLASH_COOKIE = "crunch_flash"
 
@@ -240,7 +240,7 @@ def result_preview(rec: JobRecord) -> dict[str, Any] | None:
     # A value result (count, Fibonacci) is its JSON; a text result (the CSV file) answers its summary.
     value = orjson.loads(b"".join(reader.iter_json()))
     if getattr(reader, "is_text", False):
-        return {"kind": "table", "fields": [(k, _short(v, PREVIEW_CHARS)) for k, v in (value or {}).items()],
+        return {"kind": "table", "csv": presenting.csv_summary(value or {}),
                 "rows": _text_rows(reader)}
     if isinstance(value, dict) and isinstance(value.get("value"), str):
         text = value["value"]
@@ -284,6 +284,9 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
         "ended": rfc3339(rec.ended_at),
         "duration": _duration(rec.duration_ms),
         "params": [(k, _short(v)) for k, v in rec.params.items()],
+        "unit": presenting.progress_unit(rec),
+        "worker": presenting.worker_of(rec),
+        "run": presenting.elapsed_and_eta(rec),
         "preview": result_preview(rec),
         "downloads": download_formats(rec),
         "error": rec.error,
@@ -298,11 +301,11 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
 
 def _home(values: dict[str, Mapping[str, str]] | None = None,
           errors: dict[str, dict[str, list[str]]] | None = None, status: int = 200,
-          confirm: str | None = None) -> Response:
+          confirm: str | None = None, again: dict[str, Any] | None = None) -> Response:
     recent, _ = service().list(limit=RECENT, owner=auth.current_owner())
     html = render_template("home.html", values=values or {}, errors=errors or {}, limits=_limits(),
                            recent=[job_view_light(r) for r in recent], job_types=list(JOB_TYPES),
-                           confirm=confirm)
+                           confirm=confirm, again=again)
     return Response(html, status=status, mimetype="text/html")
 
 
@@ -348,6 +351,13 @@ def _form_values() -> dict[str, str]:
 
 @bp.get("/")
 def home() -> Response:
+    if "n" in request.args:  # the Fibonacci server Crunch grew from: http://localhost:5000/?n=42
+        return fibonacci_link()
+    again = request.args.get("again")
+    rec = auth.visible(service().get(again)) if again and presenting.normal_id(again) else None
+    if rec is not None:  # "Run again": this job's form, filled in with its request
+        values, note = presenting.rerun_values(rec)
+        return _home({rec.type: values}, again={"type": rec.type, "id": rec.id, "note": note})
     return _home()
 
 
@@ -415,6 +425,8 @@ def job_action(job_id: str, action: str) -> Response:
         abort(404, description=f"There is no job with id {job_id!r}: it is unknown, or it has expired.")
     except Conflict as exc:
         return _with_flash(_to_job(job_id), job_id, "error", f"Could not {action} the job: {exc}.")
+    if action == "delete":
+        return redirect(url_for("web.jobs_list", deleted=job_id), 303)  # type: ignore[return-value]
     done = {"cancel": "Job canceled." if rec.status is JobStatus.CANCELED else "Cancel requested.",
             "pause": "Job paused." if rec.status is JobStatus.PAUSED else "Pause requested.",
             "resume": "Job resumed: it is queued again and continues from its checkpoint.",
@@ -424,6 +436,11 @@ def job_action(job_id: str, action: str) -> Response:
 
 @bp.get("/jobs")
 def jobs_list() -> Response:
+    search = request.args.get("id")
+    if search is not None:  # search by job id: straight to its page when this viewer may see it
+        found = presenting.normal_id(search)
+        if found and auth.visible(service().get(found)) is not None:
+            return _to_job(found)
     status = request.args.get("status") or ""
     type_ = request.args.get("type") or ""
     cursor = request.args.get("cursor") or None
@@ -432,6 +449,9 @@ def jobs_list() -> Response:
         errors["status"] = ["unknown status"]
     if type_ and type_ not in JOB_TYPES:
         errors["type"] = ["unknown job type"]
+    if search is not None:
+        errors["id"] = [f"no job has the id {search.strip()[:80]!r}: it is unknown, or it has expired"
+                        if search.strip() else "enter a job id"]
     recs: list[JobRecord] = []
     next_cursor = None
     if not errors:
@@ -445,7 +465,8 @@ def jobs_list() -> Response:
         next_url = url_for("web.jobs_list", status=status or None, type=type_ or None, cursor=next_cursor)
     html = render_template("jobs.html", jobs=[job_view_light(r) for r in recs], status=status, type=type_,
                            statuses=[s.value for s in JobStatus], job_types=list(JOB_TYPES),
-                           errors=errors, next_url=next_url, paged=bool(cursor))
+                           errors=errors, next_url=next_url, paged=bool(cursor), search=search or "",
+                           deleted=presenting.normal_id(request.args.get("deleted") or ""))
     return Response(html, status=422 if errors else 200, mimetype="text/html")
 
 

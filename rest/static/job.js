@@ -68,8 +68,63 @@
     progressEl.value = percent;
     progressEl.textContent = percent.toFixed(1) + " %";
     percentEl.textContent = percent.toFixed(1) + " %";
-    doneEl.textContent = progress && progress.total ? fmtInt(progress.done) + " of " + fmtInt(progress.total) : "";
+    doneEl.textContent = progress && progress.total
+      ? fmtInt(progress.done) + " of " + fmtInt(progress.total) + " " + (root.getAttribute("data-unit") || "")
+      : "";
+    if (status === "started") {
+      observe(percent);
+    }
   }
+
+  // Elapsed time and ETA of a running job: the server renders both; this keeps them ticking and
+  // estimates the time left from the progress seen on this page (the CLI's estimate), falling
+  // back to the average pace since the job started.
+  var pace = { first: null, last: null };
+
+  function observe(percent) {
+    var now = Date.now();
+    if (!pace.first || percent < pace.first.p) {
+      pace.first = { t: now, p: percent };
+    }
+    pace.last = { t: now, p: percent };
+  }
+
+  function clock(seconds) {
+    var s = Math.max(0, Math.floor(seconds));
+    var mm = Math.floor(s / 60) % 60, ss = s % 60, hh = Math.floor(s / 3600);
+    var two = function (n) { return (n < 10 ? "0" : "") + n; };
+    return hh ? hh + ":" + two(mm) + ":" + two(ss) : mm + ":" + two(ss);
+  }
+
+  function tickRun() {
+    var run = document.getElementById("job-run");
+    if (!run || state.status !== "started") {
+      return;
+    }
+    if (!run.getAttribute("data-t0")) {
+      run.setAttribute("data-t0", String(Date.now()));
+    }
+    var elapsed = parseFloat(run.getAttribute("data-elapsed") || "0") +
+      (Date.now() - parseFloat(run.getAttribute("data-t0"))) / 1000;
+    var elapsedEl = document.getElementById("job-elapsed");
+    var etaEl = document.getElementById("job-eta");
+    if (elapsedEl) {
+      elapsedEl.textContent = clock(elapsed);
+    }
+    var p = pace.last ? pace.last.p : parseFloat(run.getAttribute("data-percent") || "0");
+    var eta = null;
+    if (pace.first && pace.last && pace.last.t - pace.first.t >= 1000 && pace.last.p > pace.first.p) {
+      var rate = (pace.last.p - pace.first.p) / ((pace.last.t - pace.first.t) / 1000);
+      eta = (100 - p) / rate - (Date.now() - pace.last.t) / 1000;
+    } else if (p >= 0.5 && p < 100) {
+      eta = elapsed * (100 - p) / p;
+    }
+    if (etaEl) {
+      etaEl.textContent = eta !== null && eta >= 0 ? "about " + clock(eta) + " left" : "time left not known yet";
+    }
+    state.ticks = (state.ticks || 0) + 1;
+  }
+  setInterval(tickRun, 1000);
 
   function refreshDetails() {
     // One fetch at a time; a status change during a fetch asks for one more afterwards.
@@ -86,6 +141,9 @@
         if (html !== null) {
           detailsEl.innerHTML = html; // same-origin markup rendered with autoescaping
           state.fragments += 1;
+          if (window.crunchPages && window.crunchPages.localize) {
+            window.crunchPages.localize(detailsEl);
+          }
           bindActions();
         }
       })
