@@ -20,6 +20,7 @@ from jobs.store.status import TERMINAL, JobStatus
 from jobs.types.registry import JOB_TYPES
 from jobs.types.spec import Submission
 from rest import auth
+from rest.draining import STOPPING
 from rest.extensions import crunch, service
 from rest.input_bounds import duplicate_key
 from rest.logging import request_id
@@ -299,8 +300,8 @@ def job_events(job_id: str) -> Response:
                     kind = "progress" if rec.status is JobStatus.STARTED and last else "status"
                     yield f"id: {seq}\nevent: {kind}\n".encode() + b"data: " + data + b"\n\n"
                     last = data
-                if rec.status.terminal:
-                    return
+                if rec.status.terminal or STOPPING.is_set():
+                    return  # a stopping process ends its streams; the client reconnects elsewhere
                 if watch.get(15.0) is None:
                     yield b": keep-alive\n\n"
         finally:

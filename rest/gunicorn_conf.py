@@ -6,8 +6,8 @@ import tempfile
 from typing import Any
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
-# gthread plus a deadline for reading request headers (REQUEST_HEADER_TIMEOUT, default 10 s): without
-# it a client trickling headers a byte at a time holds a pool thread forever (slowloris).
+# gthread that reads each request in its event loop before a thread takes it, with deadlines for
+# headers and bodies and a bounded number of threads for slow or big bodies (see the module).
 worker_class = "rest.gunicorn_worker.CrunchThreadWorker"
 workers = int(os.environ.get("WEB_PROCESSES", "2"))
 # A thread per request being read or served; idle kept-alive connections wait in the poller, not a thread.
@@ -19,8 +19,10 @@ worker_connections = int(os.environ.get("WEB_CONNECTIONS", "1000"))
 backlog = 2048
 # Long-polls last up to 30 s and event streams longer; keep sync timeouts out of the way.
 timeout = 120
-# Event streams and long-polls would hold a stopping worker; clients reconnect anyway.
-graceful_timeout = 3
+# A stopping worker finishes the requests it holds (drained, not reset): submits and reads in
+# milliseconds, long-polls within their 30 s at most; event streams end at their next keep-alive
+# tick (rest.draining). 25 s stays under the 30 s after which `make run` and the tests SIGKILL.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "25"))
 # Seconds an idle kept-alive connection stays open (it costs a socket, not a thread).
 keepalive = 5
 # The request line: gunicorn's maximum, since GET /sort?numbers=3,1,2 puts user input in the URL.

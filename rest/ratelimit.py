@@ -10,7 +10,11 @@
   service keeps the count (INCR when it creates a job, DECR when the job ends or is deleted),
   and the same lookup script checks it.
 
-Both answer 429 problem+json with Retry-After. The client is the token owner when the request
+Both answer 429 problem+json with Retry-After. A submission whose body is big (PEEK_BODY_BYTES or
+more, or of unknown length) is checked against the rate budget before its body is read, without
+spending it (Admission.peek), so a client over budget gets its 429 before it sends 100 MB; with
+`Expect: 100-continue` it never sends it (rest.gunicorn_worker holds the 100 back until the app
+reads the body). The client is the token owner when the request
 is authenticated (API_TOKENS, see rest.auth): every token and browser session of one owner
 shares its budget, from any address. Otherwise it is the connection's address
 (request.remote_addr): behind a reverse proxy, make the proxy's X-Forwarded-For the remote
@@ -60,6 +64,22 @@ def rejected(r: Rejected) -> Problem:
                    headers={"Retry-After": str(r.retry_after)})
 
 
+#: Bodies at least this big (or chunked) are not read from a client already over its submit budget.
+PEEK_BODY_BYTES = 64 * 1024
+
+
+def refuse_over_budget_before_body() -> None:
+    """before_request: 429 for a big submission over budget, its body left unread (the worker then closes)."""
+    if request.method != "POST" or not (request.endpoint or "").startswith("api.submit_"):
+        return
+    length = request.content_length
+    if length is not None and length < PEEK_BODY_BYTES:
+        return
+    r = admission(validated=False).peek(service().conn)
+    if r is not None:
+        raise rejected(r)
+
+
 def _control_limited(view: Callable[..., Any]) -> Callable[..., Any]:
     """Spend one control action of the client's budget before the action; 429 past it."""
 
@@ -91,6 +111,7 @@ def init_app(app: Flask) -> None:
         "submit": parse_limits("RATE_LIMIT_SUBMIT", app.config["RATE_LIMIT_SUBMIT"]),
         "control": parse_limits("RATE_LIMIT_CONTROL", app.config["RATE_LIMIT_CONTROL"]),
     }
+    app.before_request(refuse_over_budget_before_body)
     wrapped: dict[Any, Any] = {}
     for endpoint, view in list(app.view_functions.items()):
         if endpoint in CONTROL_ENDPOINTS:

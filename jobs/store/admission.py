@@ -67,6 +67,21 @@ class Admission:
             args += [lim.amount, lim.window, repr((self.now % lim.window) / lim.window)]
         return args
 
+    def peek(self, conn: Any) -> Rejected | None:
+        """The rate rejection this request would get, read without spending anything (one MGET).
+
+        For a big body: the web asks before reading it, so a client over its budget is refused
+        before it sends 100 MB (the submit's own script still spends and checks, atomically)."""
+        if not self.limits:
+            return None
+        values = conn.mget(self.script_keys()[1:])
+        for i, lim in enumerate(self.limits):
+            cur, prev = int(values[2 * i] or 0), int(values[2 * i + 1] or 0)
+            share = (self.now % lim.window) / lim.window
+            if prev * (1 - share) + cur + 1 > lim.amount:
+                return self.rejection([b"limited", i + 1])
+        return None
+
     def rejection(self, reply: list[Any]) -> Rejected:
         """The 429 for a script reply of b'limited' (with the limit's index) or b'busy' (with the live count)."""
         if reply[0] == b"limited":
