@@ -93,3 +93,15 @@ def fib_reference(n: int) -> int:
     for _ in range(n):
         a, b = b, a + b
     return a
+
+
+#: Measured figures a test wants shown even when it passes (timings, sizes): append lines to
+#: config.stash[REPORT_LINES][section]; they are printed after the run, whatever the capture mode.
+REPORT_LINES = pytest.StashKey[dict[str, list[str]]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    for section, lines in config.stash.get(REPORT_LINES, {}).items():
+        terminalreporter.write_sep("-", section)
+        for line in lines:
+            terminalreporter.write_line(line)
