@@ -82,6 +82,9 @@ class Settings:
     webhook_allow_private: bool = False
     #: Input and result bytes one client may hold (v1.1).
     max_stored_bytes_per_client: int = 2_147_483_648
+    #: Reverse proxies in front of the web whose X-Forwarded-For/-Proto to believe (Compose's nginx: 1);
+    #: 0 trusts none, since a client could then pick its own address and escape its rate budget.
+    trusted_proxies: int = 0
 
     def job_timeout(self, job_type: str) -> int:
         """The run limit of a job type: JOB_TIMEOUTS' entry, else the type's own default."""
@@ -128,6 +131,7 @@ class Settings:
             webhook_secret=_str("WEBHOOK_SECRET"),
             webhook_allow_private=_flag("WEBHOOK_ALLOW_PRIVATE", s.webhook_allow_private),
             max_stored_bytes_per_client=_int("MAX_STORED_BYTES_PER_CLIENT", s.max_stored_bytes_per_client),
+            trusted_proxies=_int("TRUSTED_PROXIES", s.trusted_proxies),
         )
 
 

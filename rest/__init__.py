@@ -48,4 +48,11 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     security.init_app(app)
     auth.init_app(app, settings.api_tokens, settings.secret_key)
     dashboard.init_app(app, settings.rq_dashboard, settings.rq_dashboard_owners)
+    if settings.trusted_proxies > 0:
+        # Behind Compose's nginx every request comes from the proxy's address: without this, all
+        # clients would share one rate budget, one queue bound and one storage quota.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     return app

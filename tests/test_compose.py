@@ -176,6 +176,7 @@ class Timings:
     config: pytest.Config
     rows: list[tuple[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
     def write(self, line: str) -> None:
         print(f"[compose] {line}", flush=True)
@@ -195,7 +196,8 @@ class Timings:
         self.write(line)
 
     def summary(self) -> None:
-        lines = [f"{name:<58} {seconds:7.1f} s" for name, seconds in self.rows] + self.notes
+        rows = [*self.rows, ("the whole Compose test (setup to teardown)", time.monotonic() - self.started)]
+        lines = [f"{name:<58} {seconds:7.1f} s" for name, seconds in rows] + self.notes
         self.config.stash.setdefault(REPORT_LINES, {})["docker compose timings"] = lines
 
 

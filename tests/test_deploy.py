@@ -48,7 +48,8 @@ SETTING_VARS = ("PORT", "REDIS_URL", "RESULT_TTL", "HEARTBEAT_TIMEOUT", "MAX_BOD
                 "WEB_THREADS", "WAIT_SLOTS", "ACCESS_LOG", "WEB_CONNECTIONS", "REQUEST_HEADER_TIMEOUT",
                 "RATE_LIMIT_SUBMIT", "RATE_LIMIT_CONTROL", "RATE_LIMIT_ENABLED", "MAX_QUEUED_PER_CLIENT",
                 "API_TOKENS", "SECRET_KEY", "RQ_DASHBOARD", "RQ_DASHBOARD_OWNERS", "JOB_TIMEOUTS",
-                "REDIS_MAXMEMORY", "PUBLISH_ADDRESS", "PYTHON_IMAGE", "REDIS_IMAGE", "NGINX_IMAGE", "CRUNCH_IMAGE")
+                "REDIS_MAXMEMORY", "PUBLISH_ADDRESS", "TRUSTED_PROXIES", "PYTHON_IMAGE", "REDIS_IMAGE", "NGINX_IMAGE",
+                "CRUNCH_IMAGE")
 
 
 # --------------------------------------------------------------------------------------
@@ -178,6 +179,7 @@ def test_compose_config_resolves_four_services_with_health_and_defaults(tmp_path
     for svc in (web, worker):
         assert svc["build"]["args"]["PYTHON_IMAGE"] == "python:3.11-slim"
     assert str(web["environment"]["HOST"]) == "0.0.0.0", "gunicorn must listen on the Compose network"
+    assert str(web["environment"]["TRUSTED_PROXIES"]) == "1", "behind nginx the client is X-Forwarded-For's"
     assert "command" not in web or web["command"] in (None, GUNICORN_CMD)
     assert worker["command"] == WORKER_CMD
     assert "container_name" not in worker and not worker.get("ports")
@@ -297,6 +299,23 @@ def test_dockerignore_keeps_local_state_out_and_the_code_in() -> None:
         assert needed not in patterns, f".dockerignore drops {needed}, which the image needs"
     # What the running image never uses stays out of it.
     assert {"tests", "bench", "requirements-dev.txt", "infra/images"} <= patterns
+
+
+@pytest.mark.parametrize(("trusted", "seen"), [(1, "203.0.113.7"), (0, "10.0.0.2")])
+def test_the_client_address_is_the_proxys_x_forwarded_for_only_when_trusted(
+        redis_url: str, trusted: int, seen: str) -> None:
+    """Rate budgets, queue bounds and quotas are per client address: behind Compose's nginx
+    (TRUSTED_PROXIES=1) that is the last X-Forwarded-For entry, the one nginx appended; a
+    client's own entries before it, or the header without a trusted proxy, change nothing."""
+    from flask import request
+
+    from rest import create_app
+
+    app = create_app(settings=Settings(redis_url=redis_url, trusted_proxies=trusted))
+    app.add_url_rule("/_test/remote", "test_remote", lambda: request.remote_addr or "")
+    got = app.test_client().get("/_test/remote", environ_base={"REMOTE_ADDR": "10.0.0.2"},
+                                headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.7"})
+    assert got.status_code == 200 and got.get_data(as_text=True) == seen
 
 
 def nginx_directives(text: str) -> list[list[str]]:
