@@ -72,14 +72,18 @@ def finished_per_minute(now: float, samples: list[dict[str, Any]]) -> list[tuple
 
     A minute's counter, when the finish step wrote one, is exact. A minute without one takes the
     growth of the queues' `finished` totals between the last sample before it and its last
-    sample; a minute with neither is None (unknown, drawn as a gap).
+    sample (in the first sampled minute, the growth within it: a lower bound); a minute with
+    neither is None (unknown, drawn as a gap).
     """
     this_minute = int(now // 60)
     minutes = list(range(this_minute - 59, this_minute + 1))
     counters = service().conn.mget([FINISHED_MINUTE_KEY.format(minute=m) for m in minutes])
     last_total: dict[int, int] = {}
+    first_total: dict[int, int] = {}
     for s in samples:  # oldest first: the last sample of each minute wins
-        last_total[int(s["t"] // 60)] = sum(s["finished"].values())
+        m = int(s["t"] // 60)
+        first_total.setdefault(m, sum(s["finished"].values()))
+        last_total[m] = sum(s["finished"].values())
     out: list[tuple[int, int | None]] = []
     previous = None
     for m in sorted(last_total):
@@ -91,6 +95,8 @@ def finished_per_minute(now: float, samples: list[dict[str, Any]]) -> list[tuple
             out.append((m * 60, int(counter)))
         elif total is not None and previous is not None:
             out.append((m * 60, max(0, total - previous)))
+        elif total is not None and total > first_total[m]:  # the first sampled minute: a lower bound
+            out.append((m * 60, total - first_total[m]))
         else:
             out.append((m * 60, None))
         if total is not None:

@@ -324,3 +324,228 @@ def test_with_api_tokens_the_pages_sign_in_and_the_buttons_still_work(auth_web: 
     ex(page.locator("#flash")).to_have_text("Job canceled.")
     page.click(".signout button")
     page.wait_for_url(re.compile(r"/login$"))
+
+
+# -- the operations page, the list pages, and the job page's newer parts (issue 19) ----------------
+
+AXE = ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js"  # axe-core 4.14.1 from the npm registry (MPL-2.0)
+
+
+def shot(pg: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def canvas_fingerprint(pg: Any, selector: str) -> list[int]:
+    """How many pixels of the chart's canvas are drawn, and a checksum of them (changes when the chart does)."""
+    return pg.evaluate("""sel => {
+        const c = document.querySelector(sel + ' canvas');
+        if (!c || !c.width || !c.height) return [0, 0];
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let drawn = 0, sum = 0;
+        for (let i = 3; i < d.length; i += 4) { if (d[i]) { drawn++; sum = (sum * 31 + d[i - 3] + d[i - 2] * 7 + i) % 1000000007; } }
+        return [drawn, sum];
+    }""", selector)
+
+
+def submit(api: Api, kind: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    r = api.post(f"/api/v1/{kind}", json=body, **kw)
+    assert r.status_code in (200, 202), r.text
+    return r.json()
+
+
+def test_operations_page_draws_live_charts_and_links_running_jobs(web: Web, api: Api, page: Any) -> None:
+    ex = expect()
+    navs = main_frame_navigations(page)
+    page.goto(web.url + "/")
+    page.click("nav >> text=Queues and workers")
+    page.wait_for_url(web.url + "/queues")
+    wait_js(page, "window.crunchOps && window.crunchOps.drawn")
+    ex(page.locator("#queue-table tr[data-queue=fast]")).to_be_visible()
+    for chart in ("#chart-finished", "#chart-depth"):
+        drawn, _ = canvas_fingerprint(page, chart)
+        assert drawn > 1000, f"{chart} has axes and series drawn ({drawn} pixels)"
+    depth_before = canvas_fingerprint(page, "#chart-depth")
+    # Work arrives: long counts fill both workers and wait in the queue; fast jobs finish.
+    for _ in range(20):
+        submit(api, "fibonacci", {"n": rng.randrange(10**5, 10**6)})
+    long_jobs = [submit(api, "primes", {"start": lo, "end": hi, "output": "count"})
+                 for lo, hi in (long_count(6 * 10**10) for _ in range(4))]
+    try:
+        wait_js(page, "window.crunchOps.updates >= 2 && window.crunchOps.lastDepth &&"
+                      " window.crunchOps.lastDepth.slice(1).some(n => n > 0)", timeout=45)
+        wait_js(page, "window.crunchOps.lastFinished > 0 || window.crunchOps.finishedPoints > 0", timeout=45)
+        ex(page.locator("#worker-table a").first).to_be_visible()
+        assert canvas_fingerprint(page, "#chart-depth") != depth_before, "the depth chart was redrawn"
+        assert int(page.locator("#queue-table tr[data-queue=default] td[data-col=queued]").text_content()) >= 1
+        ex(page.locator("#chart-finished-text")).to_contain_text("finished in the last hour")
+        assert page.evaluate("window.crunchPages.liveUpdates") >= 2
+        shot(page, "queues-page")
+        assert navs == [web.url + "/", web.url + "/queues"], "the page updated in place"
+        link = page.locator("#worker-table a").first
+        href = link.get_attribute("href")
+        link.click()
+        page.wait_for_url(web.url + href)
+        ex(page.locator("#job-status")).to_have_text(re.compile("started|finished"))
+    finally:
+        for j in long_jobs:
+            api.post(f"/api/v1/jobs/{j['id']}/cancel")
+
+
+def test_list_pages_refresh_themselves_with_local_times(web: Web, api: Api, page: Any) -> None:
+    ex = expect()
+    navs = main_frame_navigations(page)
+    page.goto(web.url + "/jobs")
+    first_time = page.locator("#job-list time").first
+    if first_time.count():
+        assert "UTC" in (first_time.get_attribute("title") or "")
+        assert "T" not in first_time.text_content() and "Z" not in first_time.text_content()
+    n = rng.randrange(2 * 10**5, 3 * 10**5)
+    submit(api, "fibonacci", {"n": n})
+    ex(page.locator("#job-list", has_text=f"F({n:,})")).to_be_visible(timeout=15_000)
+    stamp = page.locator("#job-list tr", has_text=f"F({n:,})").locator("time")
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", stamp.get_attribute("title"))
+    shot(page, "jobs-page-live")
+
+    page.goto(web.url + "/")
+    page.fill("#fibonacci-n", "12345")
+    n = rng.randrange(3 * 10**5, 4 * 10**5)
+    submit(api, "fibonacci", {"n": n})
+    ex(page.locator("#recent", has_text=f"F({n:,})")).to_be_visible(timeout=15_000)
+    assert page.input_value("#fibonacci-n") == "12345", "what the user typed stays"
+    assert navs == [web.url + "/jobs", web.url + "/"]
+
+
+def test_a_running_job_shows_its_worker_elapsed_time_eta_and_unit(web: Web, api: Api, page: Any) -> None:
+    ex = expect()
+    lo, hi = long_count(6 * 10**10)
+    page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
+    page.wait_for_url(JOB_PATH)
+    jid = job_id(page)
+    try:
+        ex(page.locator("#job-run")).to_be_visible(timeout=30_000)
+        wait_js(page, "document.getElementById('job-progress').value > 2")
+        workers = {w["name"] for w in api.get("/api/v1/workers").json()}
+        assert page.locator("#job-worker").text_content() in workers
+        first = page.locator("#job-elapsed").text_content()
+        ex(page.locator("#job-elapsed")).not_to_have_text(first, timeout=5_000)
+        ex(page.locator("#job-eta")).to_contain_text(re.compile(r"about \d+:\d\d left"))
+        ex(page.locator("#job-done")).to_contain_text("numbers of the range")
+        shot(page, "job-page-eta")
+    finally:
+        api.post(f"/api/v1/jobs/{jid}/cancel")
+
+
+def test_delete_run_again_and_search_by_id(web: Web, api: Api, page: Any) -> None:
+    ex = expect()
+    n = rng.randrange(10**4, 10**5)
+    page.goto(f"{web.url}/?n={n}")  # the Fibonacci server's URL: submit, then the job page
+    page.wait_for_url(JOB_PATH)
+    jid = job_id(page)
+    ex(page.locator("#job-status")).to_have_text("finished")
+    assert page.locator("h1").text_content() == f"F({n:,})"
+
+    page.click("#run-again")
+    page.wait_for_url(re.compile(rf"/\?again={jid}#fibonacci-title$"))
+    assert page.input_value("#fibonacci-n") == str(n)
+    ex(page.locator("#again-notice")).to_contain_text(jid)
+    shot(page, "home-run-again")
+    page.click("#fibonacci-form button[type=submit]")
+    page.wait_for_url(JOB_PATH)
+    ex(page.locator("#job-status")).to_have_text("finished")
+
+    page.goto(web.url + "/jobs")
+    page.fill("#search-id", "  " + jid.upper() + " ")
+    page.click(".search button")
+    page.wait_for_url(f"{web.url}/jobs/{jid}")
+    page.goto(web.url + "/jobs")
+    page.fill("#search-id", "0" * 32)
+    page.click(".search button")
+    ex(page.locator("#search-id-error")).to_contain_text("no job has the id")
+    assert page.get_attribute("#search-id", "aria-invalid") == "true"
+
+    page.goto(f"{web.url}/jobs/{jid}")
+    page.click("form[data-action=delete] button")
+    page.wait_for_url(re.compile(rf"/jobs\?deleted={jid}$"))
+    ex(page.locator("#deleted-notice")).to_contain_text(jid)
+    assert api.get(f"/api/v1/jobs/{jid}").status_code == 404
+    shot(page, "jobs-page-deleted")
+
+
+def test_csv_result_reads_as_lists_and_progress_says_bytes(web: Web, page: Any) -> None:
+    ex = expect()
+    page.goto(web.url + "/")
+    page.set_input_files("#csv-file", str(ROOT / "examples" / "sales.csv"))
+    page.fill("#csv-date_column", "date")
+    page.fill("#csv-from", "2024-01-01")
+    page.fill("#csv-till", "2024-03-31")
+    page.fill("#csv-sort_by", "amount")
+    page.click("#csv-form button[type=submit]")
+    page.wait_for_url(JOB_PATH)
+    ex(page.locator("#job-status")).to_have_text("finished")
+    ex(page.locator("#result-summary")).to_contain_text("9 rows kept, sorted as numbers")
+    assert page.locator("#result-columns li").all_text_contents() == ["date", "region", "product", "amount"]
+    ex(page.locator("#result-skipped")).to_contain_text("row 14: unknown")
+    ex(page.locator("#job-done")).to_contain_text("bytes")
+    assert "{" not in page.locator("#result-summary").text_content(), "no raw JSON"
+    shot(page, "job-page-csv")
+
+
+def test_home_forms_sit_two_by_two_with_clear_placeholders_and_date_hints(web: Web, page: Any) -> None:
+    page.goto(web.url + "/")
+    boxes = [page.locator(f"#{t}-form").locator("xpath=..").bounding_box() for t in ("primes", "fibonacci", "sort", "csv")]
+    assert boxes[0]["y"] == boxes[1]["y"] and boxes[2]["y"] == boxes[3]["y"], "two rows"
+    assert boxes[0]["x"] == boxes[2]["x"] and boxes[1]["x"] == boxes[3]["x"], "two columns, no empty cell"
+    for sel in ("#primes-start", "#primes-end", "#fibonacci-n", "#sort-numbers"):
+        assert page.get_attribute(sel, "placeholder").startswith("e.g. ")
+        assert page.eval_on_selector(sel, "e => getComputedStyle(e, '::placeholder').fontStyle") == "italic"
+    for sel in ("#csv-from", "#csv-till"):
+        assert page.get_attribute(sel, "type") == "date"
+        assert "YYYY" not in page.locator(f"{sel}-hint").text_content(), "the hint names no format the field may not show"
+    shot(page, "home-page")
+
+
+def test_rq_and_crunch_pages_link_both_ways(web: Web, page: Any) -> None:
+    ex = expect()
+    page.goto(web.url + "/jobs")
+    page.click("nav >> text=RQ dashboard")
+    page.wait_for_url(web.url + "/rq/")
+    ex(page.locator(".crunch-banner")).to_contain_text("fast")
+    shot(page, "rq-dashboard-banner")
+    page.click(".crunch-banner >> text=Queues and workers")
+    page.wait_for_url(web.url + "/queues")
+
+
+def test_every_page_passes_axe_with_no_serious_or_critical_violation(web: Web, api: Api, browser: Any) -> None:
+    fib = submit(api, "fibonacci", {"n": rng.randrange(10**4, 10**5)}, headers={"Prefer": "wait=20"})
+    with open(ROOT / "examples" / "sales.csv", "rb") as f:
+        csv_job = api.post("/api/v1/csv", files={"file": f}, data={"date_column": "date", "sort_by": "amount"},
+                           headers={"Prefer": "wait=20"}).json()
+    lo, hi = long_count(6 * 10**10)
+    running = submit(api, "primes", {"start": lo, "end": hi, "output": "count"})
+    pages = {
+        "home": "/", "jobs": "/jobs", "queues": "/queues", "job-fibonacci": f"/jobs/{fib['id']}",
+        "job-csv": f"/jobs/{csv_job['id']}", "job-running": f"/jobs/{running['id']}",
+        "home-run-again": f"/?again={fib['id']}", "jobs-search-miss": "/jobs?id=nothing",
+        "home-form-errors": "/primes?start=9&end=1", "not-found": "/jobs/" + "0" * 32,
+    }
+    # axe is injected as an inline script: this context alone bypasses the pages' CSP to run it.
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900}, bypass_csp=True)
+    report = []
+    try:
+        pg = ctx.new_page()
+        for name, path in pages.items():
+            pg.goto(web.url + path)
+            if name == "queues":
+                wait_js(pg, "window.crunchOps && window.crunchOps.drawn")
+            pg.add_script_tag(path=str(AXE))
+            result = pg.evaluate("axe.run(document, {resultTypes: ['violations']})")
+            bad = [(v["id"], v["impact"], len(v["nodes"]), v["nodes"][0]["target"]) for v in result["violations"]
+                   if v["impact"] in ("serious", "critical")]
+            report.append(f"{name:18} {len(result['violations'])} violations, {len(bad)} serious or critical")
+            assert not bad, f"{path}: {bad}"
+            shot(pg, f"axe-{name}")
+    finally:
+        ctx.close()
+        api.post(f"/api/v1/jobs/{running['id']}/cancel")
+    print("\naxe-core 4.14.1:\n" + "\n".join(report))

@@ -425,4 +425,5 @@ def test_operations_page_derives_finished_per_minute_from_samples(app) -> None:
     assert len(out) == 60 and max(out) == m
     # The growth of the totals between each minute's last sample and the previous one's.
     assert out[m] == 32 - 22 and out[m - 60] == 22 - 16
-    assert out[m - 120] is None and out[m - 180] is None, "no earlier sample: unknown, not 0"
+    assert out[m - 120] == 16 - 10, "the first sampled minute: the growth within it"
+    assert out[m - 180] is None, "no sample: unknown, not 0"
