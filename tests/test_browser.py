@@ -343,7 +343,9 @@ def canvas_fingerprint(pg: Any, selector: str) -> list[int]:
         if (!c || !c.width || !c.height) return [0, 0];
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let drawn = 0, sum = 0;
-        for (let i = 3; i < d.length; i += 4) { if (d[i]) { drawn++; sum = (sum * 31 + d[i - 3] + d[i - 2] * 7 + i) % 1000000007; } }
+        for (let i = 3; i < d.length; i += 4) {
+            if (d[i]) { drawn++; sum = (sum * 31 + d[i - 3] + d[i - 2] * 7 + i) % 1000000007; }
+        }
         return [drawn, sum];
     }""", selector)
 
@@ -493,7 +495,8 @@ def test_csv_result_reads_as_lists_and_progress_says_bytes(web: Web, page: Any) 
 
 def test_home_forms_sit_two_by_two_with_clear_placeholders_and_date_hints(web: Web, page: Any) -> None:
     page.goto(web.url + "/")
-    boxes = [page.locator(f"#{t}-form").locator("xpath=..").bounding_box() for t in ("primes", "fibonacci", "sort", "csv")]
+    boxes = [page.locator(f"#{t}-form").locator("xpath=..").bounding_box()
+             for t in ("primes", "fibonacci", "sort", "csv")]
     assert boxes[0]["y"] == boxes[1]["y"] and boxes[2]["y"] == boxes[3]["y"], "two rows"
     assert boxes[0]["x"] == boxes[2]["x"] and boxes[1]["x"] == boxes[3]["x"], "two columns, no empty cell"
     for sel in ("#primes-start", "#primes-end", "#fibonacci-n", "#sort-numbers"):
@@ -501,7 +504,8 @@ def test_home_forms_sit_two_by_two_with_clear_placeholders_and_date_hints(web: W
         assert page.eval_on_selector(sel, "e => getComputedStyle(e, '::placeholder').fontStyle") == "italic"
     for sel in ("#csv-from", "#csv-till"):
         assert page.get_attribute(sel, "type") == "date"
-        assert "YYYY" not in page.locator(f"{sel}-hint").text_content(), "the hint names no format the field may not show"
+        hint = page.locator(f"{sel}-hint").text_content()
+        assert "YYYY" not in hint, "the hint names no format the date field may not show"
     shot(page, "home-page")
 
 
