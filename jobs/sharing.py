@@ -19,6 +19,13 @@ every client sees its id. With tokens on, a job id is a capability of its owner,
   delete) on the next lookup; a pointer to a live job is left alone (it may still finish). The
   pointer expires after RESULT_TTL, so it is never kept longer than a result could be.
 
+Only requests that name public inputs share across owners (fibonacci's n, a primes range: anyone
+may compute them). A request that carries the client's own data (JobSpec.private_input: a CSV
+upload, the numbers to sort) is never answered from another owner's job: `cached: true` would
+tell owner B that someone already sent exactly this file, which is the file's content leaking one
+bit at a time. Within an owner it is cached as usual, and with tokens off there are no owners to
+keep apart (everyone shares one namespace by design, as the contract says).
+
 Alias records that follow another owner's live job were the alternative; they would make every
 route, the event stream and the runner's bookkeeping aware of indirection, for a saving that
 only concurrent identical requests by different owners would ever see.
@@ -34,6 +41,7 @@ from jobs.store.admission import Admission
 from jobs.store.keys import JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY, job_keys
 from jobs.store.record import JobRecord
 from jobs.store.status import JobStatus
+from jobs.types.registry import JOB_TYPES
 from jobs.types.spec import Submission
 
 
@@ -47,13 +55,14 @@ def submit_owned(svc: JobService, sub: Submission, owner: str | None,
         svc.admit(admission)
     sub.scope = owner
     sub.extra["owner"] = owner
-    if not isinstance(svc.cache.get(sub.cache_key), str):
+    shares = not JOB_TYPES[sub.type].private_input
+    if shares and not isinstance(svc.cache.get(sub.cache_key), str):
         copied = _copy_shared(svc, sub)
         if copied is not None:
             return Submitted(copied, Outcome.CACHED)
     submitted = svc.submit(sub, watch=watch)
     rec, outcome = submitted
-    if outcome is Outcome.CREATED:
+    if outcome is Outcome.CREATED and shares:
         # First of its kind (or the previous pointer is still live): offer the result to others.
         svc.cache.add(sub.shared_key, rec.id, timeout=svc.settings.result_ttl)
     return submitted

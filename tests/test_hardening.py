@@ -273,3 +273,23 @@ def test_csv_output_keeps_the_input_line_endings() -> None:
 def test_csv_with_an_unterminated_quote_fails_clearly(data: bytes) -> None:
     with pytest.raises(csv_kernel.CsvInputError, match="never closed"):
         run_csv(data)
+
+
+# -- cache across owners ---------------------------------------------------------------------------
+
+
+def test_private_inputs_are_never_answered_from_another_owners_job(redis_url: str) -> None:
+    """A sorted list (like a CSV upload) is the client's data: Bob's identical request is not
+    `cached: true` from Alice's job, which would reveal she sent it; Alice's own repeat is."""
+    from tests.test_auth import ALICE, AS_ALICE, AS_BOB, finish_with, idle_job, make_app, nonce
+
+    app = make_app(redis_url)
+    client = app.test_client()
+    body = {"numbers": [nonce(), 3, 1]}
+    alice = idle_job(app, ALICE, body, job_type="sort")
+    finish_with(app, alice, {"sorted": True})
+    mine = client.post("/api/v1/sort", json=body, headers=AS_ALICE)
+    assert mine.status_code == 200 and mine.get_json()["cached"] is True and mine.get_json()["id"] == alice
+    theirs = client.post("/api/v1/sort", json=body, headers=AS_BOB)
+    assert theirs.status_code == 202, theirs.get_data(as_text=True)
+    assert theirs.get_json()["id"] != alice and theirs.get_json().get("cached") is not True

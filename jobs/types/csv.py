@@ -213,6 +213,7 @@ class CsvJob(JobSpec):
     timeout = 3600
     pausable = True
     accepts_json = False
+    private_input = True
     accepts_form = True
 
     def parse_form(self, form: Any, files: Any, limits: Limits) -> Submission:

@@ -305,6 +305,7 @@ class SortJob(JobSpec):
     timeout = 600
     pausable = False
     accepts_form = True
+    private_input = True
 
     def decode_body(self, raw: bytes) -> Any:
         """int64_body when it applies (no Python list of the numbers), else orjson, except when it

@@ -107,6 +107,10 @@ class JobSpec:
     #: Whether the JSON body is accepted (CSV is multipart only).
     accepts_json: ClassVar[bool] = True
     accepts_form: ClassVar[bool] = False
+    #: Whether the request carries the client's own data (an uploaded file, a list of numbers). Such
+    #: results are never shared between token owners: `cached: true` for another owner's identical
+    #: upload would tell that owner the data had been sent before (see jobs.sharing).
+    private_input: ClassVar[bool] = False
 
     def decode_body(self, raw: bytes) -> Any:
         """Decode a JSON body; ValueError when malformed (types with huge ints override this)."""
