@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask, Response, render_template, url_for
 
-from jobs.store.keys import PREFIX
+from jobs.store.keys import FINISHED_MINUTE_KEY, OPS_SAMPLE_LOCK_KEY, OPS_SAMPLES_KEY
 from jobs.store.record import rfc3339
 from rest import auth
 from rest.extensions import service
@@ -36,12 +36,9 @@ from rest.web import _signed_in_and_csrf, summary
 bp = Blueprint("ops", __name__)
 bp.before_request(_signed_in_and_csrf)  # the same sign-in rule as every page
 
-#: Depth samples, score = unix time, member = JSON {"t", "depth": {queue: n}, "finished": {queue: total}}.
-SAMPLES_KEY = PREFIX + "ops:samples"
-#: Held for SAMPLE_EVERY seconds by the web process that writes the current sample.
-SAMPLE_LOCK_KEY = PREFIX + "ops:sample-lock"
-#: Jobs that reached `finished` in one minute (unix minute), all queues; written by the finish step.
-FINISHED_MINUTE_KEY = PREFIX + "stats:finished:{minute}"
+#: Depth samples, score = unix time, member = JSON {"t", "depth": {queue: n}, "finished": {queue: total}};
+#: the lock is held for SAMPLE_EVERY seconds by the web process that writes the current sample.
+SAMPLES_KEY, SAMPLE_LOCK_KEY = OPS_SAMPLES_KEY, OPS_SAMPLE_LOCK_KEY
 SAMPLE_EVERY = 5
 WINDOW = 3600
 #: Seconds between the page's refreshes (static/ops.js reads it from the page).

@@ -156,10 +156,12 @@ def test_the_quick_start_works_from_a_fresh_clone(clone: Clone) -> None:
     def check_job(out: str, sh: Shell) -> None:
         j = job(out)
         assert j["id"] == sh.id and j["type"] == "fibonacci"
+        assert j["result_inline"] is (True if j["status"] == "finished" else None)
 
     def check_long_poll(out: str, sh: Shell) -> None:
         j = job(out)
         assert j["status"] == "finished" and j["result"]["value"] == "354224848179261915075"
+        assert j["result_inline"] is True
 
     def check_fib_1000(out: str, sh: Shell) -> None:
         j = job(out)
@@ -196,6 +198,7 @@ def test_the_quick_start_works_from_a_fresh_clone(clone: Clone) -> None:
         expect_id(out, sh)
         j = api(clone, f"/api/v1/jobs/{sh.id}").json()
         assert j["status"] == "finished" and j["result"] is None, "78,498 primes are not inlined"
+        assert j["result_inline"] is False, "and the resource says so"
 
     def check_page(out: str, sh: Shell) -> None:
         page = json.loads(out)

@@ -34,6 +34,14 @@ TYPE_STATS_KEY = PREFIX + "stats:{type}"
 JOB_DURATION_KEY = PREFIX + "stats:{type}:duration"
 #: Upper bounds (seconds) of JOB_DURATION_KEY's buckets, from trivial jobs to hour-long sieves.
 DURATION_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0)
+#: String: jobs that reached `finished` in one minute (unix time // 60), all queues; kept
+#: FINISHED_MINUTE_TTL seconds. Written by the finish step, read by the operations page (/queues).
+FINISHED_MINUTE_KEY = PREFIX + "stats:finished-per-minute:{minute}"
+FINISHED_MINUTE_TTL = 2 * 3600
+#: Sorted set of queue-depth samples for the operations page (score: unix time), and the lock
+#: that lets one web process write a sample per interval (rest/ops.py).
+OPS_SAMPLES_KEY = PREFIX + "ops:samples"
+OPS_SAMPLE_LOCK_KEY = PREFIX + "ops:sample-lock"
 #: Pub/sub channel: one message per job status or progress change.
 EVENTS_CHANNEL = PREFIX + "events"
 #: Prefix of request-cache entries (canonical request -> job id), via Flask-Caching/cachelib.

@@ -120,7 +120,12 @@ class JobRecord:
 
     def to_resource(self, *, result: Any = None, cached: bool = False,
                     deduplicated: bool = False) -> dict[str, Any]:
-        """The job resource of the API contract; `result` may be an orjson.Fragment."""
+        """The job resource of the API contract; `result` may be an orjson.Fragment.
+
+        `result_inline` (an addition to the contract) says what a null `result` means: true when
+        `result` holds the whole result, false when a finished job's result is only at
+        `result_url` (over the inline limits, or in a listing), null while there is no result.
+        """
         links = self.links()
         return {
             "id": self.id,
@@ -135,6 +140,7 @@ class JobRecord:
             "cached": cached,
             "deduplicated": deduplicated,
             "result": result,
+            "result_inline": (result is not None) if self.status is JobStatus.FINISHED else None,
             "result_url": links["result"],
             "error": self.error,
             "pausable": self.pausable,
