@@ -239,7 +239,7 @@ class Lifecycle:
         pipe.hincrby(TYPE_STATS_KEY.format(type=rec.type), status.value, 1)
         if status is FINISHED:  # the operations page's "finished per minute" (2 commands, O(1))
             minute_key = FINISHED_MINUTE_KEY.format(minute=int(time.time() // 60))
-            pipe.incr(minute_key)
+            pipe.incrby(minute_key, 1)
             pipe.expire(minute_key, FINISHED_MINUTE_TTL)
         if run_s is not None:  # a run that ended in a worker: kept in Redis so every host's runs add up
             key = JOB_DURATION_KEY.format(type=rec.type)
