@@ -19,14 +19,15 @@ from jobs.store.keys import QUEUES, REQUEST_CACHE_PREFIX
 from jobs.store.request_cache import JsonSerializer, RequestCache
 
 
-class CrunchRQ(RQ):
-    """Flask-RQ2 whose connection comes from redis_from_url, so RQ_REDIS_URL may name a Sentinel service."""
+class CrunchRedis(Redis):
+    """Flask-RQ2's RQ_CONNECTION_CLASS: its from_url is redis_from_url, so RQ_REDIS_URL may name a Sentinel
+    service and every client gets the same pool (Flask-RQ2 calls `RQ_CONNECTION_CLASS.from_url(url)`)."""
 
-    def _connect(self) -> Redis:
-        return redis_from_url(self.redis_url)
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Redis:  # type: ignore[override]
+        return redis_from_url(url, **kwargs)
 
 
-rq = CrunchRQ()
 cache = Cache()
 
 
@@ -41,13 +42,16 @@ class JsonRedisCache(RedisCache, RequestCache):
         if config.get("CACHE_KEY_PREFIX"):
             kwargs["key_prefix"] = config["CACHE_KEY_PREFIX"]
         kwargs["host"] = redis_from_url(config["CACHE_REDIS_URL"], **(config.get("CACHE_OPTIONS") or {}))
-        return cls(*args, **kwargs)
+        made = cls(*args, **kwargs)
+        made.given_client = kwargs["host"]  # Flask-Caching's __init__ skips RequestCache's
+        return made
 
 
 class Crunch:
     """Per-app handles: the job service and this process's event hub."""
 
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Flask, rq: RQ) -> None:
+        self.rq = rq
         self.hub = EventHub(rq.connection)
         self.service = JobService(
             rq.connection, cache.cache, replace(app.config["SETTINGS"], result_ttl=app.config["RESULT_TTL"]),
@@ -62,17 +66,16 @@ def init_app(app: Flask) -> None:
     app.config["RQ_QUEUE_CLASS"] = "jobs.store.queues.JsonQueue"
     app.config["RQ_JOB_CLASS"] = "jobs.store.queues.JsonJob"
     app.config["RQ_QUEUES"] = list(QUEUES)
+    app.config["RQ_CONNECTION_CLASS"] = "rest.extensions.CrunchRedis"
     app.config.setdefault("CACHE_TYPE", "rest.extensions.JsonRedisCache")
     app.config.setdefault("CACHE_REDIS_URL", app.config["REDIS_URL"])
     app.config.setdefault("CACHE_KEY_PREFIX", REQUEST_CACHE_PREFIX)
     app.config.setdefault("CACHE_DEFAULT_TIMEOUT", 0)
-    rq.init_app(app)
-    # Flask-RQ2 caches one connection on its module-level object; a new app (tests make
+    # One Flask-RQ2 object per app: it keeps its connection and queues, and a new app (tests make
     # several, each with its own Redis URL) must not inherit the previous app's.
-    rq._connection = None
-    rq._queue_instances = {}
+    rq = RQ(app)
     cache.init_app(app)
-    app.extensions["crunch"] = Crunch(app)
+    app.extensions["crunch"] = Crunch(app, rq)
 
 
 def crunch() -> Crunch:

@@ -7,7 +7,7 @@ from flask import Blueprint, Flask, Response
 from redis.exceptions import AuthenticationError
 from rq.worker import Worker
 
-from rest.extensions import rq
+from rest.extensions import crunch
 from rest.problems import PROBLEM_BASE
 
 bp = Blueprint("health", __name__)
@@ -21,8 +21,9 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     try:
-        rq.connection.ping()
-        workers = Worker.count(connection=rq.connection)
+        conn = crunch().rq.connection
+        conn.ping()
+        workers = Worker.count(connection=conn)
     except Exception as exc:  # noqa: BLE001 - any Redis trouble means not ready
         return not_ready(exc)
     return Response(orjson.dumps({"status": "ok", "redis": "ok", "workers": workers}),
@@ -49,7 +50,7 @@ def not_ready(exc: Exception) -> Response:
 def metrics() -> Response:
     from rest.metrics import render
 
-    return render(rq.connection)
+    return render(crunch().rq.connection)
 
 
 def init_app(app: Flask) -> None:

@@ -15,6 +15,8 @@ from redis.connection import Connection
 from rq.callbacks import Callback
 from rq.serializers import JSONSerializer
 
+from jobs.compat.redis import pipeline_commands
+from jobs.compat.rq import enqueue_recorded
 from jobs.service import JobService
 from jobs.settings import Settings
 from jobs.store.admission import CLIENT_LIVE_KEY, Admission, RateLimit, Rejected
@@ -207,16 +209,20 @@ def test_the_command_recorder_records_what_a_redis_py_pipeline_records(redis_con
         rec.incrby("n", -1)
         rec.ltrim("l", 0, 4)
         rec.publish("ch", b"msg")
-    assert recorded(ours) == recorded(theirs)
+    assert recorded(ours) == pipeline_commands(theirs)
 
 
 def test_rqs_enqueue_records_the_same_commands_into_the_recorder(redis_conn: Redis) -> None:
     def enqueue(pipe: Any) -> list[list[Any]]:
-        JsonQueue("fast", connection=redis_conn).enqueue_call(
-            RUNNER, args=("abc",), job_id="abc-1", timeout=600, result_ttl=600, failure_ttl=86400,
-            on_failure=Callback(ON_FAILURE), description="fibonacci abc", pipeline=pipe)
+        kwargs = {"args": ("abc",), "job_id": "abc-1", "timeout": 600, "result_ttl": 600, "failure_ttl": 86400,
+                  "on_failure": Callback(ON_FAILURE), "description": "fibonacci abc"}
+        queue = JsonQueue("fast", connection=redis_conn)
+        if isinstance(pipe, Commands):
+            enqueue_recorded(queue, pipe, RUNNER, **kwargs)
+        else:
+            queue.enqueue_call(RUNNER, pipeline=pipe, **kwargs)
         out = []
-        for args in recorded(pipe):
+        for args in (recorded(pipe) if isinstance(pipe, Commands) else pipeline_commands(pipe)):
             args = list(args)
             if args[0] == "HSET":  # the job hash, minus its two timestamps
                 fields = {k: v for k, v in zip(args[2::2], args[3::2], strict=True)

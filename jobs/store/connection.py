@@ -8,14 +8,16 @@ database number. The URL's password is the data nodes' (primary and replicas); t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from redis import ConnectionPool, Redis
-from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
-from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis import Redis
+from redis.sentinel import Sentinel
+
+from jobs.compat.redis import ConnectionPool, SentinelConnection, SentinelConnectionPool
+
+__all__ = ["SentinelConnection", "SentinelURL", "parse_sentinel_url", "redis_from_url"]
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_DEFAULT_PORT = 26379
@@ -87,78 +89,6 @@ def is_sentinel_url(url: str) -> bool:
     return url.startswith(SENTINEL_SCHEME + "://")
 
 
-class SentinelConnection(SentinelManagedConnection):
-    """redis-py's Sentinel connection, closed when a read is interrupted (a signal in BLPOP) as a plain one is:
-    redis-py 8.1 keeps it, with the reply still due, and the next command (rq's stop) then waits out the BLPOP."""
-
-    def read_response(self, *args: Any, disconnect_on_error: bool = True, **kw: Any) -> Any:
-        return super().read_response(*args, disconnect_on_error=disconnect_on_error, **kw)
-
-
-class _ConnectedShortcut:
-    """connect() that returns at once on an open socket, as redis-py's does only after building a retry
-    closure for it (on every command: 4 % of a web process's CPU on the submit path)."""
-
-    _sock: Any
-
-    def connect(self) -> None:
-        if self._sock is None:
-            super().connect()  # type: ignore[misc]
-
-
-class LeanConnection(_ConnectedShortcut, Connection):
-    pass
-
-
-class LeanSSLConnection(_ConnectedShortcut, SSLConnection):
-    pass
-
-
-class LeanUnixDomainSocketConnection(_ConnectedShortcut, UnixDomainSocketConnection):
-    pass
-
-
-_LEAN_CONNECTIONS = {Connection: LeanConnection, SSLConnection: LeanSSLConnection,
-                     UnixDomainSocketConnection: LeanUnixDomainSocketConnection}
-
-
-#: This process's id, kept current across os.fork() (gunicorn, multiprocessing and rq's work horses
-#: all fork through it), so the pool's fork check needs no getpid() system call per command.
-_pid = os.getpid()
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-class LeanConnectionPool(ConnectionPool):
-    """redis-py 8.1's pool minus three per-command costs: the deprecated-arguments check wrapped around
-    get_connection, which inspects the call's arguments (7 % of a web process's CPU on the submit path);
-    connect()'s retry closure on an open socket (see _ConnectedShortcut); and a getpid() system call in
-    each get and release of a connection (7 % of a worker's CPU on trivial jobs)."""
-
-    get_connection = getattr(ConnectionPool.get_connection, "__wrapped__", ConnectionPool.get_connection)
-
-    def _checkpid(self) -> None:
-        """redis-py's fork check (which resets the pool in a forked child), taken only after a fork."""
-        if self.pid != _pid:
-            super()._checkpid()
-
-    def __init__(self, connection_class: type[Connection] = Connection, **kwargs: Any) -> None:
-        super().__init__(connection_class=_LEAN_CONNECTIONS.get(connection_class, connection_class), **kwargs)
-
-
-class LeanSentinelConnectionPool(SentinelConnectionPool):
-    """SentinelConnectionPool minus the same per-command check (see LeanConnectionPool)."""
-
-    get_connection = getattr(SentinelConnectionPool.get_connection, "__wrapped__",
-                             SentinelConnectionPool.get_connection)
-
-
 #: Connections one client's pool may open. redis-py 8 caps a pool at 100 and raises past it, while a web
 #: process serves up to WEB_THREADS (256) requests at once, each of which may hold a connection (200 event
 #: streams woken together by one job did exactly that: 503s); the thread count is the real bound.
@@ -170,7 +100,7 @@ def redis_from_url(url: str, **kw: Any) -> Redis:
     kw.setdefault("max_connections", MAX_CONNECTIONS)
     if not is_sentinel_url(url):
         single = kw.pop("single_connection_client", False)
-        client = Redis(connection_pool=LeanConnectionPool.from_url(url, **kw), single_connection_client=single)
+        client = Redis(connection_pool=ConnectionPool.from_url(url, **kw), single_connection_client=single)
         client.auto_close_connection_pool = True
         return client
     s = parse_sentinel_url(url)
@@ -179,5 +109,5 @@ def redis_from_url(url: str, **kw: Any) -> Redis:
         sentinel_kwargs["password"] = s.sentinel_password
     sentinel = Sentinel(s.sentinels, sentinel_kwargs=sentinel_kwargs)
     kw.setdefault("connection_class", SentinelConnection)
-    kw.setdefault("connection_pool_class", LeanSentinelConnectionPool)
+    kw.setdefault("connection_pool_class", SentinelConnectionPool)
     return sentinel.master_for(s.service, db=s.db, username=s.username, password=s.password, **kw)

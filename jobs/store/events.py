@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from redis import Redis
 
+from jobs.compat.redis import pubsub_reader
 from jobs.store.keys import EVENTS_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -80,13 +81,13 @@ class EventHub:
             pubsub = self.conn.pubsub(ignore_subscribe_messages=False)
             try:
                 pubsub.subscribe(EVENTS_CHANNEL)
-                # Replies straight off the subscribed connection: every web process reads every job's
-                # events, and redis-py's get_message (retry wrapper, message dict) cost ~30 us each.
-                conn = pubsub.connection
+                # Every web process reads every job's events: replies come straight off the subscribed
+                # connection where redis-py allows it (see jobs.compat.redis.pubsub_reader).
+                read = pubsub_reader(pubsub)
                 while True:
-                    if not conn.can_read(timeout=5.0):
+                    reply = read(5.0)
+                    if reply is None:
                         continue
-                    reply = conn.read_response(disconnect_on_error=False, push_request=True, timeout=5.0)
                     kind = reply[0]
                     if kind == b"message":
                         self._dispatch(reply[2])

@@ -26,6 +26,7 @@ from redis import Redis
 from rq.callbacks import Callback
 from rq.queue import Queue
 
+from jobs.compat.rq import enqueue_recorded
 from jobs.settings import Settings
 from jobs.store.admission import CLIENT_LIVE_KEY
 from jobs.store.events import publish
@@ -129,10 +130,11 @@ class Lifecycle:
     def _enqueue_commands(self, rec: JobRecord, pipe: Any) -> None:
         """rq's enqueue of the job's current run (rec.rq_id), recorded on `pipe` (rq's public pipeline= API)."""
         # rq calls pipe.multi(), which a pipeline allows only before any command: enqueue first.
-        self.queue(rec.queue).enqueue_call(
+        enqueue_recorded(
+            self.queue(rec.queue), pipe,
             RUNNER, args=(rec.id,), job_id=rec.rq_id, timeout=self.settings.job_timeout(rec.type),
             result_ttl=600, failure_ttl=self.settings.result_ttl, on_failure=Callback(ON_FAILURE),
-            description=f"{rec.type} {rec.id}", pipeline=pipe,
+            description=f"{rec.type} {rec.id}",
         )
 
     def _back_on_queue(self, rec: JobRecord, from_: Sequence[JobStatus], fields: dict[str, Any],
@@ -142,8 +144,7 @@ class Lifecycle:
         nxt = replace(rec, runs=runs, rq_id=f"{rec.id}-{runs}")
         pipe = Commands()
         self._enqueue_commands(nxt, pipe)
-        for cmd in then:
-            pipe.command_stack.append((tuple(cmd), {}))
+        pipe.extend(then)
         publish(pipe, rec.id, QUEUED.value)
         return self.transition(rec.id, from_, QUEUED, {**fields, "runs": runs, "rq_id": nxt.rq_id},
                                then=packed(recorded(pipe)), runs=rec.runs) is not None
@@ -156,7 +157,7 @@ class Lifecycle:
         no checkpoint), take STARTED with `reset` and `then` replayed: one round trip (BEGIN_LUA).
         A run that is not fresh (resumed or recovered) then calls start_resumed."""
         cmds = Commands()
-        cmds.command_stack.extend(reset.command_stack)
+        cmds.extend(reset.commands)
         cmds.zadd(RUNNING_KEY, {job_id: started + self.settings.heartbeat_timeout})
         publish(cmds, job_id, STARTED.value)
         flat, control, checkpoint, took = self._begin(
@@ -169,7 +170,7 @@ class Lifecycle:
                       then: Sequence[Sequence[Any]] = ()) -> bool:
         """QUEUED -> STARTED for a run that continues from a checkpoint; `reset` drops output written after it."""
         cmds = Commands()
-        cmds.command_stack.extend(reset.command_stack)
+        cmds.extend(reset.commands)
         cmds.zadd(RUNNING_KEY, {rec.id: time.time() + self.settings.heartbeat_timeout})
         publish(cmds, rec.id, STARTED.value)
         return self.transition(rec.id, (QUEUED,), STARTED, fields,
@@ -256,8 +257,8 @@ class Lifecycle:
     def pause(self, rec: JobRecord, from_: Sequence[JobStatus], run_ms: str | None = None) -> bool:
         """-> PAUSED; a queued run leaves its rq queue, the control request is dropped, in one step."""
         pipe = Commands()
-        for cmd in self._unqueue_commands(rec) if QUEUED in from_ else ():
-            pipe.command_stack.append((tuple(cmd), {}))
+        if QUEUED in from_:
+            pipe.extend(self._unqueue_commands(rec))
         pipe.delete(JOB_CONTROL_KEY.format(id=rec.id))
         pipe.zrem(RUNNING_KEY, rec.id)
         publish(pipe, rec.id, PAUSED.value)

@@ -12,6 +12,7 @@ import orjson
 from cachelib import RedisCache
 from cachelib.serializers import BaseSerializer
 
+from jobs.compat.cachelib import expiry_seconds, key_prefix, write_client
 from jobs.store.keys import REQUEST_CACHE_PREFIX
 from jobs.store.scripts import RELEASE_LUA
 
@@ -38,30 +39,38 @@ class RequestCache(RedisCache):
 
     def __init__(self, host: Any = "localhost", key_prefix: str | None = None, **kwargs: Any) -> None:
         super().__init__(host=host, key_prefix=key_prefix or REQUEST_CACHE_PREFIX, **kwargs)
+        self.given_client = host
+
+    #: The Redis client this cache was built with (cachelib takes a client as `host`).
+    given_client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The client cachelib writes with."""
+        return write_client(self, self.given_client)
 
     def add(self, key: str, value: Any, timeout: Any = None) -> bool:
         """Claim key atomically with its expiry in one SET NX EX (cachelib uses two calls)."""
-        ttl = self._normalize_timeout(timeout)
-        return bool(self._write_client.set(self._get_prefix() + key, self.serializer.dumps(value),
-                                           nx=True, ex=ttl if ttl > 0 else None))
+        ttl = expiry_seconds(self, timeout)
+        return bool(self.client.set(key_prefix(self) + key, self.serializer.dumps(value),
+                                    nx=True, ex=ttl if ttl > 0 else None))
 
     def release(self, key: str, job_id: str) -> bool:
         """Forget key only while it maps to job_id, so a newer job's entry survives."""
-        client = self._write_client
-        return bool(client.eval(RELEASE_LUA, 1, self._get_prefix() + key, self.serializer.dumps(job_id)))
+        return bool(self.client.eval(RELEASE_LUA, 1, key_prefix(self) + key, self.serializer.dumps(job_id)))
 
     def full_key(self, key: str) -> str:
         """The Redis key of a cache entry, for scripts that claim it in the same step as other writes."""
-        return self._get_prefix() + key
+        return key_prefix(self) + key
 
     def release_command(self, key: str, job_id: str) -> list[Any]:
         """release() as a guarded command for JobService's replay scripts (one round trip for a whole ending)."""
-        full = self._get_prefix() + key
+        full = key_prefix(self) + key
         return ["?eq", full, self.serializer.dumps(job_id), "DEL", full]
 
     def refresh_command(self, key: str, job_id: str, timeout: int) -> list[Any]:
         """refresh() as a guarded command for JobService's replay scripts."""
-        full = self._get_prefix() + key
+        full = key_prefix(self) + key
         return ["?eq", full, self.serializer.dumps(job_id), "EXPIRE", full, int(timeout)]
 
 

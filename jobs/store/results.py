@@ -62,7 +62,8 @@ class RedisResultWriter:
         self.bytes = int(pos.get("bytes", 0))
         self.nonempty = int(pos.get("nonempty", 0))
         self.summary: Any = None
-        self._pipe = conn.pipeline(transaction=False)
+        #: RPUSHes not sent yet, as command tuples (the finish can send them in its own atomic step).
+        self._buffered: list[tuple[Any, ...]] = []
         self._pending = 0
         if reset:
             pipe = conn.pipeline(transaction=False)
@@ -82,14 +83,13 @@ class RedisResultWriter:
         larger ones are sent here first. Returns the raw commands; the caller must send them."""
         if self._pending > max_bytes:
             self.flush()
-        taken = [args for args, _options in self._pipe.command_stack]
-        self._pipe.reset()
+        taken, self._buffered = self._buffered, []
         self._pending = 0
         return taken
 
     def _push(self, data: bytes, count: int) -> None:
-        self._pipe.rpush(self.chunks_key, data)
-        self._pipe.rpush(self.counts_key, count)
+        self._buffered.append(("RPUSH", self.chunks_key, data))
+        self._buffered.append(("RPUSH", self.counts_key, count))
         self.chunks += 1
         self.items += count
         self.bytes += len(data)
@@ -100,8 +100,12 @@ class RedisResultWriter:
 
     def flush(self) -> None:
         """Send buffered chunks; called before checkpoints so saved positions are durable."""
-        if self._pending or len(self._pipe):
-            self._pipe.execute()
+        if self._buffered:
+            pipe = self.conn.pipeline(transaction=False)
+            for cmd in self._buffered:
+                pipe.execute_command(*cmd)
+            pipe.execute()
+            self._buffered = []
         self._pending = 0
 
     def write_value(self, value: Any) -> None:

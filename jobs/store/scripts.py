@@ -186,11 +186,19 @@ class Commands:
     argument order of redis-py's, as a never-executed pipeline did at several times the CPU per command."""
 
     def __init__(self) -> None:
-        #: (args, options) pairs, the shape of a redis-py pipeline's command_stack.
-        self.command_stack: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        #: The recorded commands, each as its arguments (name first).
+        self.commands: list[tuple[Any, ...]] = []
 
     def _add(self, *args: Any) -> None:
-        self.command_stack.append((args, {}))
+        self.commands.append(args)
+
+    def add(self, *args: Any) -> None:
+        """Record one raw command (name first)."""
+        self.commands.append(args)
+
+    def extend(self, commands: Iterable[Sequence[Any]]) -> None:
+        """Record raw commands (each name first)."""
+        self.commands.extend(tuple(c) for c in commands)
 
     def delete(self, *keys: Any) -> None:
         self._add("DEL", *keys)
@@ -219,13 +227,7 @@ class Commands:
     def publish(self, channel: Any, message: Any) -> None:
         self._add("PUBLISH", channel, message)
 
-    # What rq's Queue.enqueue_call sends through the pipeline it is given (rq 3.0).
-
-    #: rq asks before it calls multi(); a replay script is atomic already.
-    explicit_transaction = True
-
-    def multi(self) -> None:
-        """Nothing to open: a replay script is atomic already."""
+    # Also what rq's Queue.enqueue_call sends through the pipeline it is given (see jobs.compat.rq).
 
     def hset(self, key: Any, field: Any = None, value: Any = None, mapping: dict[Any, Any] | None = None) -> None:
         pairs = [field, value] if field is not None else []
@@ -246,9 +248,9 @@ class Commands:
         self._add("PERSIST", key)
 
 
-def recorded(pipe: Any) -> list[tuple[Any, ...]]:
-    """The commands recorded on a Commands recorder (or a never-executed redis-py pipeline)."""
-    return [args for args, _options in pipe.command_stack]
+def recorded(pipe: Commands) -> list[tuple[Any, ...]]:
+    """The commands recorded on a Commands recorder."""
+    return pipe.commands
 
 
 def packed(commands: Iterable[Sequence[Any]]) -> list[Any]:

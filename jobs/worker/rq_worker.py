@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 from rq.timeouts import JobTimeoutException
-from rq.worker import Worker, WorkerStatus
+from rq.worker import Worker
 
+from jobs.compat.rq import InlineDequeue, QuietState
 from jobs.store.keys import JOB_CONTROL_KEY
 from jobs.store.queues import RUNNER, JsonJob, JsonQueue
 from jobs.types.spec import FAST_QUEUE
@@ -40,28 +41,18 @@ class InlineRun:
         self.origin = FAST_QUEUE
 
 
-class WorkerQueue(JsonQueue):
+class WorkerQueue(InlineDequeue, JsonQueue):
     """The worker's side of Crunch's queues: a fast-queue run is dequeued as an InlineRun."""
 
-    _queues: dict[tuple[str, int], JsonQueue] = {}
-
     @classmethod
-    def _fetch_dequeued_job(cls, connection: Any, queue_key: str, job_id: str, job_class: Any = None,
-                            serializer: Any = None, death_penalty_class: Any = None) -> Any:
-        """rq 3.0's post-pop step (rebuild the queue, HGETALL the job), minus the read for a fast run."""
+    def inline_run(cls, queue_key: str, job_id: str) -> InlineRun | None:
         m = _RUN_ID.match(job_id)
         if m is None or queue_key != FAST_QUEUE_KEY:
-            return super()._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_class,
-                                               serializer=serializer, death_penalty_class=death_penalty_class)
-        queue = cls._queues.get((queue_key, id(connection)))
-        if queue is None:
-            queue = cls._queues[(queue_key, id(connection))] = cls.from_queue_key(
-                queue_key, connection=connection, job_class=job_class, serializer=serializer,
-                death_penalty_class=death_penalty_class)
-        return InlineRun(job_id, m.group(1)), queue
+            return None
+        return InlineRun(job_id, m.group(1))
 
 
-class CrunchWorker(Worker):
+class CrunchWorker(QuietState, Worker):
     """Fast-queue runs inline (no fork, no rq per-job records), a forked work horse for the rest."""
 
     _beat_at = float("-inf")
@@ -88,12 +79,6 @@ class CrunchWorker(Worker):
         super().check_for_suspension(burst)
         self._suspension_checked = time.monotonic()
 
-    def set_state(self, state: str, pipeline: Any = None) -> None:
-        """rq's set_state, without re-writing the state it already wrote (rq sets idle twice per job)."""
-        if pipeline is None and state == self._state:
-            return
-        super().set_state(state, pipeline)
-
     #: The Crunch job this worker runs inline right now (read by request_stop, a signal handler).
     _inline_job_id: str | None = None
 
@@ -112,22 +97,25 @@ class CrunchWorker(Worker):
 
         rq_key = JsonJob.key_for(run.id)
         self._inline_job_id = run.crunch_id
-        state, self._state = self._state, WorkerStatus.BUSY  # a SIGTERM now waits for the job (rq's _shutdown)
+        state = self.hold_busy()
         # rq's view of this worker (state, current job) changes inside the start's and finish's own steps.
-        idle = [("HSET", self.key, "state", getattr(state, "value", state)), ("HDEL", self.key, "current_job")]
+        idle = self.idle_commands(state)
         finished = False
         try:
             out = run_job(self.connection, run.crunch_id, run.id, self.name,
-                          start_then=[("HSET", self.key, "state", WorkerStatus.BUSY.value, "current_job", run.id)],
-                          finish_then=[("DEL", rq_key), ("HINCRBY", self.key, "successful_job_count", 1), *idle],
+                          start_then=self.start_commands(run.id),
+                          finish_then=[("DEL", rq_key), *self.count_commands(True), *idle],
                           time_limit=lambda seconds: self.death_penalty_class(seconds, JobTimeoutException,
                                                                              job_id=run.id))
             finished = bool(out) and out.get("status") == "finished"
         except Exception:  # noqa: BLE001 - the runner recorded the failure on the job (status, error) and logged it
-            self.connection.hincrby(self.key, "failed_job_count", 1)
+            with self.connection.pipeline(transaction=False) as pipe:
+                for cmd in self.count_commands(False):
+                    pipe.execute_command(*cmd)
+                pipe.execute()
         finally:
             self._inline_job_id = None
-            self._state = state
+            self.release_busy(state)
             if not finished:
                 with self.connection.pipeline(transaction=False) as pipe:
                     pipe.delete(rq_key)
