@@ -157,22 +157,13 @@ def init_app(app: Flask, enabled: bool = True, owners: str = "") -> None:
     app.jinja_env.globals["rq_link"] = rq_link
     if not enabled:
         return
-    import rq_dashboard
-    import rq_dashboard.web as rqd_web
+    from jobs.compat.rq_dashboard import mount
 
-    # Module-level settings of rq_dashboard: Crunch uses JSON everywhere, in every app it builds.
-    rqd_web.config.serializer = JSONSerializer
-    rqd_web.Worker = _JsonWorker
     app.config.update(
         RQ_DASHBOARD_REDIS_URL=(_display_url(app.config["REDIS_URL"]),),
         RQ_DASHBOARD_DISABLE_DELETE=True,  # its templates then leave out the delete and empty buttons
     )
-    # The app's own connection (rq_dashboard.setup_rq_connection would open another, from the URL).
-    app.redis_conn = app.extensions["crunch"].service.conn  # type: ignore[attr-defined]
-    app.register_blueprint(rq_dashboard.blueprint, url_prefix=PREFIX)
-    # rq_dashboard's push_rq_connection opens a new Redis client per request (and per app-wide
-    # attribute, unsafe across threads); with one Redis and the connection set above it is not needed.
-    app.before_request_funcs[BLUEPRINT] = [f for f in app.before_request_funcs.get(BLUEPRINT, [])
-                                           if f is not rqd_web.push_rq_connection]
+    # Crunch uses JSON everywhere, on the app's one connection (see jobs.compat.rq_dashboard).
+    mount(app, PREFIX, app.extensions["crunch"].service.conn, JSONSerializer, _JsonWorker)
     app.before_request(_guard)
     app.after_request(_harden_page)

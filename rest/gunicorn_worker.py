@@ -26,8 +26,8 @@ bodies, a normal client's requests were answered in well under 2 s (the test pri
 
 The subclass overrides gthread's methods (accept, handle, handle_request, murder_pending, the
 keep-alive readable callback) and reads a few of its private fields (a request's expectation flag,
-a length reader's remaining count); all such touches are here, checked against the gunicorn
-version at import. TLS and HTTP/2 fall back to gthread's own path (Crunch serves neither itself).
+a length reader's remaining count); all such touches are here, and gunicorn itself is imported
+through jobs.compat.gunicorn, which checks its version at import. TLS and HTTP/2 fall back to gthread's own path (Crunch serves neither itself).
 """
 
 from __future__ import annotations
@@ -42,15 +42,10 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-import gunicorn
 import orjson
-from gunicorn import util
-from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from jobs.compat.gunicorn import TConn, ThreadWorker, util
 from rest.draining import STOPPING
-
-if not gunicorn.version_info[:1] >= (23,):  # written against 23-27: TConn, method_queue, data_ready
-    raise SystemExit(f"rest.gunicorn_worker needs gunicorn 23 or later, not {gunicorn.__version__}")
 
 
 def _env_float(name: str, default: float) -> float:
