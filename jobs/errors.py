@@ -16,10 +16,6 @@ class InvalidParams(Exception):
         super().__init__(self.detail)
 
 
-class BadRequest(Exception):
-    """Malformed input that cannot be parsed at all (HTTP 400)."""
-
-
 def invalid(loc: list[Any], msg: str) -> InvalidParams:
     """Shorthand for a single-field validation error."""
     return InvalidParams([{"loc": loc, "msg": msg}])

@@ -11,7 +11,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request, stream_with_context
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from jobs.errors import BadRequest, InvalidParams
+from jobs.errors import InvalidParams
 from jobs.service import Outcome, Submitted
 from jobs.sharing import submit_owned
 from jobs.store.admission import Rejected
@@ -155,7 +155,7 @@ def submit(job_type: str) -> Response:
     svc = service()
     try:
         sub = read_submission(job_type)
-    except (Problem, HTTPException, InvalidParams, BadRequest):
+    except (Problem, HTTPException, InvalidParams):
         try:  # a refused body still spends the client's budget, and past it the answer is the 429
             svc.admit(admission(validated=False))
         except Rejected as r:

@@ -16,7 +16,7 @@ from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from jobs.errors import BadRequest, InvalidParams
+from jobs.errors import InvalidParams
 from jobs.service import Conflict
 
 PROBLEM_BASE = "/problems/"
@@ -113,10 +113,6 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(InvalidParams)
     def _invalid(e: InvalidParams) -> Response:
         return problem_response(validation_problem(e.errors, e.detail))
-
-    @app.errorhandler(BadRequest)
-    def _bad(e: BadRequest) -> Response:
-        return problem_response(Problem(400, "Malformed request", str(e), type_=PROBLEM_BASE + "malformed"))
 
     @app.errorhandler(Conflict)
     def _conflict(e: Conflict) -> Response:

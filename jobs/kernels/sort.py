@@ -8,89 +8,32 @@ integers as plain digits, floats always with a '.' or an exponent, single commas
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator
 from typing import Any
 
-import gmpy2
 import numpy as np
 import orjson
 
 from jobs.context import KernelContext
+from jobs.types.numbers import (  # noqa: F401 - the input's wire format, shared with the web's parser
+    INT64_INPUT_MAGIC,
+    MAX_INT_DIGITS,
+    Oversized,
+    has_wide_int_literal,
+    loads_exact,
+    parse_int_text,
+)
 
 #: Items per ctx.output.append call and per checkpoint while emitting.
 EMIT_ITEMS = 1 << 20
 #: Bytes of JSON decoded per orjson call, so float input never becomes one list of 10^7 objects.
 DECODE_BYTES = 8 << 20
-#: Prefix of a stored input that is raw little-endian int64 values rather than JSON text.
-INT64_INPUT_MAGIC = b"I64\n"
-#: Digits allowed per integer: CPython converts between int and str in quadratic time.
-MAX_INT_DIGITS = 100_000
-#: int(str) is fine below this length; above it gmpy2 converts subquadratically and ignores
-#: sys.get_int_max_str_digits().
-_SHORT_INT_TEXT = 4000
 _INT64_MIN = np.iinfo(np.int64).min
 _INT64_MAX = np.iinfo(np.int64).max
 #: Integers up to this magnitude are exact as float64, so they can be ordered among floats there.
 _EXACT_IN_FLOAT = 2.0 ** 53
 #: orjson decodes integers in [-2^63, 2^64) exactly; it turns wider ones into floats at least this big.
 _INT64_LIMIT = 2.0 ** 63
-
-#: Byte classes for spotting integer literals orjson would turn into floats:
-#: d = digit, x = inside a float ('.', 'e', 'E', '+'), '-' = sign, s = anything else.
-_CLASSES = bytes(
-    ord("d") if 48 <= i <= 57 else ord("x") if chr(i) in ".eE+" else ord("-") if chr(i) == "-" else ord("s")
-    for i in range(256)
-)
-#: orjson decodes integers in [-2^63, 2^64) exactly; anything outside has >= 20 digits, or >= 19 if negative.
-_WIDE_POSITIVE = b"s" + b"d" * 20
-_WIDE_NEGATIVE = b"s-" + b"d" * 19
-
-
-class Oversized:
-    """Stands in for an integer literal too long to convert, so its position can be reported."""
-
-    __slots__ = ("digits",)
-
-    def __init__(self, digits: int) -> None:
-        self.digits = digits
-
-
-def parse_int_text(text: str | bytes) -> int | Oversized:
-    """Exact int of a decimal literal, refusing ones whose conversion would be too slow."""
-    if len(text) <= _SHORT_INT_TEXT:  # the common case first: json calls this for every integer
-        return int(text)
-    digits = len(text) - (text[:1] in ("-", "+", b"-", b"+"))
-    if digits > MAX_INT_DIGITS:
-        return Oversized(digits)
-    return int(gmpy2.mpz(text if isinstance(text, str) else text.decode(), 10))
-
-
-def has_wide_int_literal(text: bytes) -> bool:
-    """Whether JSON text may hold an integer orjson would silently turn into a float."""
-    classes = text.translate(_CLASSES)
-    return (_WIDE_POSITIVE in classes or _WIDE_NEGATIVE in classes
-            or classes.startswith(_WIDE_POSITIVE[1:]) or classes.startswith(_WIDE_NEGATIVE[1:]))
-
-
-def _reject_constant(name: str) -> Any:
-    """The stdlib json module accepts NaN and Infinity; JSON does not."""
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def loads_exact(text: bytes) -> Any:
-    """Decode JSON keeping every integer exact: orjson when it can, else the stdlib json module."""
-    if not has_wide_int_literal(text):
-        return orjson.loads(text)
-    limit = sys.get_int_max_str_digits()
-    if 0 < limit <= MAX_INT_DIGITS:
-        # int() itself refuses literals over the limit, so the common case needs no Python hook.
-        try:
-            return json.loads(text, parse_constant=_reject_constant)
-        except ValueError:
-            pass
-    return json.loads(text, parse_int=parse_int_text, parse_constant=_reject_constant)
 
 
 def _array_chunks(data: bytes, size: int) -> Iterator[bytes]:

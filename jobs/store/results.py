@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import gmpy2
 import orjson
 from redis import Redis
 
@@ -41,7 +40,10 @@ def _encode_items(items: Sequence[Any]) -> bytes:
     try:
         return orjson.dumps(items)[1:-1]
     except (orjson.JSONEncodeError, TypeError, OverflowError):
-        # Ints beyond 64 bits: GMP's digits() is subquadratic where int.__str__ is quadratic.
+        # Ints beyond 64 bits: GMP's digits() is subquadratic where int.__str__ is quadratic. Only a
+        # worker writes results, so the web never loads gmpy2.
+        import gmpy2
+
         return b",".join(gmpy2.mpz(x).digits(10).encode() if type(x) is int else orjson.dumps(x)
                          for x in items)
 

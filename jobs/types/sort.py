@@ -18,15 +18,13 @@ import json
 import math
 import re
 import warnings
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import gmpy2
-import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 
 from jobs.errors import InvalidParams, invalid
-from jobs.kernels.sort import (
+from jobs.types.numbers import (
     INT64_INPUT_MAGIC,
     MAX_INT_DIGITS,
     Oversized,
@@ -35,6 +33,9 @@ from jobs.kernels.sort import (
     parse_int_text,
 )
 from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, decode_out_of_range, pydantic_errors
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Up to this many numbers the params echo them, so small jobs show their input.
 ECHO_MAX = 1000
@@ -190,11 +191,17 @@ def _wide_int(x: Any) -> Any:
     if type(x) is not int or -(1 << 63) <= x < (1 << 64):
         return x
     # str() is quadratic in the digits (and capped by sys.get_int_max_str_digits()); gmpy2 is not.
-    return orjson.Fragment(str(x) if x.bit_length() < 4000 else gmpy2.mpz(x).digits(10))
+    if x.bit_length() < 4000:
+        return orjson.Fragment(str(x))
+    import gmpy2
+
+    return orjson.Fragment(gmpy2.mpz(x).digits(10))
 
 
 def encode_numbers(numbers: Any) -> tuple[bytes, bool]:
     """Canonical JSON array text of the numbers, and whether every integer fit in 64 bits."""
+    import numpy as np  # loaded by the first sort request, never by importing the web
+
     if isinstance(numbers, np.ndarray):
         return orjson.dumps(numbers, option=orjson.OPT_SERIALIZE_NUMPY), True
     try:
@@ -222,6 +229,8 @@ def join_tokens(data: bytes) -> tuple[bytes, int]:
 
 def _int64_tokens(text: bytes, count: int) -> np.ndarray | None:
     """All tokens as int64 when each is [+-]?digits within int64 range; else None."""
+    import numpy as np  # loaded by the first sort request, never by importing the web
+
     if b"." in text or b"e" in text or b"E" in text or text.translate(None, b"0123456789+-,"):
         return None
     if (text.endswith((b"-", b"+")) or (b"-" in text and _MINUS_COMMA.search(text))
@@ -246,6 +255,8 @@ def _int64_values(encoded: bytes) -> np.ndarray | None:
 
 def _canonical_int64(inner: bytes) -> np.ndarray | None:
     """Comma-separated integer text as int64, only when the values re-encode to exactly this text."""
+    import numpy as np  # loaded by the first sort request, never by importing the web
+
     if not inner or inner.translate(None, _INT_ARRAY_BYTES):
         return None
     with warnings.catch_warnings():
@@ -428,6 +439,8 @@ class SortJob(JobSpec):
                     digest: str | None = None) -> Submission:
         """The submission; `digest` is the SHA-256 of the canonical text when the caller already has it."""
         count = len(numbers)
+        import numpy as np
+
         values = numbers if isinstance(numbers, np.ndarray) else _int64_values(encoded) if fits else None
         params: dict[str, Any] = {}
         if count <= ECHO_MAX and fits:

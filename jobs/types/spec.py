@@ -80,10 +80,10 @@ def decode_out_of_range(raw: bytes, exc: ValueError) -> Any:
     """
     if "infinity" not in str(exc):  # orjson: "number is infinity when parsed as double"
         raise exc
-    from jobs.kernels.sort import _reject_constant, parse_int_text
+    from jobs.types.numbers import parse_int_text, reject_constant
 
     try:
-        return json.loads(raw, parse_int=parse_int_text, parse_constant=_reject_constant)
+        return json.loads(raw, parse_int=parse_int_text, parse_constant=reject_constant)
     except RecursionError:
         raise ValueError("the body is nested too deeply") from None
 
