@@ -27,7 +27,8 @@ bodies, a normal client's requests were answered in well under 2 s (the test pri
 The subclass overrides gthread's methods (accept, handle, handle_request, murder_pending, the
 keep-alive readable callback) and reads a few of its private fields (a request's expectation flag,
 a length reader's remaining count); all such touches are here, and gunicorn itself is imported
-through jobs.compat.gunicorn, which checks its version at import. TLS and HTTP/2 fall back to gthread's own path (Crunch serves neither itself).
+through jobs.compat.gunicorn, which checks its version at import. TLS and HTTP/2 fall back to
+gthread's own path (Crunch serves neither itself).
 """
 
 from __future__ import annotations
