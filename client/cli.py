@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from client import types as job_types
 from client.http import (
     LONG_POLL,
     ApiError,
@@ -229,12 +230,13 @@ def percent(job: dict[str, Any]) -> float | None:
 
 
 class Session:
-    def __init__(self, args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> None:
+    def __init__(self, args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> None:
         self.args = args
-        self.out, self.err = out, err
+        # Looked up per session, not bound at import: main() called in-process writes where stdout is now.
+        self.out, self.err = out or sys.stdout, err or sys.stderr
         url = args.url if re.match(r"^https?://", args.url) else "http://" + args.url
         self.client = CrunchClient(url)
-        self.progress = Progress(err, quiet=args.quiet)
+        self.progress = Progress(self.err, quiet=args.quiet)
         self.backoff = Backoff(args.give_up, on_retry=self._retrying, on_recover=self._recovered)
         self.job_id: str | None = None
 
@@ -320,9 +322,9 @@ class Session:
         """The value for people: one item per line, the count, the Fibonacci digits, the CSV."""
         kind, result = job.get("type"), job.get("result")
         text: str | None = None
-        if isinstance(result, dict) and kind == "fibonacci" and "value" in result:
+        if isinstance(result, dict) and "value" in result and kind != "csv":
             text = str(result["value"])
-        elif isinstance(result, dict) and kind == "primes" and "count" in result:
+        elif isinstance(result, dict) and "count" in result and kind != "csv":
             text = str(result["count"])
         if kind == "csv":
             if isinstance(result, dict):
@@ -460,6 +462,36 @@ def _upload(s: Session, kind: str, file: str, fields: list[tuple[str, str]]) -> 
     return s.run(kind, lambda wait: s.client.submit_form(kind, fields, [("file", source, name)], wait=wait))
 
 
+def cmd_submit(s: Session, a: argparse.Namespace) -> int:
+    """Any job type the server offers, with the fields its /openapi.json describes (client.types)."""
+    doc = s.call(s.client.document)
+    ops = job_types.submit_operations(doc)
+    op = ops.get(a.type)
+    if op is None:
+        raise UsageError(f"this server has no {a.type!r} jobs; it has {', '.join(ops)} (see crunch types)")
+    media = op.get("requestBody", {}).get("content", {})
+    try:
+        if "application/json" in media and not a.file:
+            body = job_types.json_body(doc, op, a.type, a.fields)
+            return s.run(a.type, lambda wait: s.client.submit(a.type, body, wait=wait))
+        if "multipart/form-data" in media:
+            if not a.file:
+                raise UsageError(f"{a.type} jobs take an uploaded file: --file FILE (- for stdin)")
+            return _upload(s, a.type, a.file, job_types.split_words(a.fields))
+    except job_types.TypeUsage as exc:
+        raise UsageError(str(exc)) from None
+    raise UsageError(f"{a.type} jobs take no uploaded file")
+
+
+def cmd_types(s: Session, a: argparse.Namespace) -> int:
+    doc = s.call(s.client.document)
+    if a.json:
+        s.write(json.dumps({k: op.get("summary") for k, op in job_types.submit_operations(doc).items()}) + "\n")
+    else:
+        s.write(job_types.describe(doc))
+    return EXIT_OK
+
+
 def cmd_wait(s: Session, a: argparse.Namespace) -> int:
     s.job_id = a.id
     return s.wait(s.call(s.client.job, a.id))
@@ -505,22 +537,10 @@ def preview(job: Job) -> str:
 
 
 def describe_params(job: dict[str, Any]) -> str:
+    """The job in a few words: the server's summary (its type's spec writes it), else its params."""
+    if isinstance(job.get("summary"), str) and job["summary"]:
+        return job["summary"]
     p = job.get("params") or {}
-    kind = job.get("type")
-    if kind == "primes" and "start" in p:
-        return f"{p['start']}..{p['end']} {p.get('output', 'list')}"
-    if kind == "fibonacci" and "n" in p:
-        return f"n={p['n']}"
-    if kind == "sort":
-        count = p.get("count", len(p.get("numbers") or []))
-        return f"{count} numbers" + (" descending" if p.get("descending") else "")
-    if kind == "csv" and "filename" in p:
-        parts = [str(p["filename"])]
-        if p.get("from") or p.get("till"):
-            parts.append(f"{p.get('date_column') or 'date'} {p.get('from') or '…'}..{p.get('till') or '…'}")
-        if p.get("sort_by"):
-            parts.append(f"by {p['sort_by']}" + (" descending" if p.get("descending") else ""))
-        return ", ".join(parts)
     text = json.dumps(p, separators=(",", ":"))
     return text if len(text) <= 50 else text[:49] + "…"
 
@@ -612,6 +632,7 @@ examples:
   crunch sort 3 1 2.5 --desc          or: crunch sort --file numbers.txt
   crunch csv sales.csv --date-column date --from 2024-01-01 --till 2024-03-31 --sort-by amount -o q1.csv
   crunch primes 0 1e11 --count --no-wait   prints the job id at once
+  crunch types                        every job type the server offers; any of them: crunch submit TYPE n=42
   crunch wait ID | status ID | cancel ID | pause ID | resume ID
   crunch result ID -o primes.csv      the whole result, streamed to a file (format from the extension)
   crunch jobs --status started
@@ -686,9 +707,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--desc", "--descending", action="store_true", dest="desc", help="largest first")
     job_options(p)
 
+    p = command("submit", "submit a job of any type the server offers (crunch types lists them)", cmd_submit)
+    p.add_argument("type", metavar="TYPE")
+    p.add_argument("fields", nargs="*", metavar="NAME=VALUE", help="the job's fields, e.g. n=1000")
+    p.add_argument("-f", "--file", metavar="FILE", help="upload FILE (- for stdin), for types that take one")
+    job_options(p)
+
+    command("types", "the job types this server offers, and the fields each takes", cmd_types)
+
     p = command("jobs", "list jobs, newest first", cmd_jobs, aliases=["ls"])
     p.add_argument("--status", choices=["queued", "started", "paused", "finished", "failed", "canceled"])
-    p.add_argument("--type", metavar="TYPE", help="primes, fibonacci, sort or csv")
+    p.add_argument("--type", metavar="TYPE", help="a job type (crunch types lists them)")
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     p.add_argument("--cursor", help=argparse.SUPPRESS)
 

@@ -336,6 +336,14 @@ class CrunchClient:
             body.close()
         return self._job(resp)
 
+    def document(self) -> dict[str, Any]:
+        """The server's OpenAPI document: its job types, as their specs describe them."""
+        resp = self.request("GET", "/openapi.json")
+        try:
+            return loads(resp.content)
+        finally:
+            resp.close()
+
     def job(self, job_id: str, *, wait: int = 0) -> Job:
         path = f"/api/v1/jobs/{job_id}" + (f"?wait={wait}" if wait else "")
         return self._job(self.request("GET", path, read_timeout=wait + 30.0))

@@ -39,6 +39,13 @@ class ScratchStore(Protocol):
         """Forget every list of this job."""
 
 
+#: What a context may provide beyond the protocol, by the name a spec lists in `needs` (JobSpec.needs):
+#: the runner builds exactly the extras a type declares, and sets the others to None.
+CONTEXT_EXTRAS: dict[str, str] = {
+    "segments": "a store of sieved prime segments shared by every job (jobs.kernels.primes.SegmentStore)",
+}
+
+
 class KernelContext(Protocol):
     """Progress, checkpoints, input and output of one job run."""
 
@@ -46,6 +53,8 @@ class KernelContext(Protocol):
     resume_state: dict[str, Any] | None
     output: ResultWriter
     scratch: ScratchStore
+    #: CONTEXT_EXTRAS: set when the type's spec lists it in `needs`, else None.
+    segments: Any
 
     def input(self) -> bytes:
         """Raw input blob stored at submit time (sort numbers, CSV file); b"" if none."""
@@ -109,8 +118,9 @@ class LocalContext:
 
     def __init__(self, data: bytes = b"", resume_state: dict[str, Any] | None = None,
                  stop_after: int | None = None, chunk_bytes: int = 1 << 16,
-                 scratch: MemoryScratch | None = None) -> None:
+                 scratch: MemoryScratch | None = None, segments: Any = None) -> None:
         self.resume_state = resume_state
+        self.segments = segments
         self.output = MemoryWriter()
         self.scratch = scratch if scratch is not None else MemoryScratch()
         self.data = data

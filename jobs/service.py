@@ -45,7 +45,7 @@ from jobs.store.request_cache import RequestCache
 from jobs.store.results import ResultReader
 from jobs.store.scripts import ADMIT_ONLY_LUA, LOOKUP_LUA, READ_WITH_RESULT_LUA, LuaScript
 from jobs.store.status import SETTLED, TERMINAL, JobStatus
-from jobs.types.registry import JOB_TYPES
+from jobs.types.registry import JOB_TYPES, summary_of
 from jobs.types.spec import Submission
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -118,7 +118,9 @@ class JobService:
         if rec.status is not JobStatus.FINISHED or rec.result_meta is None:
             return None
         # A finished job's result never changes while its id exists, so chunks read with the record stay good.
-        return ResultReader(self.conn, rec.id, rec.result_meta, rec.type, prefetched=rec.prefetched)
+        spec = JOB_TYPES.get(rec.type)
+        return ResultReader(self.conn, rec.id, rec.result_meta, spec.result_column if spec else "value",
+                            prefetched=rec.prefetched)
 
     def resource(self, rec: JobRecord, *, cached: bool = False, deduplicated: bool = False,
                  inline: bool = True) -> dict[str, Any]:
@@ -127,7 +129,9 @@ class JobService:
         reader = self.reader(rec) if inline else None
         if reader is not None and reader.inline_allowed():
             result = orjson.Fragment(reader.json_bytes())
-        return rec.to_resource(result=result, cached=cached, deduplicated=deduplicated)
+        resource = rec.to_resource(result=result, cached=cached, deduplicated=deduplicated)
+        resource["summary"] = summary_of(rec.type, rec.params)
+        return resource
 
     def wait(self, job_id: str, timeout: float, fresh: Submitted | None = None) -> JobRecord | None:
         """Block until the job settles (terminal or paused) or timeout passes, woken by pub/sub.
@@ -484,12 +488,26 @@ def _rechunk(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
         yield bytes(buf)
 
 
+#: A list cursor: the last listed job's index score and id. Plain text, so the OpenAPI document can
+#: state exactly which cursors the server takes (every string of this form is one: it names a position
+#: in the index, whether or not a job sits there). The base64 form of earlier versions is still read.
+CURSOR_RE = re.compile(r"([0-9]{1,17}(?:\.[0-9]{1,17})?)-([0-9a-f]{32})")
+
+
 def _encode_cursor(score: float, job_id: str) -> str:
+    """Scores are creation times (repr gives "1764781234.5098383"); one in exponent form, which no
+    clock gives, takes the old base64 form."""
+    text = f"{score!r}-{job_id}"
+    if CURSOR_RE.fullmatch(text):
+        return text
     return base64.urlsafe_b64encode(f"{score!r}:{job_id}".encode()).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> tuple[float, str]:
     """Inverse of _encode_cursor; ValueError on garbage."""
+    m = CURSOR_RE.fullmatch(cursor)
+    if m:
+        return float(m.group(1)), m.group(2)
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, job_id = raw.split(":", 1)

@@ -105,9 +105,7 @@ def read_submission(job_type: str) -> Submission:
         if dup is not None:  # 422, not 400: valid JSON, ambiguous content (see rest.input_bounds)
             raise validation_problem([{"loc": dup, "msg": "duplicate key: each key may appear once in an object"}],
                                      f"{'.'.join(map(str, dup))}: duplicate key")
-        if job_type == "sort":
-            return spec.parse_json(body, limits, raw=raw)  # type: ignore[call-arg]
-        return spec.parse_json(body, limits)
+        return spec.parse_json(body, limits, raw=raw)
     if mimetype == "multipart/form-data" and spec.accepts_form:
         # Werkzeug names a part without a name None, which the forms' field checks cannot sort (a 500).
         if None in request.form or None in request.files:
@@ -185,8 +183,8 @@ def submit(job_type: str) -> Response:
     return accepted(rec, outcome is Outcome.JOINED)
 
 
-for _name in JOB_TYPES:
-    bp.add_url_rule(f"/{_name}", f"submit_{_name}", submit, methods=["POST"], defaults={"job_type": _name})
+# One rule for every registered type (rest.extensions.JobTypeConverter); the spec does the rest.
+bp.add_url_rule("/<job_type:job_type>", "submit", submit, methods=["POST"])
 
 
 @bp.get("/jobs/<job_id>")

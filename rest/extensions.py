@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import replace
 from typing import Any
@@ -11,12 +12,14 @@ from flask_caching import Cache
 from flask_caching.backends.rediscache import RedisCache
 from flask_rq2 import RQ
 from redis import Redis
+from werkzeug.routing import BaseConverter
 
 from jobs.service import JobService
 from jobs.store.connection import redis_from_url
 from jobs.store.events import EventHub
 from jobs.store.keys import QUEUES, REQUEST_CACHE_PREFIX
 from jobs.store.request_cache import JsonSerializer, RequestCache
+from jobs.types.registry import JOB_TYPES
 
 
 class CrunchRedis(Redis):
@@ -60,8 +63,20 @@ class Crunch:
         self.wait_slots = threading.BoundedSemaphore(app.config["WAIT_SLOTS"])
 
 
+class JobTypeConverter(BaseConverter):
+    """`<job_type:name>` in a route: the name of a type registered when the app was built, so the API's
+    and the pages' per-type routes come from the registry (jobs.types.registry) and any other
+    segment falls through to the app's own routes or a 404."""
+
+    def __init__(self, url_map: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(url_map, *args, **kwargs)
+        names = sorted(JOB_TYPES, key=len, reverse=True)
+        self.regex = "|".join(re.escape(n) for n in names) if names else r"(?!)"
+
+
 def init_app(app: Flask) -> None:
-    """Bind RQ and the request cache to this app's Redis."""
+    """Bind RQ and the request cache to this app's Redis; teach the URL map the job type names."""
+    app.url_map.converters["job_type"] = JobTypeConverter
     app.config.setdefault("RQ_REDIS_URL", app.config["REDIS_URL"])
     app.config["RQ_QUEUE_CLASS"] = "jobs.store.queues.JsonQueue"
     app.config["RQ_JOB_CLASS"] = "jobs.store.queues.JsonJob"

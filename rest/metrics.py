@@ -158,8 +158,11 @@ def _observe(resp: Response) -> Response:
     t0: Any = g.pop("metrics_t0", None)
     if t0 is not None:
         rule = request.url_rule
-        HTTP_LATENCY.labels(rule.rule if rule is not None else "unmatched", request.method,
-                            str(resp.status_code)).observe(time.perf_counter() - t0)
+        template = rule.rule if rule is not None else "unmatched"
+        job_type = (request.view_args or {}).get("job_type")
+        if job_type and "<job_type:job_type>" in template:  # one rule serves every type; label each apart
+            template = template.replace("<job_type:job_type>", job_type)
+        HTTP_LATENCY.labels(template, request.method, str(resp.status_code)).observe(time.perf_counter() - t0)
     return resp
 
 

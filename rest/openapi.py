@@ -1,9 +1,11 @@
 """GET /openapi.json (OpenAPI 3.1) and GET /docs (Swagger UI served from the app, no CDN).
 
-Request bodies come from the same pydantic models that validate them (`params_model` of each
-JobSpec in JOB_TYPES), with this server's limits (MAX_FIB_N, ...) written in as maxima, so a
-new job type appears here as soon as it is registered. Bodies that no model describes
-(multipart uploads) are described by hand in FORM_BODIES.
+Each submit operation comes from its type's spec (jobs.types.spec.JobSpec): the body schema of
+the pydantic model that validates it with this server's limits (MAX_FIB_N, ...) written in, the
+multipart schema, the examples, the summary. So a type appears here as soon as it is registered.
+What JSON Schema cannot say (end >= start, a width limit, a column of the uploaded file's header)
+is said in words and as `x-crunch-rules` (RULES_KEYWORD); tests/test_openapi.py generates valid
+requests that honour those rules and expects every one answered 2xx.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, send_from_directory, 
 
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES
-from jobs.types.spec import JobSpec, Limits
+from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits
 
 bp = Blueprint("openapi", __name__)
 
@@ -24,65 +26,20 @@ API_VERSION = "1.0.0"
 MAX_WAIT = 30
 REF = "#/components/schemas/{model}"
 
-#: multipart/form-data bodies, described by hand because no pydantic model parses them.
-FORM_BODIES: dict[str, dict[str, Any]] = {
-    "sort": {
-        "type": "object",
-        "required": ["file"],
-        "additionalProperties": False,
-        "properties": {
-            "file": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
-                     "description": "The numbers, separated by commas, whitespace or newlines "
-                                    "(integers stay exact at any size, floats stay floats)."},
-            "descending": {"type": "string", "enum": ["true", "false", "1", "0", "on", "off"],
-                           "default": "false", "description": "Largest first (case-insensitive)."},
-        },
-    },
-    "csv": {
-        "type": "object",
-        "required": ["file"],
-        "additionalProperties": False,
-        "properties": {
-            "file": {"type": "string", "format": "binary", "contentMediaType": "text/csv",
-                     "description": "A CSV file with a header row."},
-            "date_column": {"type": "string", "description": "The column holding the dates to filter on."},
-            "from": {"type": "string", "format": "date", "description": "Keep rows dated on or after this day."},
-            "till": {"type": "string", "format": "date", "description": "Keep rows dated on or before this day."},
-            "sort_by": {"type": "string", "description": "The column to sort the kept rows by."},
-            "descending": {"type": "string", "enum": ["true", "false", "1", "0", "on", "off", "yes", "no"],
-                           "default": "false", "description": "Largest first (case-insensitive)."},
-        },
-    },
-}
-#: A multipart body for a form-accepting type nobody described yet: at least the upload.
+#: A multipart body for a form-accepting type whose spec describes none: at least the upload.
 GENERIC_FORM = {"type": "object", "required": ["file"],
                 "properties": {"file": {"type": "string", "format": "binary"}}}
-
-#: Server limits written into the generated schemas: type -> property -> keyword -> Limits field.
-LIMIT_KEYWORDS: dict[str, dict[str, dict[str, str]]] = {
-    "fibonacci": {"n": {"maximum": "max_fib_n"}},
-    "primes": {"start": {"maximum": "max_primes_end"}, "end": {"maximum": "max_primes_end"}},
-    "sort": {"numbers": {"maxItems": "max_sort_length"}},
-}
-
-#: The example body each route shows in /docs (otherwise Swagger UI makes one of the maxima).
-EXAMPLES: dict[str, Any] = {
-    "primes": {"start": 0, "end": 100, "output": "list"},
-    "fibonacci": {"n": 100},
-    "sort": {"numbers": [3, 1, 2.5, -7], "descending": False},
-}
-
-SUMMARIES = {
-    "primes": "The primes in [start, end] (both inclusive), or how many there are",
-    "fibonacci": "F(n), exact, as a decimal string",
-    "sort": "Sort numbers exactly (JSON body or uploaded file)",
-    "csv": "Filter a CSV by a date range and sort it by a column",
-}
-EXTRA_RULES = {
-    "primes": "end must be >= start; with output=list, end - start must be at most MAX_PRIMES_LIST_WIDTH "
-              "({max_primes_list_width}). Breaking either is a 422.",
-    "sort": "Integers may have at most 4300 digits. NaN and Infinity are not numbers (422).",
-}
+#: The largest value the API reads from a query string (rest.api.query_int takes up to 18 digits).
+QUERY_INT_MAX = 10**18 - 1
+#: The extension keyword for rules between fields that JSON Schema cannot state. Each rule has a
+#: "kind": "order" (the value of `high` is not below that of `low`), "width" (high - low is at most
+#: `maximum` when the fields named in `when` have those values, defaults included), "column" (the
+#: value of `field` is a column name of the header row of the CSV upload `file`).
+RULES_KEYWORD = "x-crunch-rules"
+#: A list cursor (jobs.service.CURSOR_RE, or empty for the first page), and examples of ids.
+CURSOR_PATTERN = r"^(?:[0-9]{1,17}(?:\.[0-9]{1,17})?-[0-9a-f]{32})?$"
+EXAMPLE_JOB_ID = "4f0c2a9e7b1d4c3e8a5f6b7c8d9e0f1a"
+EXAMPLE_CURSOR = f"1764781234.5098383-{EXAMPLE_JOB_ID}"
 
 
 def _problem_response(description: str, retry_after: bool = False) -> dict[str, Any]:
@@ -95,8 +52,11 @@ def _problem_response(description: str, retry_after: bool = False) -> dict[str, 
     return resp
 
 
-def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
+def _json(schema: dict[str, Any], description: str, example: Any = None, **extra: Any) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"description": description, "content": {"application/json": media}, **extra}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -140,7 +100,7 @@ def _components_problems() -> dict[str, Any]:
 
 def _query_int(minimum: int, maximum: int | None = None, default: int | None = None) -> dict[str, Any]:
     """An integer query parameter; like an absent one, an empty value means the default."""
-    number: dict[str, Any] = {"type": "integer", "minimum": minimum}
+    number: dict[str, Any] = {"type": "integer", "minimum": minimum, "maximum": QUERY_INT_MAX}
     if maximum is not None:
         number["maximum"] = maximum
     schema: dict[str, Any] = {"anyOf": [number, {"type": "string", "maxLength": 0}]}
@@ -154,47 +114,42 @@ def _job_id_param() -> dict[str, Any]:
 
 
 def params_schema(spec: JobSpec, limits: Limits, defs: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body schema of one job type, from its pydantic model, with this server's limits."""
-    schema = spec.params_model.model_json_schema(ref_template=REF)
+    """The JSON body schema of one job type, from its spec (the validating model, with this server's limits)."""
+    schema = spec.json_schema(limits)
     defs.update(schema.pop("$defs", {}))
-    for prop, keywords in LIMIT_KEYWORDS.get(spec.name, {}).items():
-        target = schema.get("properties", {}).get(prop)
-        if target is not None:
-            for keyword, field_name in keywords.items():
-                target[keyword] = getattr(limits, field_name)
-    rule = EXTRA_RULES.get(spec.name)
-    if rule:
-        schema["description"] = (schema.get("description", "") + " " + rule.format(**vars(limits))).strip()
     return schema
 
 
-def form_schema(spec: JobSpec) -> dict[str, Any]:
-    """The multipart body: described by hand, with the descriptions of the model's same-named fields."""
-    form = copy.deepcopy(FORM_BODIES.get(spec.name, GENERIC_FORM))
-    for name, field in spec.params_model.model_fields.items():
-        prop = form["properties"].get(field.alias or name)
-        if prop is not None and field.description:
-            prop["description"] = field.description
-    return form
+def form_schema(spec: JobSpec, limits: Limits) -> dict[str, Any]:
+    """The multipart body, as the spec describes it."""
+    return spec.form_schema(limits) or copy.deepcopy(GENERIC_FORM)
 
 
 def submit_operation(spec: JobSpec, limits: Limits, model_name: str) -> dict[str, Any]:
     content: dict[str, Any] = {}
     if spec.accepts_json:
         content["application/json"] = {"schema": _ref(model_name)}
-        if spec.name in EXAMPLES:
-            content["application/json"]["example"] = EXAMPLES[spec.name]
+        if spec.examples:
+            content["application/json"]["examples"] = copy.deepcopy(spec.examples)
     if spec.accepts_form:
-        content["multipart/form-data"] = {"schema": form_schema(spec)}
+        form = form_schema(spec, limits)
+        content["multipart/form-data"] = {"schema": form}
+        examples = getattr(spec, "form_examples", None) or (spec.examples if not spec.accepts_json else None)
+        if examples:
+            content["multipart/form-data"]["examples"] = copy.deepcopy(examples)
+        file_type = form.get("properties", {}).get("file", {}).get("contentMediaType")
+        if file_type:
+            content["multipart/form-data"]["encoding"] = {"file": {"contentType": file_type}}
     pause_note = "pausable: it checkpoints" if spec.pausable else "not pausable"
     return {
         "tags": ["submit"],
         "operationId": f"submit_{spec.name}",
-        "summary": SUMMARIES.get(spec.name, f"Submit a {spec.name} job"),
+        "summary": spec.title or f"Submit a {spec.name} job",
         "description": (
             f"Queue a `{spec.name}` job ({pause_note}), join the identical one in flight, or answer "
             "at once from the result cache. Identical requests (same type and canonical params) "
-            "never compute twice."
+            "never compute twice." + (" An integer field takes a JSON integer: 7.0 is a float and is refused "
+                                      "(422), although JSON Schema's `integer` admits it." if spec.accepts_json else "")
         ),
         "parameters": [{"$ref": "#/components/parameters/Prefer"}],
         "requestBody": {"required": True, "content": content},
@@ -206,7 +161,7 @@ def submit_operation(spec: JobSpec, limits: Limits, model_name: str) -> dict[str
                                                          "description": "`wait=N` when the server waited."}}),
             "202": _json(_ref("Job"), "A new job was queued, or this request joined the identical job in "
                          "flight (`deduplicated: true`).",
-                         headers={"Location": {"$ref": "#/components/headers/Location", "required": True},
+                         headers={"Location": {"$ref": "#/components/headers/Location"},
                                   "Retry-After": {"$ref": "#/components/headers/Retry-After"}}),
             **_problems("400", "413", "415", "422", "429", "503"),
         },
@@ -225,6 +180,8 @@ def job_schema() -> dict[str, Any]:
             "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
             "type": {"type": "string", "enum": list(JOB_TYPES)},
             "params": {"type": "object", "description": "The canonical params of the request."},
+            "summary": {"type": "string", "description": "What the job computes, in one line (its type's "
+                                                         "wording, as the pages show it)."},
             "status": {"type": "string", "enum": [s.value for s in JobStatus]},
             "progress": {
                 "type": ["object", "null"],
@@ -258,6 +215,16 @@ def job_schema() -> dict[str, Any]:
                 "properties": {k: link for k in ("self", "result", "events", "cancel", "pause", "resume",
                                                  "retry")},
             },
+        },
+        "example": {
+            "id": EXAMPLE_JOB_ID, "type": "fibonacci", "params": {"n": 10}, "summary": "F(10)",
+            "status": "finished", "progress": {"done": 10, "total": 10, "percent": 100.0},
+            "created_at": "2026-12-03T17:00:00.000Z", "started_at": "2026-12-03T17:00:00.002Z",
+            "ended_at": "2026-12-03T17:00:00.003Z", "duration_ms": 0.4, "cached": False, "deduplicated": False,
+            "result": {"n": 10, "digits": 2, "value": "55"}, "result_url": f"/api/v1/jobs/{EXAMPLE_JOB_ID}/result",
+            "error": None, "pausable": False, "queue": FAST_QUEUE,
+            "links": {k: f"/api/v1/jobs/{EXAMPLE_JOB_ID}" + ("" if k == "self" else f"/{k}")
+                      for k in ("self", "result", "events", "cancel", "pause", "resume", "retry")},
         },
     }
 
@@ -312,17 +279,20 @@ def build_document(limits: Limits) -> dict[str, Any]:
         "tags": ["jobs"], "operationId": "list_jobs", "summary": "List jobs, newest first",
         "parameters": [
             {"name": "status", "in": "query", "description": "Only jobs in this status (empty: any).",
-             "schema": {"type": "string", "enum": ["", *(s.value for s in JobStatus)]}},
+             "schema": {"type": "string", "enum": ["", *(s.value for s in JobStatus)]}, "example": "finished"},
             {"name": "type", "in": "query", "description": "Only jobs of this type (empty: any).",
-             "schema": {"type": "string", "enum": ["", *JOB_TYPES]}},
-            {"name": "limit", "in": "query", "schema": _query_int(1, 500, 50)},
-            {"name": "cursor", "in": "query", "schema": {"type": "string"},
-             "description": "`next_cursor` of the previous page."},
+             "schema": {"type": "string", "enum": ["", *JOB_TYPES]}, "example": next(iter(JOB_TYPES), "")},
+            {"name": "limit", "in": "query", "schema": _query_int(1, 500, 50), "example": 10},
+            {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+             "example": EXAMPLE_CURSOR,
+             "description": "`next_cursor` of the previous page: the position after which the page starts (the "
+                            "last listed job's creation time and id). Any other string is refused (422)."},
         ],
         "responses": {
             "200": _json({"type": "object", "required": ["jobs", "next_cursor"], "properties": {
                 "jobs": {"type": "array", "items": _ref("Job")},
-                "next_cursor": {"type": ["string", "null"]}}}, "One page of jobs (results not inlined)."),
+                "next_cursor": {"type": ["string", "null"], "pattern": CURSOR_PATTERN}}},
+                "One page of jobs (results not inlined)."),
             **_problems("422", "503"),
         },
     }}
@@ -331,7 +301,7 @@ def build_document(limits: Limits) -> dict[str, Any]:
             "tags": ["jobs"], "operationId": "get_job", "summary": "Get a job, or long-poll it",
             "parameters": [_job_id_param(), {
                 "name": "wait", "in": "query",
-                "schema": _query_int(0, MAX_WAIT, 0),
+                "schema": _query_int(0, MAX_WAIT, 0), "example": 5,
                 "description": "Long-poll: answer as soon as the job is terminal or paused, or after this "
                                "many seconds."}],
             "responses": {"200": _json(_ref("Job"), "The job."), **_problems("404", "422", "503")},
@@ -346,9 +316,9 @@ def build_document(limits: Limits) -> dict[str, Any]:
         "tags": ["jobs"], "operationId": "get_result", "summary": "The result, whole or one page, streamed",
         "parameters": [
             _job_id_param(),
-            {"name": "offset", "in": "query", "schema": _query_int(0, None, 0),
+            {"name": "offset", "in": "query", "schema": _query_int(0, None, 0), "example": 0,
              "description": "First item of the page (array results)."},
-            {"name": "limit", "in": "query", "schema": _query_int(0),
+            {"name": "limit", "in": "query", "schema": _query_int(0), "example": 100,
              "description": "Items in the page (array results); all the rest when absent."},
             {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["", "json", "csv", "txt"]},
              "description": "Empty or absent: json, except for text results (the csv job's file): csv. "
@@ -408,11 +378,14 @@ def build_document(limits: Limits) -> dict[str, Any]:
                                     "last_heartbeat": {"type": ["string", "null"], "format": "date-time"}}}
     paths["/api/v1/queues"] = {"get": {
         "tags": ["queues"], "operationId": "list_queues", "summary": "Queues and their counters",
-        "responses": {"200": _json({"type": "array", "items": queue_schema}, "Every queue."),
+        "responses": {"200": _json({"type": "array", "items": queue_schema}, "Every queue.", example=[
+            {"name": DEFAULT_QUEUE, "queued": 3, "started": 2, "finished": 120, "failed": 1, "canceled": 4,
+             "workers": 2}]),
                       **_problems("503")}}}
     paths["/api/v1/queues/{name}/jobs"] = {"get": {
         "tags": ["queues"], "operationId": "queue_jobs", "summary": "Waiting jobs in dispatch order",
-        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "parameters": [{"name": "name", "in": "path", "required": True, "example": DEFAULT_QUEUE,
+                        "schema": {"type": "string", "enum": [FAST_QUEUE, DEFAULT_QUEUE]}}],
         "responses": {"200": _json({"type": "object", "required": ["queue", "jobs"],
                                     "properties": {"queue": {"type": "string"},
                                                    "jobs": {"type": "array", "items": _ref("Job")}}},
@@ -420,13 +393,15 @@ def build_document(limits: Limits) -> dict[str, Any]:
                       **_problems("404", "503")}}}
     paths["/api/v1/workers"] = {"get": {
         "tags": ["queues"], "operationId": "list_workers", "summary": "Workers and what they run",
-        "responses": {"200": _json({"type": "array", "items": worker_schema}, "Every registered worker."),
+        "responses": {"200": _json({"type": "array", "items": worker_schema}, "Every registered worker.", example=[
+            {"name": "crunch-worker-1", "state": "busy", "queues": [FAST_QUEUE, DEFAULT_QUEUE],
+             "current_job": EXAMPLE_JOB_ID, "last_heartbeat": "2026-12-03T17:00:05Z"}]),
                       **_problems("503")}}}
 
     status_body = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
     paths["/healthz"] = {"get": {"tags": ["operations"], "operationId": "healthz",
                                  "summary": "Liveness: 200 while the process lives",
-                                 "responses": {"200": _json(status_body, "Alive.")}}}
+                                 "responses": {"200": _json(status_body, "Alive.", example={"status": "ok"})}}}
     ready_body = {"type": "object", "required": ["status", "redis", "workers"],
                   "properties": {"status": {"type": "string"}, "redis": {"type": "string"},
                                  "workers": {"type": ["integer", "null"]}, "detail": {"type": "string"}}}
@@ -437,18 +412,21 @@ def build_document(limits: Limits) -> dict[str, Any]:
                 op["responses"]["401"] = {"$ref": "#/components/responses/401"}
     paths["/readyz"] = {"get": {"tags": ["operations"], "operationId": "readyz",
                                 "summary": "Readiness: 200 when Redis answers, 503 when not",
-                                "responses": {"200": _json(ready_body, "Ready; `workers` counts the workers."),
+                                "responses": {"200": _json(ready_body, "Ready; `workers` counts the workers.",
+                                                           example={"status": "ok", "redis": "ok", "workers": 2}),
                                               "503": {**_problem_response(
                                                   "Redis is unreachable, or refused the credentials in REDIS_URL "
                                                   "(the body adds `redis` and `workers`).", retry_after=True)}}}}
     paths["/metrics"] = {"get": {"tags": ["operations"], "operationId": "metrics",
                                  "summary": "Prometheus metrics (text exposition format)",
-                                 "responses": {"200": {"description": "The metrics.",
+                                 "responses": {"200": {"description": "The metrics (Prometheus text format, e.g. "
+                                                                      "`crunch_jobs_submitted_total{...} 3`).",
                                                        "content": {"text/plain": {"schema": {"type": "string"}}}},
                                                **_problems("503")}}}
     paths["/openapi.json"] = {"get": {"tags": ["operations"], "operationId": "openapi",
                                       "summary": "This document",
-                                      "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")}}}
+                                      "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.", example={
+                                          "openapi": "3.1.0", "info": {}, "paths": {}})}}}
     paths["/docs"] = {"get": {"tags": ["operations"], "operationId": "docs",
                               "summary": "Interactive documentation (works offline)",
                               "responses": {"200": {"description": "An HTML page.",
@@ -476,8 +454,9 @@ def build_document(limits: Limits) -> dict[str, Any]:
             "responses": {**_components_problems(), "401": copy.deepcopy(UNAUTHORIZED)},
             "securitySchemes": copy.deepcopy(SECURITY_SCHEMES),
             "parameters": {
-                "JobId": {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
-                          "description": "The job id (32 hex digits)."},
+                "JobId": {"name": "job_id", "in": "path", "required": True,
+                          "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "example": EXAMPLE_JOB_ID,
+                          "description": "The job id (32 hex digits), as the submit answered it."},
                 "Prefer": {"name": "Prefer", "in": "header", "schema": {"type": "string"},
                            "example": "wait=10",
                            "description": f"RFC 7240 `wait=N` (N <= {MAX_WAIT}): hold the response up to N "
@@ -485,7 +464,9 @@ def build_document(limits: Limits) -> dict[str, Any]:
                                           "finished job and `Preference-Applied: wait=N`."},
             },
             "headers": {
-                "Location": {"schema": {"type": "string"}, "description": "The job's URL, /api/v1/jobs/{id}."},
+                # Required here: OpenAPI 3.1 allows only summary and description beside a $ref.
+                "Location": {"schema": {"type": "string"}, "required": True,
+                             "description": "The job's URL, /api/v1/jobs/{id}."},
                 "Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"},
                                 "description": "Seconds to wait before asking again."},
             },

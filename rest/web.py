@@ -26,11 +26,10 @@ from jobs.service import Conflict
 from jobs.sharing import submit_owned
 from jobs.store.record import JobRecord, rfc3339
 from jobs.store.status import JobStatus
-from jobs.types.registry import JOB_TYPES
-from jobs.types.spec import Limits, Submission
+from jobs.types.registry import JOB_TYPES, summary_of
+from jobs.types.spec import JobSpec, Limits, Submission
 from rest import auth, presenting
 from rest.extensions import service
-from rest.input_bounds import TooLong, parse_uint
 
 bp = Blueprint("web", __name__)
 
@@ -46,111 +45,33 @@ RECENT = 10
 #: Seconds between self-refreshes of a live job page without JavaScript.
 REFRESH_SECONDS = 2
 ACTIONS = ("cancel", "pause", "resume", "retry", "delete")
-TYPE_LABELS = {"primes": "Primes", "fibonacci": "Fibonacci", "sort": "Sort", "csv": "CSV"}
 FLASH_COOKIE = "crunch_flash"
 
-_TRUE = frozenset(("true", "1", "on", "yes"))
-_FALSE = frozenset(("false", "0", "off", "no", ""))
-
-
-# -- validation: form and query strings to the specs' JSON bodies ------------------------------
+# -- validation: each type's spec parses its own form (JobSpec.parse_page) ------------------------
 
 
 def _limits() -> Limits:
     return current_app.config["LIMITS"]
 
 
-def _int_field(values: Mapping[str, str], name: str, errors: list[dict[str, Any]]) -> int | None:
-    """A whole number typed into a form or a query string, or an error located at the field
-    (its length is checked before int(): see rest.input_bounds)."""
-    raw = (values.get(name) or "").strip()
-    if not raw:
-        errors.append({"loc": ["body", name], "msg": "this field is required"})
-        return None
-    try:
-        return parse_uint(raw)
-    except TooLong as exc:
-        errors.append({"loc": ["body", name], "msg": f"too long: {exc}"})
-    except ValueError:
-        errors.append({"loc": ["body", name], "msg": "must be a whole number, 0 or more"})
-    return None
+def _spec(job_type: str) -> JobSpec:
+    spec = JOB_TYPES.get(job_type)
+    if spec is None:
+        abort(404)
+    return spec
 
 
-def _bool_field(values: Mapping[str, str], name: str, errors: list[dict[str, Any]]) -> bool:
-    raw = (values.get(name) or "").strip().lower()
-    if raw in _TRUE or raw in _FALSE:
-        return raw in _TRUE
-    errors.append({"loc": ["body", name], "msg": "must be true or false"})
-    return False
-
-
-def parse_fibonacci(values: Mapping[str, str]) -> Submission:
-    errors: list[dict[str, Any]] = []
-    n = _int_field(values, "n", errors)
-    if errors:
-        raise InvalidParams(errors)
-    return JOB_TYPES["fibonacci"].parse_json({"n": n}, _limits())
-
-
-def parse_primes(values: Mapping[str, str]) -> Submission:
-    errors: list[dict[str, Any]] = []
-    start = _int_field(values, "start", errors)
-    end = _int_field(values, "end", errors)
-    output = (values.get("output") or "list").strip()
-    if errors:
-        raise InvalidParams(errors)
-    return JOB_TYPES["primes"].parse_json({"start": start, "end": end, "output": output}, _limits())
-
-
-def parse_sort_text(values: Mapping[str, str]) -> Submission:
-    """`numbers` as text separated by commas, spaces or newlines (the upload format)."""
-    errors: list[dict[str, Any]] = []
-    descending = _bool_field(values, "descending", errors)
-    text = values.get("numbers") or ""
-    if not text.strip():
-        errors.append({"loc": ["body", "numbers"], "msg": "enter some numbers" +
-                       (" or choose a file" if request.method == "POST" else "")})
-    if errors:
-        raise InvalidParams(errors)
-    try:
-        return JOB_TYPES["sort"].parse_file(text.encode(), descending, _limits())  # type: ignore[attr-defined]
-    except InvalidParams as exc:
-        # The spec names the upload "file"; here the numbers came from the text field.
-        raise InvalidParams([{**e, "loc": ["body", "numbers", *e["loc"][2:]]}
-                             if list(e["loc"][:2]) == ["body", "file"] else e for e in exc.errors]) from None
-
-
-def parse_sort_form() -> Submission:
-    """The sort form: the text area, or an uploaded file of numbers (not both)."""
-    upload = request.files.get("file")
-    has_file = upload is not None and bool(upload.filename)
-    has_text = bool((request.form.get("numbers") or "").strip())
-    if has_file and has_text:
-        raise InvalidParams([{"loc": ["body", "numbers"],
-                              "msg": "give the numbers either in the text area or as a file, not both"}])
-    if not has_file:
-        return parse_sort_text(request.form)
-    errors: list[dict[str, Any]] = []
-    descending = _bool_field(request.form, "descending", errors)
-    if errors:
-        raise InvalidParams(errors)
-    assert upload is not None
-    return JOB_TYPES["sort"].parse_file(upload.read(), descending, _limits())  # type: ignore[attr-defined]
-
-
-def parse_csv_form() -> Submission:
-    """Hand the multipart form to the CSV spec, without the fields a browser sends empty (or the CSRF token)."""
+def parse_page_form(spec: JobSpec) -> Submission:
+    """A POSTed form, through the spec's parse_page: without the CSRF token, the values a browser sends
+    empty (an empty field means absent, as in a JSON body without it) and empty file inputs."""
     form = MultiDict([(k, v) for k, v in request.form.items(multi=True) if v.strip() and k != auth.CSRF_FIELD])
     files = MultiDict([(k, f) for k, f in request.files.items(multi=True) if f.filename])
-    return JOB_TYPES["csv"].parse_form(form, files, _limits())
+    return spec.parse_page(form, files, _limits())
 
 
-FORM_PARSERS: dict[str, Any] = {
-    "primes": lambda: parse_primes(request.form),
-    "fibonacci": lambda: parse_fibonacci(request.form),
-    "sort": parse_sort_form,
-    "csv": parse_csv_form,
-}
+def parse_link(spec: JobSpec) -> Submission:
+    """A GET link's query string, through the same parse_page (files=None: a link uploads nothing)."""
+    return spec.parse_page(request.args, None, _limits())
 
 
 def field_errors(exc: InvalidParams) -> dict[str, list[str]]:
@@ -196,22 +117,8 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 def summary(rec: JobRecord) -> str:
-    """One line that says what a job computes."""
-    p = rec.params
-    try:
-        if rec.type == "primes":
-            what = "Count primes" if p.get("output") == "count" else "Primes"
-            return f"{what} in [{int(p['start']):,}, {int(p['end']):,}]"
-        if rec.type == "fibonacci":
-            return f"F({int(p['n']):,})"
-        if rec.type == "sort":
-            order = "descending" if p.get("descending") else "ascending"
-            return f"Sort {int(p.get('count', len(p.get('numbers', [])))):,} numbers, {order}"
-        if rec.type == "csv":
-            return f"Filter and sort {p.get('filename') or 'a CSV file'}"
-    except (KeyError, TypeError, ValueError):
-        pass
-    return f"{rec.type} job"
+    """One line that says what a job computes (its spec's summary)."""
+    return summary_of(rec.type, rec.params)
 
 
 def progress_of(rec: JobRecord) -> dict[str, Any]:
@@ -240,7 +147,7 @@ def result_preview(rec: JobRecord) -> dict[str, Any] | None:
     # A value result (count, Fibonacci) is its JSON; a text result (the CSV file) answers its summary.
     value = orjson.loads(b"".join(reader.iter_json()))
     if getattr(reader, "is_text", False):
-        return {"kind": "table", "csv": presenting.csv_summary(value or {}),
+        return {"kind": "table", "fields": [(k, _short(v, PREVIEW_CHARS)) for k, v in (value or {}).items()],
                 "rows": _text_rows(reader)}
     if isinstance(value, dict) and isinstance(value.get("value"), str):
         text = value["value"]
@@ -265,7 +172,13 @@ def _text_rows(reader: Any) -> list[list[str]]:
 
 
 def download_formats(rec: JobRecord) -> list[str]:
-    return ["csv"] if rec.type == "csv" else ["json", "csv", "txt"]
+    spec = JOB_TYPES.get(rec.type)
+    return list(spec.downloads) if spec is not None else ["json"]
+
+
+def type_label(job_type: str) -> str:
+    spec = JOB_TYPES.get(job_type)
+    return (spec.label if spec is not None else "") or job_type.capitalize()
 
 
 def job_view(rec: JobRecord) -> dict[str, Any]:
@@ -277,7 +190,8 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
         "status": status.value,
         "terminal": status.terminal,
         "summary": summary(rec),
-        "type_label": TYPE_LABELS.get(rec.type, rec.type.capitalize()),
+        "type_label": type_label(rec.type),
+        "count_noun": JOB_TYPES[rec.type].count_noun if rec.type in JOB_TYPES else ("", ""),
         "progress": progress_of(rec),
         "created": rfc3339(rec.created_at),
         "started": rfc3339(rec.started_at),
@@ -305,7 +219,7 @@ def _home(values: dict[str, Mapping[str, str]] | None = None,
     recent, _ = service().list(limit=RECENT, owner=auth.current_owner())
     html = render_template("home.html", values=values or {}, errors=errors or {}, limits=_limits(),
                            recent=[job_view_light(r) for r in recent], job_types=list(JOB_TYPES),
-                           confirm=confirm, again=again)
+                           job_specs=list(JOB_TYPES.values()), confirm=confirm, again=again)
     return Response(html, status=status, mimetype="text/html")
 
 
@@ -352,7 +266,7 @@ def _form_values() -> dict[str, str]:
 @bp.get("/")
 def home() -> Response:
     if "n" in request.args:  # the Fibonacci server Crunch grew from: http://localhost:5000/?n=42
-        return fibonacci_link()
+        return type_link("fibonacci")
     again = request.args.get("again")
     rec = auth.visible(service().get(again)) if again and presenting.normal_id(again) else None
     if rec is not None:  # "Run again": this job's form, filled in with its request
@@ -361,26 +275,19 @@ def home() -> Response:
     return _home()
 
 
-@bp.post("/submit/<job_type>")
+@bp.post("/submit/<job_type:job_type>")
 def submit_form(job_type: str) -> Response:
-    if job_type not in JOB_TYPES or job_type not in FORM_PARSERS:
+    spec = _spec(job_type)
+    return _submit_or_home(job_type, lambda: parse_page_form(spec), _form_values())
+
+
+@bp.get("/<job_type:job_type>")
+def type_link(job_type: str) -> Response:
+    """GET /fibonacci?n=42 and the like submit too (types with links), then redirect to the job."""
+    spec = _spec(job_type)
+    if not spec.links:
         abort(404)
-    return _submit_or_home(job_type, FORM_PARSERS[job_type], _form_values())
-
-
-@bp.get("/fibonacci")
-def fibonacci_link() -> Response:
-    return _submit_or_home("fibonacci", lambda: parse_fibonacci(request.args), request.args.to_dict(), link=True)
-
-
-@bp.get("/primes")
-def primes_link() -> Response:
-    return _submit_or_home("primes", lambda: parse_primes(request.args), request.args.to_dict(), link=True)
-
-
-@bp.get("/sort")
-def sort_link() -> Response:
-    return _submit_or_home("sort", lambda: parse_sort_text(request.args), request.args.to_dict(), link=True)
+    return _submit_or_home(job_type, lambda: parse_link(spec), request.args.to_dict(), link=True)
 
 
 def _load(job_id: str) -> JobRecord:

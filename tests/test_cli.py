@@ -150,7 +150,7 @@ def test_no_wait_then_status_wait_result_file_and_jobs(web: Web, tmp_path: Path)
     assert [int(x) for x in out.stdout.split()] == expected
 
     out = crunch(web, "status", job_id)
-    assert out.returncode == 0 and "finished" in out.stdout and f"0..{hi} list" in out.stdout, out.stdout
+    assert out.returncode == 0 and "finished" in out.stdout and f"Primes in [0, {hi:,}]" in out.stdout, out.stdout
 
     out = crunch(web, "result", job_id, "--format", "csv", "-o", str(tmp_path / "primes.csv"))
     assert out.returncode == 0, out.stderr

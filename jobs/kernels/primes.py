@@ -134,7 +134,7 @@ def run(params: dict[str, Any], ctx: KernelContext) -> dict[str, int]:
         raise ValueError(f"checkpoint position {nxt} lies outside [{start}, {end + 1}]")
     found = int(state.get("count", 0))
     stats = {"sieved": int(state.get("sieved", 0)), "reused": int(state.get("reused", 0))}
-    walker = _Walker(getattr(ctx, "segments", None), end, stats)
+    walker = _Walker(ctx.segments, end, stats)
 
     def snapshot() -> dict[str, int]:
         return {"next": nxt, "count": found, **stats}

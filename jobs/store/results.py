@@ -155,12 +155,13 @@ class RedisResultWriter:
 class ResultReader:
     """Streams a stored result as JSON, CSV or text, whole or one page at a time."""
 
-    def __init__(self, conn: Redis, job_id: str, meta: dict[str, Any], job_type: str = "",
+    def __init__(self, conn: Redis, job_id: str, meta: dict[str, Any], column: str = "value",
                  prefetched: list[bytes] | None = None) -> None:
         """prefetched: the first chunks, when read along with the record (a waiter woken by the finish)."""
         self.conn = conn
         self.meta = meta
-        self.job_type = job_type
+        #: The CSV header of an array result's download (its type's JobSpec.result_column).
+        self.column = column
         self.chunks_key = RESULT_CHUNKS_KEY.format(id=job_id)
         self.counts_key = RESULT_COUNTS_KEY.format(id=job_id)
         self.prefetched = prefetched
@@ -291,7 +292,7 @@ class ResultReader:
             yield from _value_lines(value, header)
             return
         if header:
-            yield b"prime\r\n" if self.job_type == "primes" else b"number\r\n"
+            yield self.column.encode() + b"\r\n"
         eol = b"\r\n" if header else b"\n"
         if offset == 0 and limit is None:
             for chunk in self._chunks():

@@ -27,6 +27,7 @@ from typing import IO, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.errors import InvalidParams
+from jobs.types.form import STRIPPED, FormField, blank_value, stripped_words
 from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, canonical_json
 
 #: Bytes read per piece while hashing and while streaming into Redis.
@@ -43,6 +44,12 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _TRUE = frozenset(("true", "1", "on", "yes"))
 _FALSE = frozenset(("false", "0", "off", "no"))
 _OPTIONS = ("date_column", "from", "till", "sort_by", "descending")
+#: What the form schema says of a column name (with the whitespace the server strips around it):
+#: no control characters. Of a date: format "date" (RFC 3339's full-date) from year 0001, since date()
+#: has no year 0.
+_NAME_END = f"[^{STRIPPED}\\x00-\\x08\\x0e-\\x1f\\x7f]"
+COLUMN_PATTERN = f"^[{STRIPPED}]*{_NAME_END}(?:[^\\x00-\\x08\\x0a-\\x1f\\x7f]*{_NAME_END})?[{STRIPPED}]*$"
+DATE_PATTERN = r"^(?:[0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})-[0-9]{2}-[0-9]{2}$"
 #: Control characters that never appear in text CSV (tab, CR and LF excepted).
 _BINARY = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
@@ -215,6 +222,73 @@ class CsvJob(JobSpec):
     accepts_json = False
     private_input = True
     accepts_form = True
+
+    label = "CSV"
+    description = "Keep the rows of a CSV file whose date lies in a range, sorted by a column."
+    button = "Filter and sort"
+    form = (
+        FormField("file", "CSV file", kind="file", accept=".csv,text/csv", required=True, hint="With a header row."),
+        FormField("date_column", "Date column", kind="text", hint="The header of the column that holds the dates."),
+        FormField("from", "From", kind="date", hint="The first date kept (inclusive)."),
+        FormField("till", "Till", kind="date", hint="The last date kept (inclusive)."),
+        FormField("sort_by", "Sort by column", kind="text"),
+        FormField("descending", "Largest first (descending)", kind="checkbox"),
+    )
+    downloads = ("csv",)
+    progress_unit = "bytes"
+
+    title = "Filter a CSV by a date range and sort it by a column"
+    examples: ClassVar[dict[str, dict[str, Any]]] = {"q1": {
+        "summary": "The rows of Q1 2024, largest amount first",
+        "value": {"file": "date,region,amount\n2024-01-05,north,120.50\n2024-02-11,south,99\n2024-04-02,east,310\n",
+                  "date_column": "date", "from": "2024-01-01", "till": "2024-03-31", "sort_by": "amount",
+                  "descending": "true"}}}
+
+    def summary(self, params: dict[str, Any]) -> str:
+        return f"Filter and sort {params.get('filename') or 'a CSV file'}"
+
+    def form_schema(self, limits: Limits) -> dict[str, Any]:
+        """What parse_form accepts. A value blank once stripped counts as absent (browsers send every
+        field), so each option is also allowed blank, and from or till given (not blank) needs a
+        date_column given: an if/then per field, where dependentRequired would also demand one for a
+        blank from. x-crunch-rules state the rest: from <= till, columns of the file's header."""
+        column = {"type": "string", "maxLength": 200, "pattern": COLUMN_PATTERN}
+        day = {"type": "string", "format": "date", "pattern": DATE_PATTERN}
+        given = {"not": blank_value()}
+        needs_column = [{"if": {"required": [name], "properties": {name: given}},
+                         "then": {"required": ["date_column"], "properties": {"date_column": given}}}
+                        for name in ("from", "till")]
+        return {
+            "type": "object",
+            "required": ["file"],
+            "additionalProperties": False,
+            "allOf": needs_column,
+            "properties": {
+                "file": {"type": "string", "format": "binary", "contentMediaType": "text/csv",
+                         "description": "A UTF-8 CSV file whose first row names the columns (not every one of "
+                                        "them a number or a date), without NUL bytes, at most "
+                                        f"{limits.max_body_bytes} bytes (MAX_BODY_BYTES)."},
+                "date_column": {"anyOf": [column, blank_value()],
+                                "description": "The column holding ISO dates or datetimes to filter on: a column "
+                                               "of the file's header row. Needed by from and till."},
+                "from": {"anyOf": [day, blank_value()], "description": "Keep rows dated on or after this day "
+                                                                       "(YYYY-MM-DD, year 0001 or later)."},
+                "till": {"anyOf": [day, blank_value()], "description": "Keep rows dated on or before this day "
+                                                                       "(YYYY-MM-DD); not before from."},
+                "sort_by": {"anyOf": [column, blank_value()],
+                            "description": "The column to sort the kept rows by: numerically if every non-empty "
+                                           "value is a number, else as text. A column of the file's header row."},
+                "descending": {"anyOf": [stripped_words(tuple(sorted(_TRUE | _FALSE))), blank_value()],
+                               "default": "false",
+                               "description": "Largest first (true/false, 1/0, on/off, yes/no in any case; needs "
+                                              "sort_by)."},
+            },
+            "x-crunch-rules": [
+                {"kind": "order", "low": "from", "high": "till"},
+                {"kind": "column", "field": "date_column", "file": "file"},
+                {"kind": "column", "field": "sort_by", "file": "file"},
+            ],
+        }
 
     def parse_form(self, form: Any, files: Any, limits: Limits) -> Submission:
         """Options first (cheap), then the header from the first bytes, then one pass over the file."""

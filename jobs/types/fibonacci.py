@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator
 
+from jobs.types.form import FormField
 from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits
 
 #: Below this n a run takes well under a millisecond, so it is not worth a fork.
@@ -36,6 +37,23 @@ class FibonacciJob(JobSpec):
     kernel = "jobs.kernels.fibonacci:run"
     timeout = 600
     pausable = False
+
+    label = "Fibonacci"
+    description = "The exact value of F(n), with F(0) = 0 and F(1) = 1."
+    button = "Compute F(n)"
+    form = (FormField("n", "n", required=True, maximum="max_fib_n", placeholder="e.g. 1000",
+                      hint="A whole number from 0 to {limits.max_fib_n:,}."),)
+    links = True
+
+    title = "F(n), exact, as a decimal string"
+    limit_keywords: ClassVar[dict[str, dict[str, str]]] = {"n": {"maximum": "max_fib_n"}}
+    examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "f100": {"summary": "F(100)", "value": {"n": 100}},
+        "f10000": {"summary": "F(10,000), a number of 2,090 digits", "value": {"n": 10_000}},
+    }
+
+    def summary(self, params: dict[str, Any]) -> str:
+        return f"F({int(params['n']):,})"
 
     def queue_for(self, params: dict[str, Any]) -> str:
         return FAST_QUEUE if params["n"] <= FAST_N else DEFAULT_QUEUE

@@ -16,6 +16,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
+from jobs.types.form import FormField
 from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits
 
 #: Ranges at most this wide sieve in a few milliseconds, so they are not worth a fork.
@@ -52,6 +53,9 @@ class PrimesParams(BaseModel):
         if self.output == "list" and self.end - self.start > limits.max_primes_list_width:
             _fail_on_end(self, f"end - start must be at most {limits.max_primes_list_width} "
                                "for output=list (MAX_PRIMES_LIST_WIDTH); use output=count")
+        if self.output == "count" and self.end - self.start > limits.max_primes_count_width:
+            _fail_on_end(self, f"end - start must be at most {limits.max_primes_count_width} "
+                               "for output=count (MAX_PRIMES_COUNT_WIDTH); split the range into several jobs")
         return self
 
 
@@ -69,6 +73,54 @@ class PrimesJob(JobSpec):
     params_model = PrimesParams
     kernel = "jobs.kernels.primes:run"
     pausable = True
+    needs = frozenset({"segments"})  # sieved segments shared between jobs (jobs.store.segments)
+
+    label = "Primes"
+    description = "All the primes p with start ≤ p ≤ end, or just how many there are."
+    button = "Find primes"
+    form = (
+        FormField("start", "Start", required=True, maximum="max_primes_end", placeholder="e.g. 0"),
+        FormField("end", "End", required=True, maximum="max_primes_end", placeholder="e.g. 100",
+              hint="At most {limits.max_primes_end:,}, and no less than start."),
+        FormField("output", "Output", kind="choice", choices=(
+            ("list", "List the primes (range up to {limits.max_primes_list_width:,} wide)"),
+            ("count", "Count them (range up to {limits.max_primes_count_width:,} wide)"))),
+    )
+    links = True
+    result_column = "prime"
+    count_noun = ("prime", "primes")
+    progress_unit = "numbers"
+
+    title = "The primes in [start, end] (both inclusive), or how many there are"
+    limit_keywords: ClassVar[dict[str, dict[str, str]]] = {
+        "start": {"maximum": "max_primes_end"}, "end": {"maximum": "max_primes_end"}}
+    examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "list": {"summary": "The primes up to 100", "value": {"start": 0, "end": 100, "output": "list"}},
+        "count": {"summary": "How many primes lie in [10^8, 10^8 + 10^6]",
+                  "value": {"start": 100_000_000, "end": 101_000_000, "output": "count"}},
+    }
+
+    def summary(self, params: dict[str, Any]) -> str:
+        what = "Count primes" if params.get("output") == "count" else "Primes"
+        return f"{what} in [{int(params['start']):,}, {int(params['end']):,}]"
+
+    def json_schema(self, limits: Limits) -> dict[str, Any]:
+        """The model's schema, plus the cross-field rules JSON Schema cannot state, in words and as
+        `x-crunch-rules` (see rest.openapi's description of that extension)."""
+        schema = super().json_schema(limits)
+        list_w, count_w = limits.max_primes_list_width, limits.max_primes_count_width
+        schema["description"] = (
+            f"end must be >= start, and end - start at most {list_w} with output=list (MAX_PRIMES_LIST_WIDTH) "
+            f"or {count_w} with output=count (MAX_PRIMES_COUNT_WIDTH). Breaking either is a 422. "
+            "Integers are exact up to 2^64 - 1.")
+        schema["x-crunch-rules"] = [
+            {"kind": "order", "low": "start", "high": "end"},
+            {"kind": "width", "low": "start", "high": "end", "maximum": list_w, "when": {"output": "list"},
+             "setting": "MAX_PRIMES_LIST_WIDTH"},
+            {"kind": "width", "low": "start", "high": "end", "maximum": count_w, "when": {"output": "count"},
+             "setting": "MAX_PRIMES_COUNT_WIDTH"},
+        ]
+        return schema
 
     def queue_for(self, params: dict[str, Any]) -> str:
         return FAST_QUEUE if params["end"] - params["start"] <= FAST_WIDTH else DEFAULT_QUEUE

@@ -32,6 +32,7 @@ from jobs.types.numbers import (
     loads_exact,
     parse_int_text,
 )
+from jobs.types.form import FormField, flag
 from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, decode_out_of_range, pydantic_errors
 
 if TYPE_CHECKING:
@@ -317,6 +318,82 @@ class SortJob(JobSpec):
     pausable = False
     accepts_form = True
     private_input = True
+
+    label = "Sort"
+    description = "Sort numbers exactly: integers of any size stay exact, decimals stay decimals."
+    button = "Sort"
+    form = (
+        FormField("numbers", "Numbers", kind="textarea", placeholder="e.g. 3, 1, 2.5, -7",
+                  hint="Separated by commas, spaces or new lines; at most {limits.max_sort_length:,}. "
+                       "Or upload a file below instead."),
+        FormField("file", "Or a file of numbers", kind="file", accept=".txt,.csv,text/plain,text/csv",
+                  hint="Plain text, numbers separated by commas, spaces or new lines."),
+        FormField("descending", "Largest first (descending)", kind="checkbox"),
+    )
+    links = True
+    result_column = "number"
+    progress_unit = "numbers"
+
+    title = "Sort numbers exactly (JSON body or uploaded file)"
+    limit_keywords: ClassVar[dict[str, dict[str, str]]] = {"numbers": {"maxItems": "max_sort_length"}}
+    examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "mixed": {"summary": "Integers and decimals, smallest first",
+                  "value": {"numbers": [3, 1, 2.5, -7], "descending": False}},
+        "wide": {"summary": "Integers stay exact, 2^64 - 1 too; largest first",
+                 "value": {"numbers": [18446744073709551615, -5, 0.5], "descending": True}},
+    }
+    form_examples: ClassVar[dict[str, dict[str, Any]]] = {
+        "file": {"summary": "A file of numbers, largest first", "value": {"file": "3, 1\n2.5 -7\n",
+                                                                          "descending": "true"}},
+    }
+
+    def summary(self, params: dict[str, Any]) -> str:
+        order = "descending" if params.get("descending") else "ascending"
+        return f"Sort {int(params.get('count', len(params.get('numbers', [])))):,} numbers, {order}"
+
+    def json_schema(self, limits: Limits) -> dict[str, Any]:
+        schema = super().json_schema(limits)
+        schema["description"] = (f"At most {limits.max_sort_length} numbers (MAX_SORT_LENGTH). Integers may have "
+                                 f"at most {MAX_INT_DIGITS} digits. NaN and Infinity are not numbers (422).")
+        return schema
+
+    def form_schema(self, limits: Limits) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["file"],
+            "additionalProperties": False,
+            "properties": {
+                "file": {"type": "string", "format": "binary", "contentMediaType": "text/plain",
+                         "description": "UTF-8 text: the numbers, separated by commas, whitespace or newlines "
+                                        f"(at most {limits.max_sort_length}; integers stay exact at any size up "
+                                        f"to {MAX_INT_DIGITS} digits, floats stay floats)."},
+                "descending": {"type": "string", "enum": ["true", "false", "1", "0", "on", "off"],
+                               "default": "false", "description": "Largest first (case-insensitive)."},
+            },
+        }
+
+    def parse_page(self, values: Any, files: Any, limits: Limits) -> Submission:
+        """The text area (or a link's numbers=) or an uploaded file, not both; `files` is None for links."""
+        upload = files.get("file") if files is not None else None
+        has_file = upload is not None and bool(upload.filename)
+        text = values.get("numbers") or ""
+        if has_file and text.strip():
+            raise invalid(["body", "numbers"], "give the numbers either in the text area or as a file, not both")
+        errors: list[dict[str, Any]] = []
+        descending = flag(values, "descending", errors)
+        if not has_file and not text.strip():
+            errors.append({"loc": ["body", "numbers"],
+                           "msg": "enter some numbers" + (" or choose a file" if files is not None else "")})
+        if errors:
+            raise InvalidParams(errors)
+        if has_file:
+            return self.parse_file(upload.read(), descending, limits)
+        try:
+            return self.parse_file(text.encode(), descending, limits)
+        except InvalidParams as exc:
+            # parse_file names the upload "file"; here the numbers came from the text field.
+            raise InvalidParams([{**e, "loc": ["body", "numbers", *e["loc"][2:]]}
+                                 if list(e["loc"][:2]) == ["body", "file"] else e for e in exc.errors]) from None
 
     def decode_body(self, raw: bytes) -> Any:
         """int64_body when it applies (no Python list of the numbers), else orjson, except when it

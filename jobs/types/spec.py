@@ -1,4 +1,5 @@
-"""What every job type declares, so the service can treat them all alike."""
+"""What every job type declares, so the service, the API, the pages, the OpenAPI document and the
+worker treat them all alike: JobSpec, the request Submission it builds, and the server's Limits."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from pydantic import BaseModel, ValidationError
 from jobs.errors import InvalidParams
 from jobs.store.keys import DEFAULT_QUEUE as DEFAULT_QUEUE  # re-exported: types route by queue name
 from jobs.store.keys import FAST_QUEUE as FAST_QUEUE
+from jobs.types.form import FormField, body_from_form
+
+#: The largest integer params and results carry exactly (JSON numbers as orjson reads and writes them).
+MAX_UINT64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -23,10 +28,15 @@ class Limits:
     max_fib_n: int = 10_000_000
     max_primes_end: int = 1_000_000_000_000
     max_primes_list_width: int = 1_000_000_000
-    #: The largest end - start in count mode (v1.1 MAX_PRIMES_COUNT_WIDTH).
+    #: The largest end - start in count mode (MAX_PRIMES_COUNT_WIDTH), so no request asks for centuries.
     max_primes_count_width: int = 1_000_000_000_000
     max_sort_length: int = 10_000_000
     max_body_bytes: int = 268_435_456
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_primes_end <= MAX_UINT64:
+            raise ValueError(f"MAX_PRIMES_END must be between 0 and 2^64 - 1 ({MAX_UINT64}), "
+                             f"got {self.max_primes_end}")
 
 
 @dataclass
@@ -88,23 +98,70 @@ def decode_out_of_range(raw: bytes, exc: ValueError) -> Any:
         raise ValueError("the body is nested too deeply") from None
 
 
+def decode_json(raw: bytes) -> Any:
+    """A JSON body with every integer exact: orjson, except where it would turn an integer of 2^64
+    or more into a float (then the stdlib parser), so a limit check compares exact integers and
+    {"end": 18446744073709551616} is "at most MAX_PRIMES_END", not "not an integer"; ValueError
+    when malformed."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return decode_out_of_range(raw, exc)
+    if _has_float(body):  # rare: a float in a body of integers, or an integer of 2^64 or more
+        from jobs.kernels.sort import has_wide_int_literal, loads_exact
+
+        if has_wide_int_literal(raw):
+            return loads_exact(raw)
+    return body
+
+
+def _has_float(value: Any) -> bool:
+    """Whether a decoded body holds a float anywhere (then some integer literal may have become one);
+    a loop, not recursion, since orjson accepts nesting deeper than Python's recursion limit."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float:
+            return True
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+    return False
+
+
 def canonical_json(obj: Any) -> bytes:
     """Stable encoding of params so equal requests hash equally."""
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
 class JobSpec:
-    """Base for a job type: params schema, canonical key, routing and kernel path."""
+    """Everything Crunch knows about one job type, in one place (see the README's "Adding a job type").
 
+    The API (rest/api.py), the pages (rest/web.py and the home template), the OpenAPI document
+    (rest/openapi.py), the runner (jobs/worker/runner.py) and the result store read these attributes
+    and methods; none of them names a type. A new type is a subclass registered in
+    jobs/types/registry.py (or, in a test, with registry.registered()).
+    """
+
+    # -- identity, routing, running ---------------------------------------------------------------
+    #: The name in URLs (POST /api/v1/<name>), records and queues' descriptions.
     name: ClassVar[str]
     params_model: ClassVar[type[BaseModel]]
     #: Dotted path "module:function" of the kernel, imported only by workers.
     kernel: ClassVar[str]
-    #: Seconds a single run may take before the worker gives up on it.
+    #: Seconds a single run may take before the worker gives up on it (JOB_TIMEOUTS overrides it).
     timeout: ClassVar[int] = 3600
     #: Whether the kernel checkpoints so the job can be paused and resumed.
     pausable: ClassVar[bool] = True
-    #: Whether the JSON body is accepted (CSV is multipart only).
+    #: What the kernel uses from its context beyond the KernelContext protocol: the runner provides
+    #: exactly these (jobs.context.CONTEXT_EXTRAS), and the others are None, so a kernel reads
+    #: `ctx.segments` rather than probing with getattr.
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    # -- requests -----------------------------------------------------------------------------------
+    #: Whether the JSON body is accepted (CSV is multipart only), and multipart/form-data.
     accepts_json: ClassVar[bool] = True
     accepts_form: ClassVar[bool] = False
     #: Whether the request carries the client's own data (an uploaded file, a list of numbers). Such
@@ -112,15 +169,40 @@ class JobSpec:
     #: upload would tell that owner the data had been sent before (see jobs.sharing).
     private_input: ClassVar[bool] = False
 
+    # -- pages ----------------------------------------------------------------------------------------
+    #: The type's name for people, and what its card on the home page says and its button does.
+    label: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    button: ClassVar[str] = "Start"
+    #: The home page's form, in order (jobs.types.form.FormField).
+    form: ClassVar[tuple[FormField, ...]] = ()
+    #: Whether GET /<name>?field=value links submit too (shareable links; the Fibonacci server's way).
+    links: ClassVar[bool] = False
+    #: Formats the job page offers for download (format= of /result).
+    downloads: ClassVar[tuple[str, ...]] = ("json", "csv", "txt")
+    #: The header of an array result's CSV download, and what a count result counts (singular, plural).
+    result_column: ClassVar[str] = "value"
+    count_noun: ClassVar[tuple[str, str]] = ("", "")
+    #: What progress counts ("numbers", "bytes"), for progress displays.
+    progress_unit: ClassVar[str] = ""
+
+    # -- the OpenAPI document -------------------------------------------------------------------------
+    #: One line for the operation's summary.
+    title: ClassVar[str] = ""
+    #: Limits written into the body schema: property -> JSON Schema keyword -> Limits attribute.
+    limit_keywords: ClassVar[dict[str, dict[str, str]]] = {}
+    #: Request examples by name, each {"summary": ..., "value": body}; the first one is /docs' default.
+    examples: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    # -- parsing ----------------------------------------------------------------------------------------
+
     def decode_body(self, raw: bytes) -> Any:
         """Decode a JSON body; ValueError when malformed (types with huge ints override this)."""
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return decode_out_of_range(raw, exc)
+        return decode_json(raw)
 
-    def parse_json(self, body: Any, limits: Limits) -> Submission:
-        """Validate a decoded JSON body; raises InvalidParams."""
+    def parse_json(self, body: Any, limits: Limits, raw: bytes | None = None) -> Submission:
+        """Validate a decoded JSON body; raises InvalidParams. `raw`, the body's bytes, lets a type
+        recover what decoding lost (sort: integers beyond 64 bits); others ignore it."""
         try:
             model = self.params_model.model_validate(body, context={"limits": limits})
         except ValidationError as exc:
@@ -132,6 +214,13 @@ class JobSpec:
         """Validate a multipart form; only types with accepts_form override this."""
         raise InvalidParams([{"loc": ["body"], "msg": "multipart is not accepted for this job type"}])
 
+    def parse_page(self, values: Any, files: Any, limits: Limits) -> Submission:
+        """The home page's form or a GET link: its text made the JSON body it stands for, then parse_json,
+        as a JSON request would be. Types whose API takes multipart pass the form to parse_form."""
+        if self.accepts_form and not self.accepts_json:
+            return self.parse_form(values, files, limits)
+        return self.parse_json(body_from_form(self.form, values), limits)
+
     def queue_for(self, params: dict[str, Any]) -> str:
         """Route cheap jobs to the no-fork fast queue and the rest to forking workers."""
         return DEFAULT_QUEUE
@@ -139,3 +228,31 @@ class JobSpec:
     def expected_seconds(self, params: dict[str, Any]) -> float:
         """Rough run time, for Retry-After."""
         return 1.0
+
+    # -- describing ---------------------------------------------------------------------------------------
+
+    def summary(self, params: dict[str, Any]) -> str:
+        """One line that says what a job computes, for pages and the CLI (the resource's `summary`)."""
+        return f"{self.label or self.name} job"
+
+    def json_schema(self, limits: Limits) -> dict[str, Any]:
+        """The JSON body's schema: the validating model's, with this server's limits written in.
+
+        $defs are left in place; the OpenAPI builder moves them to components.
+        """
+        schema = self.params_model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for prop, keywords in self.limit_keywords.items():
+            target = schema.get("properties", {}).get(prop)
+            if target is not None:
+                for keyword, attr in keywords.items():
+                    target[keyword] = getattr(limits, attr)
+        return schema
+
+    def form_schema(self, limits: Limits) -> dict[str, Any] | None:
+        """The multipart body's schema (types with accepts_form), else None."""
+        return None
+
+    @property
+    def multipart_page(self) -> bool:
+        """Whether the page form uploads files (enctype multipart/form-data)."""
+        return any(f.kind == "file" for f in self.form)

@@ -101,7 +101,9 @@ class RedisContext:
         self._last_control = now
         self._last_checkpoint = now
         self._progress: tuple[int, int] | None = None
-        if rec.type == "primes":
+        # The extras its type declares (JobSpec.needs, jobs.context.CONTEXT_EXTRAS); None for the rest.
+        self.segments: Any = None
+        if "segments" in JOB_TYPES[rec.type].needs:
             from jobs.store.segments import RedisSegmentStore
             self.segments = RedisSegmentStore(conn, result_ttl)
 
