@@ -11,20 +11,16 @@ from typing import Any
 
 from jobs.store.record import JobRecord
 from jobs.store.status import JobStatus
+from jobs.types.registry import JOB_TYPES
 from rest.extensions import service
 
-#: What a job's progress counts (the kernels' ctx.progress calls): said next to "done of total".
-PROGRESS_UNITS = {
-    "primes": "numbers of the range",
-    "sort": "steps (3 per number: read, sort, write)",
-    "csv": "bytes (read, then written)",
-    "fibonacci": "steps",
-}
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def progress_unit(rec: JobRecord) -> str:
-    return PROGRESS_UNITS.get(rec.type, "steps")
+    """What a job's progress counts: its type's spec says (JobSpec.progress_unit)."""
+    spec = JOB_TYPES.get(rec.type)
+    return spec.progress_unit if spec is not None else "steps"
 
 
 def normal_id(text: str) -> str | None:
@@ -65,28 +61,10 @@ def elapsed_and_eta(rec: JobRecord, now: float | None = None) -> dict[str, Any]:
 
 
 def rerun_values(rec: JobRecord) -> tuple[dict[str, str], str | None]:
-    """The home page form's fields for submitting this job's request again, and what is missing.
-
-    Primes and Fibonacci come back whole. A sort keeps only how many numbers it had, and a CSV
-    job only its file's name and digest, so those forms come back with their options and ask
-    for the numbers or the file again (the note says so).
-    """
-    p = rec.params
-    if rec.type == "primes":
-        return {"start": str(p.get("start", "")), "end": str(p.get("end", "")),
-                "output": str(p.get("output", "list"))}, None
-    if rec.type == "fibonacci":
-        return {"n": str(p.get("n", ""))}, None
-    if rec.type == "sort":
-        return ({"descending": "true" if p.get("descending") else ""},
-                f"Enter the {int(p.get('count', 0)):,} numbers again, or choose their file: "
-                "a job keeps its result, not its input.")
-    if rec.type == "csv":
-        values = {k: str(p[k]) for k in ("date_column", "from", "till", "sort_by") if p.get(k)}
-        values["descending"] = "true" if p.get("descending") else ""
-        name = p.get("filename") or "the CSV file"
-        return values, f"Choose the file again ({name}): a job keeps its result, not its input."
-    return {}, None
+    """The home page form's fields for submitting this job's request again, and what is missing:
+    its type's spec knows (JobSpec.rerun; sort and CSV jobs ask for their input again)."""
+    spec = JOB_TYPES.get(rec.type)
+    return spec.rerun(rec.params) if spec is not None else ({}, None)
 
 
 def csv_summary(value: dict[str, Any]) -> dict[str, Any]:

@@ -235,7 +235,7 @@ class CsvJob(JobSpec):
         FormField("descending", "Largest first (descending)", kind="checkbox"),
     )
     downloads = ("csv",)
-    progress_unit = "bytes"
+    progress_unit = "bytes (read, then written)"
 
     title = "Filter a CSV by a date range and sort it by a column"
     examples: ClassVar[dict[str, dict[str, Any]]] = {"q1": {
@@ -246,6 +246,12 @@ class CsvJob(JobSpec):
 
     def summary(self, params: dict[str, Any]) -> str:
         return f"Filter and sort {params.get('filename') or 'a CSV file'}"
+
+    def rerun(self, params: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+        """A CSV job keeps only its file's name and digest: the form comes back with its options."""
+        values, _ = super().rerun(params)
+        name = params.get("filename") or "the CSV file"
+        return values, f"Choose the file again ({name}): a job keeps its result, not its input."
 
     def form_schema(self, limits: Limits) -> dict[str, Any]:
         """What parse_form accepts. A value blank once stripped counts as absent (browsers send every

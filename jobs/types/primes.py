@@ -89,7 +89,7 @@ class PrimesJob(JobSpec):
     links = True
     result_column = "prime"
     count_noun = ("prime", "primes")
-    progress_unit = "numbers"
+    progress_unit = "numbers of the range"
 
     title = "The primes in [start, end] (both inclusive), or how many there are"
     limit_keywords: ClassVar[dict[str, dict[str, str]]] = {

@@ -332,7 +332,7 @@ class SortJob(JobSpec):
     )
     links = True
     result_column = "number"
-    progress_unit = "numbers"
+    progress_unit = "steps (3 per number: read, sort, write)"
 
     title = "Sort numbers exactly (JSON body or uploaded file)"
     limit_keywords: ClassVar[dict[str, dict[str, str]]] = {"numbers": {"maxItems": "max_sort_length"}}
@@ -350,6 +350,12 @@ class SortJob(JobSpec):
     def summary(self, params: dict[str, Any]) -> str:
         order = "descending" if params.get("descending") else "ascending"
         return f"Sort {int(params.get('count', len(params.get('numbers', [])))):,} numbers, {order}"
+
+    def rerun(self, params: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+        """A sort keeps only how many numbers it had: the form comes back with its option, asking for them."""
+        return ({"descending": "true" if params.get("descending") else ""},
+                f"Enter the {int(params.get('count', 0)):,} numbers again, or choose their file: "
+                "a job keeps its result, not its input.")
 
     def json_schema(self, limits: Limits) -> dict[str, Any]:
         schema = super().json_schema(limits)

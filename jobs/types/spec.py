@@ -183,8 +183,8 @@ class JobSpec:
     #: The header of an array result's CSV download, and what a count result counts (singular, plural).
     result_column: ClassVar[str] = "value"
     count_noun: ClassVar[tuple[str, str]] = ("", "")
-    #: What progress counts ("numbers", "bytes"), for progress displays.
-    progress_unit: ClassVar[str] = ""
+    #: What progress counts (its kernel's ctx.progress calls), said next to "done of total".
+    progress_unit: ClassVar[str] = "steps"
 
     # -- the OpenAPI document -------------------------------------------------------------------------
     #: One line for the operation's summary.
@@ -234,6 +234,17 @@ class JobSpec:
     def summary(self, params: dict[str, Any]) -> str:
         """One line that says what a job computes, for pages and the CLI (the resource's `summary`)."""
         return f"{self.label or self.name} job"
+
+    def rerun(self, params: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+        """The home page form's values that submit this request again ("Run again"), and a note on what
+        the form still needs (types that keep a digest of their input, not the input, ask for it)."""
+        values: dict[str, str] = {}
+        for f in self.form:
+            value = params.get(f.name)
+            if f.kind == "file" or value is None:
+                continue
+            values[f.name] = ("true" if value else "") if f.kind == "checkbox" else str(value)
+        return values, None
 
     def json_schema(self, limits: Limits) -> dict[str, Any]:
         """The JSON body's schema: the validating model's, with this server's limits written in.
