@@ -24,6 +24,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError
 
 from jobs.errors import InvalidParams, invalid
+from jobs.types.form import FormField, flag
 from jobs.types.numbers import (
     INT64_INPUT_MAGIC,
     MAX_INT_DIGITS,
@@ -32,7 +33,6 @@ from jobs.types.numbers import (
     loads_exact,
     parse_int_text,
 )
-from jobs.types.form import FormField, flag
 from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits, Submission, decode_out_of_range, pydantic_errors
 
 if TYPE_CHECKING:

@@ -16,6 +16,7 @@ from jobs.errors import InvalidParams
 from jobs.store.keys import DEFAULT_QUEUE as DEFAULT_QUEUE  # re-exported: types route by queue name
 from jobs.store.keys import FAST_QUEUE as FAST_QUEUE
 from jobs.types.form import FormField, body_from_form
+from jobs.types.numbers import has_wide_int_literal, loads_exact
 
 #: The largest integer params and results carry exactly (JSON numbers as orjson reads and writes them).
 MAX_UINT64 = (1 << 64) - 1
@@ -107,11 +108,8 @@ def decode_json(raw: bytes) -> Any:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return decode_out_of_range(raw, exc)
-    if _has_float(body):  # rare: a float in a body of integers, or an integer of 2^64 or more
-        from jobs.kernels.sort import has_wide_int_literal, loads_exact
-
-        if has_wide_int_literal(raw):
-            return loads_exact(raw)
+    if _has_float(body) and has_wide_int_literal(raw):  # rare: a float in a body of integers, or 2^64+
+        return loads_exact(raw)
     return body
 
 
