@@ -1,7 +1,7 @@
-"""Prime counting and listing (wheel-30 segmented sieve in numba); no service code here."""
+"""Prime counting and listing up to 2^64 - 1 (wheel-30 segmented sieve plus a bucket sieve, numba); no service code."""
 
+from primes.blocks import MAX_N, BlockSieve
 from primes.sieve import (
-    MAX_N,
     SEGMENT_BYTES,
     SEGMENT_SPAN,
     Segment,
@@ -9,6 +9,7 @@ from primes.sieve import (
     primes_between,
     segment_bounds,
     segment_index,
+    segment_sieve,
     sieve_segment,
     warmup,
 )
@@ -17,11 +18,13 @@ __all__ = [
     "MAX_N",
     "SEGMENT_BYTES",
     "SEGMENT_SPAN",
+    "BlockSieve",
     "Segment",
     "count_primes",
     "primes_between",
     "segment_bounds",
     "segment_index",
+    "segment_sieve",
     "sieve_segment",
     "warmup",
 ]

@@ -2,7 +2,8 @@
 
 Layout: byte j of a sieve stands for the 30 numbers [30j, 30j+30) and bit b of it for
 30j + WHEEL[b]; the other 22 residues are multiples of 2, 3 or 5 and are never stored.
-All indices are int64 and non-negative; uint8 for sieve bytes, uint64 only for popcount.
+Byte indices are int64 (they stay below 2^64/30); numbers are uint64 wherever one is
+formed, since they reach 2^64 - 1; uint8 for sieve bytes.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from numba.extending import intrinsic
 
 #: Residues mod 30 coprime to 30, one per bit of a sieve byte.
 WHEEL = np.array([1, 7, 11, 13, 17, 19, 23, 29], dtype=np.int64)
+WHEEL_U = WHEEL.astype(np.uint64)
 #: Bit index of a residue mod 30, or -1 for residues sharing a factor with 30.
 BIT_OF = np.full(30, -1, dtype=np.int64)
 BIT_OF[WHEEL] = np.arange(8)
 #: Smallest d >= 0 with (m + d) % 30 coprime to 30, by m % 30.
-NEXT_DELTA = np.array([min(d for d in range(8) if BIT_OF[(m + d) % 30] >= 0) for m in range(30)],
-                      dtype=np.int64)
+NEXT_DELTA_U = np.array([min(d for d in range(8) if BIT_OF[(m + d) % 30] >= 0) for m in range(30)],
+                        dtype=np.uint64)
+U1 = np.uint64(1)
+U3 = np.uint64(3)
+U7 = np.uint64(7)
+U30 = np.uint64(30)
 #: Byte offset of the j-th multiple in a wheel cycle is q*OFFQ[j] + OFFR[p%30 bit, j] (p = 30q + r).
 OFFQ = WHEEL - 1
 OFFR = np.array([[(r * w) // 30 for w in WHEEL] for r in WHEEL], dtype=np.int64)
@@ -33,8 +39,6 @@ PRESIEVE_GROUPS = ((7, 11, 13, 17, 19), (23, 29, 31), (37, 41, 43), (47, 53, 59)
                    (73, 79), (83, 89), (97, 101), (103, 107), (109, 113),
                    (127, 131), (137, 139), (149, 151), (157, 163))
 PRESIEVE_MAX = PRESIEVE_GROUPS[-1][-1]
-#: Bytes sieved per L2-resident block (256 KiB = 7.8M numbers), like primesieve's default.
-BLOCK = 1 << 18
 #: Primes below SMALL_PRIME_MAX are crossed off SUB_BLOCK (L1-sized) bytes at a time.
 SUB_BLOCK = 1 << 15
 SMALL_PRIME_MAX = 1 << 12
@@ -124,16 +128,22 @@ def presieve(buf: np.ndarray, n: int, byte0: int, pat: np.ndarray, pat_index: np
 @njit(cache=True, nogil=True)
 def first_multiples(primes: np.ndarray, start: int, stop: int, byte0: int, bases: np.ndarray,
                     wis: np.ndarray) -> None:
-    """Position primes[start:stop] at their first multiple >= max(p*p, 30*byte0) coprime to 30."""
-    lo = 30 * byte0
+    """Position primes[start:stop] at their first multiple >= max(p*p, 30*byte0) coprime to 30.
+
+    uint64 throughout: 30*byte0 reaches 2^64 - 30 at the top of the range. The multiple
+    itself is never formed (it may exceed 2^64 - 1); only its byte p*k + p//30 is.
+    """
+    lo = U30 * np.uint64(byte0)
     for i in range(start, stop):
-        p = primes[i]
-        s = max(p * p, lo)
-        m = (s + p - 1) // p
-        m += NEXT_DELTA[m % 30]
-        k = m // 30
-        wis[i] = BIT_OF[m % 30]
-        bases[i] = p * k + p // 30 - byte0
+        p = np.uint64(primes[i])
+        s = p * p
+        if s < lo:
+            s = lo
+        m = (s - U1) // p + U1
+        m += NEXT_DELTA_U[m % U30]
+        k = m // U30
+        wis[i] = BIT_OF[np.int64(m % U30)]
+        bases[i] = np.int64(p * k + p // U30) - byte0
 
 
 @njit(cache=True, nogil=True)
@@ -227,15 +237,17 @@ def count_bits(buf: np.ndarray, start: int, stop: int) -> int:
 @njit(cache=True, nogil=True)
 def sieve_block(buf: np.ndarray, n: int, pos: int, primes: np.ndarray, bases: np.ndarray, wis: np.ndarray,
                 active: int, pat: np.ndarray, pat_index: np.ndarray) -> int:
-    """Sieve absolute bytes [pos, pos+n) into buf[:n]; returns the new count of active primes.
+    """Presieve absolute bytes [pos, pos+n) into buf[:n] and cross off the wheel-30 primes.
 
-    Primes become active (get a position) only once p*p falls below the block end, so a
-    range starting near 0 does not carry thousands of idle primes.
+    primes are the small and medium sieving primes (> PRESIEVE_MAX, below the bucket
+    sieve's range, so p*p fits int64); returns the new count of active primes. A prime
+    becomes active (gets a position) only once p*p falls below the block end, so a range
+    starting near 0 does not carry thousands of idle primes.
     """
     presieve(buf, n, pos, pat, pat_index)
-    end_num = 30 * (pos + n)
+    end_byte = pos + n
     stop = active
-    while stop < primes.size and primes[stop] * primes[stop] < end_num:
+    while stop < primes.size and (primes[stop] * primes[stop]) // 30 < end_byte:
         stop += 1
     first_multiples(primes, active, stop, pos, bases, wis)
     small = 0
@@ -252,41 +264,6 @@ def sieve_block(buf: np.ndarray, n: int, pos: int, primes: np.ndarray, bases: np
 
 
 @njit(cache=True, nogil=True)
-def sieve_into(out: np.ndarray, byte0: int, primes: np.ndarray, pat: np.ndarray, pat_index: np.ndarray) -> None:
-    """Sieve absolute bytes [byte0, byte0+out.size) into out; primes are the sieving primes > PRESIEVE_MAX."""
-    bases = np.empty(primes.size, dtype=np.int64)
-    wis = np.empty(primes.size, dtype=np.int64)
-    active = np.int64(0)  # not a literal 0: that would compile sieve_block a second time
-    done = 0
-    while done < out.size:
-        n = min(BLOCK, out.size - done)
-        active = sieve_block(out[done:done + n], n, byte0 + done, primes, bases, wis, active, pat, pat_index)
-        done += n
-
-
-@njit(cache=True, nogil=True)
-def count_range(byte0: int, byte1: int, mask0: int, mask1: int, primes: np.ndarray, pat: np.ndarray,
-                pat_index: np.ndarray) -> int:
-    """Primes > 5 in absolute bytes [byte0, byte1], first/last byte and-ed with mask0/mask1."""
-    buf = np.zeros(BLOCK, dtype=np.uint8)
-    bases = np.empty(primes.size, dtype=np.int64)
-    wis = np.empty(primes.size, dtype=np.int64)
-    active = np.int64(0)
-    total = 0
-    pos = byte0
-    while pos <= byte1:
-        n = min(BLOCK, byte1 + 1 - pos)
-        active = sieve_block(buf, n, pos, primes, bases, wis, active, pat, pat_index)
-        if pos == byte0:
-            buf[0] &= mask0
-        if pos + n - 1 == byte1:
-            buf[n - 1] &= mask1
-        total += count_bits(buf, np.int64(0), n)
-        pos += n
-    return total
-
-
-@njit(cache=True, nogil=True)
 def count_masked(buf: np.ndarray, i0: int, i1: int, mask0: int, mask1: int) -> int:
     """Set bits in buf[i0..i1] (inclusive), with the first/last byte and-ed with mask0/mask1."""
     if i0 > i1:
@@ -298,40 +275,45 @@ def count_masked(buf: np.ndarray, i0: int, i1: int, mask0: int, mask1: int) -> i
 
 
 @njit(cache=True, nogil=True)
-def _emit(word: int, byte_index: int, out: np.ndarray, j: int) -> int:
-    """Append the numbers of the set bits of `word` (8 bytes from absolute byte_index)."""
-    while word != 0:
-        t = trailing_zeros(word)
-        out[j] = 30 * (byte_index + np.int64(t >> 3)) + WHEEL[t & 7]
-        j += 1
-        word &= word - np.uint64(1)
-    return j
-
-
-@njit(cache=True, nogil=True)
 def extract_masked(buf: np.ndarray, i0: int, i1: int, mask0: int, mask1: int, byte0: int) -> np.ndarray:
-    """Sorted int64 numbers of the set bits of buf[i0..i1]; buf[0] is absolute byte byte0."""
-    out = np.empty(count_masked(buf, i0, i1, mask0, mask1), dtype=np.int64)
+    """Sorted uint64 numbers of the set bits of buf[i0..i1]; buf[0] is absolute byte byte0.
+
+    uint64 because the numbers reach 2^64 - 1 (the bytes, at most 2^64/30, fit int64).
+    Eight bytes per step with one loop and no helper call: a call per word passing
+    `out` costs two atomic refcount updates, which made listing 5x slower.
+    """
+    out = np.empty(count_masked(buf, i0, i1, mask0, mask1), dtype=np.uint64)
     if i0 > i1:
         return out
-    first = buf[i0] & mask0
-    if i0 == i1:
-        first &= mask1
-    j = _emit(np.uint64(first), byte0 + i0, out, np.int64(0))
-    if i0 == i1:
-        return out
-    i = i0 + 1
-    while i < i1 and (i & 7) != 0:
-        j = _emit(np.uint64(buf[i]), byte0 + i, out, j)
+    # Interior whole words [w0, w1) (never the masked first or last byte), bytes around them.
+    w0 = (i0 + 8) & ~7
+    w1 = i1 & ~7
+    if w1 < w0:
+        w0 = w1 = i1
+    words = buf[w0:w1].view(np.uint64)
+    j = 0
+    i = i0
+    while i <= i1:
+        if i == w0 and w1 > w0:
+            for w in range(words.size):
+                word = words[w]
+                base = np.uint64(byte0 + w0 + 8 * w)
+                while word != 0:
+                    t = trailing_zeros(word)
+                    out[j] = U30 * (base + (t >> U3)) + WHEEL_U[t & U7]
+                    j += 1
+                    word &= word - U1
+            i = w1
+            continue
+        b = np.uint64(buf[i])
+        if i == i0:
+            b &= np.uint64(mask0)
+        if i == i1:
+            b &= np.uint64(mask1)
+        base = U30 * np.uint64(byte0 + i)
+        while b != 0:
+            out[j] = base + WHEEL_U[trailing_zeros(b)]
+            j += 1
+            b &= b - U1
         i += 1
-    w_end = i1 & ~7
-    if i < w_end:
-        words = buf[i:w_end].view(np.uint64)
-        for w in range(words.size):
-            j = _emit(words[w], byte0 + i + 8 * w, out, j)
-        i = w_end
-    while i < i1:
-        j = _emit(np.uint64(buf[i]), byte0 + i, out, j)
-        i += 1
-    _emit(np.uint64(buf[i1] & mask1), byte0 + i1, out, j)
     return out

@@ -1,65 +1,33 @@
 """Prime counting and listing with a wheel-30 segmented sieve, plus a fixed segment grid for caching.
 
-Numbers are plain Python ints at the API and int64 inside; ranges are inclusive [lo, hi].
-The heavy loops are numba kernels in primes._wheel (compiled once, cached on disk).
+Numbers are plain Python ints at the API and reach 2^64 - 1; listed primes are uint64
+arrays (every value fits, and orjson writes them as exact JSON integers). Ranges are
+inclusive [lo, hi]. The sieving itself is primes.blocks.BlockSieve (numba kernels in
+primes._wheel and primes._bucket, compiled once and cached on disk).
 """
 
 from __future__ import annotations
 
-import math
-import threading
 import time
 
 import numpy as np
 
 from primes import _wheel
+from primes.blocks import BLOCK, MAX_N, BlockSieve
 
-#: Largest supported number: keeps p*p and 30*byte far from int64 overflow and base primes small.
-MAX_N = 10**15
 #: Bytes of one segment's bitmap (8 numbers coprime to 30 per byte, so 30 numbers per byte).
 SEGMENT_BYTES = 1 << 20
 #: Numbers covered by one segment of the global grid: a 1 MiB bitmap, ~5-20 ms to sieve.
 SEGMENT_SPAN = 30 * SEGMENT_BYTES
+assert SEGMENT_BYTES % BLOCK == 0  # grid segments are whole blocks: BlockSieve fills them in place
 
 _WHEEL = [int(w) for w in _wheel.WHEEL]
 _SMALL = (2, 3, 5)
-_PAT = (_wheel.PATTERN_BYTES, _wheel.PATTERN_INDEX)
-
-_base_lock = threading.Lock()
-_base_primes = np.zeros(0, dtype=np.int64)
-_base_limit = 0
-
-
-def _primes_upto_simple(n: int) -> np.ndarray:
-    """Odd-only numpy sieve for the base primes; only ever runs up to sqrt(MAX_N)."""
-    if n < 2:
-        return np.zeros(0, dtype=np.int64)
-    odd = np.ones((n - 1) // 2 + 1, dtype=bool)  # odd[i] stands for 2i+1
-    odd[0] = False
-    for i in range(1, (math.isqrt(n) - 1) // 2 + 1):
-        if odd[i]:
-            p = 2 * i + 1
-            odd[p * p // 2::p] = False
-    return np.concatenate(([2], 2 * np.flatnonzero(odd) + 1)).astype(np.int64)
-
-
-def sieving_primes(hi: int) -> np.ndarray:
-    """Primes in (PRESIEVE_MAX, isqrt(hi)]: the ones crossed off explicitly when sieving up to hi."""
-    global _base_primes, _base_limit
-    r = math.isqrt(hi)
-    if r > _base_limit:
-        with _base_lock:
-            if r > _base_limit:
-                # Grow geometrically (capped near sqrt(MAX_N)) but never below what is asked.
-                limit = max(r, min(max(2 * _base_limit, 1 << 20), math.isqrt(MAX_N) + 1))
-                _base_primes = _primes_upto_simple(limit)
-                _base_limit = limit
-    bp = _base_primes
-    return bp[np.searchsorted(bp, _wheel.PRESIEVE_MAX, side="right"):np.searchsorted(bp, r, side="right")]
+_EMPTY = np.zeros(0, dtype=np.uint64)
 
 
 def _check_range(lo: int, hi: int) -> None:
-    """Reject what the int64 kernels cannot represent."""
+    """Reject what the uint64 kernels cannot represent."""
     if lo < 0:
         raise ValueError("lo must be >= 0")
     if hi > MAX_N:
@@ -85,39 +53,38 @@ def count_primes(lo: int, hi: int) -> int:
     """Number of primes p with lo <= p <= hi (0 for an empty range)."""
     lo, hi = int(lo), int(hi)
     _check_range(lo, hi)
-    small = len(_small_primes(lo, hi))
-    lo = max(lo, 7)
     if lo > hi:
-        return small
+        return 0
+    total = len(_small_primes(lo, hi))
     b0, b1 = lo // 30, hi // 30
-    return small + int(_wheel.count_range(b0, b1, np.uint8(_mask_from(lo, b0)),
-                                          np.uint8(_mask_upto(hi, b1)), sieving_primes(hi), *_PAT))
-
-
-def _sieve_bytes(b0: int, b1: int) -> np.ndarray:
-    """Wheel bitmap of absolute bytes [b0, b1] (bit set = prime, 2, 3 and 5 not included)."""
-    out = np.empty(b1 - b0 + 1, dtype=np.uint8)
-    _wheel.sieve_into(out, b0, sieving_primes(30 * b1 + 29), *_PAT)
-    return out
+    sv = BlockSieve(b0, b1)
+    m0, m1 = np.uint8(_mask_from(lo, b0)), np.uint8(_mask_upto(hi, b1))
+    while not sv.done:
+        buf, n, pos = sv.next_block()
+        total += int(_wheel.count_masked(buf, 0, n - 1, m0 if pos == b0 else np.uint8(255),
+                                         m1 if pos + n - 1 == b1 else np.uint8(255)))
+    return total
 
 
 def primes_between(lo: int, hi: int) -> np.ndarray:
-    """Sorted int64 array of the primes in [lo, hi]; int64 because every value is < 2**63.
+    """Sorted uint64 array of the primes in [lo, hi].
 
-    Memory is (hi - lo) / 30 bytes of bitmap plus 8 bytes per prime: list wide ranges
-    segment by segment (Segment.primes_in) instead.
+    Memory is 8 bytes per prime: list wide ranges segment by segment (Segment.primes_in)
+    or block by block (BlockSieve) instead.
     """
     lo, hi = int(lo), int(hi)
     _check_range(lo, hi)
-    small = np.array(_small_primes(lo, hi), dtype=np.int64)
-    lo = max(lo, 7)
     if lo > hi:
-        return small
+        return _EMPTY.copy()
+    parts = [np.array(_small_primes(lo, hi), dtype=np.uint64)]
     b0, b1 = lo // 30, hi // 30
-    bits = _sieve_bytes(b0, b1)
-    found = _wheel.extract_masked(bits, 0, b1 - b0, np.uint8(_mask_from(lo, b0)),
-                                  np.uint8(_mask_upto(hi, b1)), b0)
-    return np.concatenate((small, found)) if small.size else found
+    sv = BlockSieve(b0, b1)
+    m0, m1 = np.uint8(_mask_from(lo, b0)), np.uint8(_mask_upto(hi, b1))
+    while not sv.done:
+        buf, n, pos = sv.next_block()
+        parts.append(_wheel.extract_masked(buf, 0, n - 1, m0 if pos == b0 else np.uint8(255),
+                                           m1 if pos + n - 1 == b1 else np.uint8(255), pos))
+    return np.concatenate(parts)
 
 
 def segment_index(n: int) -> int:
@@ -188,8 +155,8 @@ class Segment:
                                                np.uint8(_mask_from(lo, b0)), np.uint8(_mask_upto(hi, b1))))
 
     def primes_in(self, lo: int, hi: int) -> np.ndarray:
-        """Sorted int64 primes in [lo, hi] clipped to this segment."""
-        small = np.array(_small_primes(max(lo, self.lo), min(hi, self.hi)), dtype=np.int64)
+        """Sorted uint64 primes in [lo, hi] clipped to this segment."""
+        small = np.array(_small_primes(max(lo, self.lo), min(hi, self.hi)), dtype=np.uint64)
         clipped = self._clip(lo, hi)
         if clipped is None:
             return small
@@ -204,14 +171,30 @@ class Segment:
         return f"Segment(k={self.k}, count={self.count})"
 
 
-def sieve_segment(k: int) -> Segment:
-    """Sieve grid segment k from scratch."""
-    lo, hi = segment_bounds(k)
+def sieve_segment(k: int, sieve: BlockSieve | None = None) -> Segment:
+    """Sieve grid segment k: from scratch, or as the next SEGMENT_BYTES of `sieve`.
+
+    A sieve passed in must be positioned at the segment's first byte (segment_sieve()
+    makes one for a run of segments): that keeps the big primes' positions across
+    segments, which near 2^64 costs seconds to recompute.
+    """
+    lo, _ = segment_bounds(k)
     if lo > MAX_N:
         raise ValueError(f"segment {k} starts past MAX_N={MAX_N}")
+    if sieve is None:
+        sieve = segment_sieve(k, k)
+    elif sieve.pos != k * SEGMENT_BYTES:
+        raise ValueError(f"sieve is at byte {sieve.pos}, segment {k} starts at byte {k * SEGMENT_BYTES}")
     bits = np.empty(SEGMENT_BYTES, dtype=np.uint8)
-    _wheel.sieve_into(bits, k * SEGMENT_BYTES, sieving_primes(hi), *_PAT)
+    sieve.sieve_into(bits)
     return Segment(k, bits)
+
+
+def segment_sieve(k0: int, k1: int) -> BlockSieve:
+    """A BlockSieve for grid segments k0..k1 (the last one clipped at MAX_N)."""
+    top = min((k1 + 1) * SEGMENT_BYTES - 1, MAX_N // 30)
+    sieve = BlockSieve(k0 * SEGMENT_BYTES, top)
+    return sieve
 
 
 def warmup() -> float:

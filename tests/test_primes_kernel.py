@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import gmpy2
 import numpy as np
+import orjson
 import pytest
 
 from jobs.context import LocalContext, Stop
@@ -12,7 +14,7 @@ from jobs.kernels.primes import DIRECT_WIDTH, MemorySegmentStore
 from jobs.kernels.primes import run as run_primes
 from jobs.types.primes import PrimesJob
 from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, Limits
-from primes import SEGMENT_SPAN, count_primes, primes_between
+from primes import MAX_N, SEGMENT_SPAN, count_primes, primes_between, segment_bounds, segment_index
 
 S = SEGMENT_SPAN
 
@@ -98,7 +100,7 @@ def test_resume_does_not_redo_segments() -> None:
 
 
 def test_list_output_is_numpy_per_segment() -> None:
-    """Each segment's primes arrive as one int64 array, never as one big Python list."""
+    """Each segment's primes arrive as one uint64 array, never as one big Python list."""
     appended: list[Any] = []
 
     class Spy(LocalContext):
@@ -108,7 +110,7 @@ def test_list_output_is_numpy_per_segment() -> None:
 
     run_primes(params(0, 3 * S - 1), Spy())
     assert len(appended) == 3
-    assert all(isinstance(a, np.ndarray) and a.dtype == np.int64 for a in appended)
+    assert all(isinstance(a, np.ndarray) and a.dtype == np.uint64 for a in appended)
     assert sum(a.size for a in appended) == count_primes(0, 3 * S - 1)
 
 
@@ -179,3 +181,55 @@ def test_spec_routing_and_validation() -> None:
         assert err.value.errors[0]["loc"] == ["body", loc], body
     assert job.parse_json({"start": 0, "end": 101, "output": "count"},
                           Limits(max_primes_list_width=100)).params["end"] == 101
+
+
+def test_top_of_64_bit_range_stop_resume_and_store() -> None:
+    """[2^64 - 2S, 2^64 - 1] with stops: exact counts and lists, a JSON-safe last checkpoint, store reuse."""
+    top = MAX_N
+    start = top - 2 * S
+    store = MemorySegmentStore()
+    items, _, runs = run_to_end(params(start, top), lambda **kw: StoreContext(store, **kw), 1)
+    assert runs > 1
+    assert items[-1] == 2**64 - 59 and all(type(p) is int for p in items[-5:])
+    assert items == sorted(items) and len(items) == len(set(items))
+    tail = [p for p in items if p >= top - 10**5]
+    expected, p = [], gmpy2.next_prime(top - 10**5 - 1)
+    while p <= top:
+        expected.append(int(p))
+        p = gmpy2.next_prime(p)
+    assert tail == expected
+    ctx = StoreContext(store)
+    assert run_primes(params(start, top, "count"), ctx)["sieved"] == 0  # every segment came from the store
+    assert ctx.output.value == {"count": len(items)}
+    # The last checkpoint's position is 2^64: kept as a string so orjson can write it.
+    last = LocalContext(stop_after=1)
+    with pytest.raises(Stop):
+        run_primes(params(top - 100, top, "count"), last)
+    assert last.saved_state is not None and last.saved_state["next"] == str(top + 1)
+    assert orjson.loads(orjson.dumps(last.saved_state)) == last.saved_state
+    assert last.progress_calls[-1] == (101, 101)
+    resumed = LocalContext(resume_state={"next": str(top + 1), "count": 7, "sieved": 1, "reused": 0})
+    run_primes(params(top - 100, top, "count"), resumed)
+    assert resumed.output.value == {"count": 7}
+
+
+def test_consecutive_segments_share_one_sieve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of unstored segments is sieved by one BlockSieve (big primes positioned once)."""
+    import jobs.kernels.primes as kernel
+
+    made: list[tuple[int, int]] = []
+    real = kernel.segment_sieve
+
+    def spy(k0: int, k1: int) -> Any:
+        made.append((k0, k1))
+        return real(k0, k1)
+
+    monkeypatch.setattr(kernel, "segment_sieve", spy)
+    k = segment_index(10**15)
+    store = MemorySegmentStore()
+    store.save(k + 2, None, count_primes(*segment_bounds(k + 2)))  # a stored count in the middle
+    ctx = StoreContext(store)
+    start, end = k * S + 12345, (k + 5) * S - 1
+    assert run_primes(params(start, end, "count"), ctx) == {"sieved": 4, "reused": 1}
+    assert made == [(k, k + 4), (k + 3, k + 4)]
+    assert ctx.output.value == {"count": count_primes(start, end)}

@@ -1,7 +1,8 @@
-"""The prime library against independent references: a plain sieve, a numpy segmented sieve, gmpy2."""
+"""The prime library against independent references: a plain sieve, a numpy segmented sieve, gmpy2, primesieve."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import lru_cache
 
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from primes import (
+    MAX_N,
     SEGMENT_BYTES,
     SEGMENT_SPAN,
     Segment,
@@ -21,6 +23,7 @@ from primes import (
     segment_index,
     sieve_segment,
 )
+from primes.blocks import BIG_MIN, BLOCK
 
 #: Everything below this is checked against one plain (non-segmented) sieve of Eratosthenes.
 SMALL_LIMIT = 1 << 22
@@ -78,7 +81,7 @@ def ranges() -> st.SearchStrategy[tuple[int, int]]:
 def check(lo: int, hi: int) -> None:
     expected = reference(lo, hi)
     got = primes_between(lo, hi)
-    assert got.dtype == np.int64
+    assert got.dtype == np.uint64
     np.testing.assert_array_equal(got, expected)
     assert count_primes(lo, hi) == expected.size
 
@@ -125,7 +128,7 @@ def test_empty_and_tiny() -> None:
     assert count_primes(5, 4) == 0
     assert primes_between(5, 4).size == 0
     assert count_primes(0, -2) == 0
-    assert primes_between(0, -2).dtype == np.int64
+    assert primes_between(0, -2).dtype == np.uint64
     assert count_primes(0, 0) == count_primes(1, 1) == 0
     assert primes_between(2, 2).tolist() == [2]
     assert primes_between(0, 30).tolist() == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
@@ -203,3 +206,97 @@ def test_segment_zero_small_numbers() -> None:
 def test_from_bytes_rejects_wrong_size() -> None:
     with pytest.raises(ValueError):
         Segment.from_bytes(0, b"\x00" * 10)
+
+
+# --- The bucket sieve (primes >= BIG_MIN) and the whole 64-bit range -------------------------------
+
+BLOCK_SPAN = 30 * BLOCK
+
+
+def gmpy2_primes(lo: int, hi: int) -> list[int]:
+    """Primes in [lo, hi] by gmpy2.next_prime: independent of the sieve, fine for windows of ~10^5."""
+    out = []
+    p = gmpy2.next_prime(max(lo, 1) - 1) if lo > 0 else gmpy2.mpz(2)
+    while p <= hi:
+        out.append(int(p))
+        p = gmpy2.next_prime(p)
+    return out
+
+
+def check_gmpy2(lo: int, hi: int) -> None:
+    expected = gmpy2_primes(lo, hi)
+    got = primes_between(lo, hi)
+    assert got.dtype == np.uint64
+    assert got.tolist() == expected
+    assert count_primes(lo, hi) == len(expected)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(10**13 // BLOCK_SPAN, 10**16 // BLOCK_SPAN), st.integers(-20_000, 20_000),
+       st.integers(0, 40_000))
+@example(10**15 // BLOCK_SPAN, -1, 1).via("a block boundary below 10^15, 2 numbers")
+@example(10**16 // BLOCK_SPAN, -20_000, 40_000).via("straddling a boundary at 10^16")
+def test_block_boundaries_with_big_primes(k: int, offset: int, width: int) -> None:
+    """Windows straddling block boundaries where the bucket sieve holds most sieving primes."""
+    lo = max(0, k * BLOCK_SPAN + offset)
+    assert math.isqrt(lo) >= BIG_MIN
+    check_gmpy2(lo, lo + width)
+
+
+def test_wide_count_equals_sum_of_parts() -> None:
+    """State carried across ~60 blocks (buckets refilled, ring wrapped) equals fresh sieves per part."""
+    lo, hi = 10**15 - 17, 10**15 + 60 * BLOCK_SPAN + 12345
+    cuts = [lo, lo + BLOCK_SPAN // 3, lo + 7 * BLOCK_SPAN, lo + 7 * BLOCK_SPAN + 1, hi - 5 * BLOCK_SPAN - 29, hi + 1]
+    parts = sum(count_primes(a, b - 1) for a, b in itertools.pairwise(cuts))
+    assert count_primes(lo, hi) == parts
+
+
+@pytest.mark.parametrize(("lo", "hi", "count"), [
+    # Reference counts printed by Debian's primesieve 11 (`primesieve LO HI -t1`), an independent sieve.
+    (10**12 - 10**9, 10**12, 36192139),
+    (10**15 - 10**9, 10**15, 28954129),
+])
+def test_known_window_counts(lo: int, hi: int, count: int) -> None:
+    assert count_primes(lo, hi) == count
+
+
+@pytest.mark.parametrize(("n", "pi"), [(10**10, 455052511)])
+def test_known_pi_1e10(n: int, pi: int) -> None:
+    assert count_primes(0, n) == pi
+
+
+@pytest.mark.parametrize(("lo", "hi", "with_count"), [
+    (MAX_N - 60_000, MAX_N, False),  # the last numbers of the 64-bit range (counted in the segment test)
+    (2**63 - 30_000, 2**63 + 30_000, False),  # where int64 would overflow
+    (2**32 - 3_000, 2**32 + 3_000, True),  # where the sieving primes' squares pass 2^64
+])
+def test_top_of_64_bit_range(lo: int, hi: int, with_count: bool) -> None:
+    """Each sieve up here positions ~2*10^8 primes (seconds), so each window is sieved once."""
+    expected = gmpy2_primes(lo, hi)
+    got = primes_between(lo, hi)
+    assert got.dtype == np.uint64
+    values = got.tolist()
+    assert values == expected
+    assert all(type(p) is int for p in values)
+    if hi == MAX_N:
+        assert values[-1] == 2**64 - 59  # the largest prime below 2^64
+    if with_count:
+        assert count_primes(lo, hi) == len(expected)
+
+
+def test_beyond_64_bits_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        count_primes(0, MAX_N + 1)
+    with pytest.raises(ValueError):
+        primes_between(MAX_N, MAX_N + 1)
+
+
+def test_top_segment_is_clipped_at_max_n() -> None:
+    """The grid's last segment runs past 2^64 - 1: its bitmap has nothing beyond MAX_N."""
+    k = segment_index(MAX_N)
+    _, hi = segment_bounds(k)
+    assert hi > MAX_N
+    seg = Segment.from_bytes(k, sieve_segment(k).to_bytes())
+    window = gmpy2_primes(MAX_N - 10**5, MAX_N)
+    assert seg.primes_in(MAX_N - 10**5, hi).tolist() == window
+    assert seg.count_in(MAX_N - 10**5, hi) == len(window) == count_primes(MAX_N - 10**5, MAX_N)
