@@ -147,8 +147,7 @@ def result_preview(rec: JobRecord) -> dict[str, Any] | None:
     # A value result (count, Fibonacci) is its JSON; a text result (the CSV file) answers its summary.
     value = orjson.loads(b"".join(reader.iter_json()))
     if getattr(reader, "is_text", False):
-        return {"kind": "table", "fields": [(k, _short(v, PREVIEW_CHARS)) for k, v in (value or {}).items()],
-                "rows": _text_rows(reader)}
+        return {"kind": "table", "csv": presenting.csv_summary(value or {}), "rows": _text_rows(reader)}
     if isinstance(value, dict) and isinstance(value.get("value"), str):
         text = value["value"]
         return {"kind": "digits", "text": text[:PREVIEW_CHARS], "length": len(text),

@@ -427,3 +427,21 @@ def test_operations_page_derives_finished_per_minute_from_samples(app) -> None:
     assert out[m] == 32 - 22 and out[m - 60] == 22 - 16
     assert out[m - 120] == 16 - 10, "the first sampled minute: the growth within it"
     assert out[m - 180] is None, "no sample: unknown, not 0"
+
+
+def test_csv_result_summary_reads_as_sentences_and_lists(client, redis_url: str) -> None:
+    from infra.processes import ROOT
+    from tests.conftest import run_fast_queue
+
+    body = (ROOT / "examples" / "sales.csv").read_bytes()
+    job_id = job_id_of(client.post("/submit/csv", content_type="multipart/form-data", data={
+        "file": (io.BytesIO(body), "sales.csv"), "date_column": "date", "from": "2024-01-01",
+        "till": "2024-03-31", "sort_by": "amount"}))
+    run_fast_queue(redis_url)
+    page = html(client.get(f"/jobs/{job_id}"))
+    assert "<strong>9</strong> rows kept, sorted as numbers." in page
+    assert "<strong>1</strong> row was skipped because the date did not parse." in page
+    assert re.findall(r"<li><code>([^<]+)</code></li>", page)[:4] == ["date", "region", "product", "amount"]
+    assert "<li>row 14: <code>unknown</code></li>" in page
+    assert re.search(r"of [0-9,]+ bytes", page), "progress says its unit"
+    assert "{&#34;" not in page and '{"rows"' not in page, "no raw JSON"
