@@ -24,6 +24,7 @@ from rq.worker import Worker
 
 from jobs.settings import Settings
 from jobs.store.admission import Admission
+from jobs.store.dispatch import Schedule, job_ids
 from jobs.store.events import EventHub, Watch, publish
 from jobs.store.keys import (
     FAST_QUEUE,
@@ -90,6 +91,7 @@ class JobService:
         self.cache = cache
         self.settings = settings or Settings()
         self.life = Lifecycle(conn, cache, self.settings, queue_factory)
+        self.schedule = Schedule(conn)
         self._hub = hub
         self._read_script = LuaScript(conn, READ_WITH_RESULT_LUA)
         self._lookup_script = LuaScript(conn, LOOKUP_LUA)
@@ -129,7 +131,8 @@ class JobService:
         reader = self.reader(rec) if inline else None
         if reader is not None and reader.inline_allowed():
             result = orjson.Fragment(reader.json_bytes())
-        resource = rec.to_resource(result=result, cached=cached, deduplicated=deduplicated)
+        position = self.schedule.position(rec) if rec.status is JobStatus.QUEUED else None
+        resource = rec.to_resource(result=result, cached=cached, deduplicated=deduplicated, position=position)
         resource["summary"] = summary_of(rec.type, rec.params)
         return resource
 
@@ -333,11 +336,8 @@ class JobService:
     # -- steering -----------------------------------------------------------------
 
     def _remove_from_queue(self, rec: JobRecord) -> None:
-        if rec.rq_id:
-            try:
-                self.queue(rec.queue).remove(rec.rq_id)
-            except Exception:  # noqa: BLE001 - already dequeued is fine
-                pass
+        if rec.rq_id and rec.status is JobStatus.QUEUED:
+            self.life.withdraw(rec)
 
     def cancel(self, job_id: str, wait: float = 2.5) -> JobRecord:
         rec = self._require(job_id)
@@ -446,8 +446,12 @@ class JobService:
         return out
 
     def queue_job_ids(self, name: str) -> list[str]:
-        """Crunch job ids waiting in an RQ queue, in dispatch order."""
-        return [rq_id.rsplit("-", 1)[0] for rq_id in self.queue(name).get_job_ids()]
+        """Crunch job ids waiting in a queue, in dispatch order (jobs.store.dispatch): the lane's runs, then
+        any run rq's list holds that no lane knows (queued before fair dispatch; taken once the lane is empty)."""
+        runs = self.schedule.order(name)
+        known = set(runs)
+        runs += [r for r in self.queue(name).get_job_ids() if r not in known]
+        return job_ids(runs)
 
     def workers(self) -> list[dict[str, Any]]:
         out = []

@@ -30,6 +30,21 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"setting {name} must be an integer, got {raw!r}") from None
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if len(raw) > 40:
+        raise SystemExit(f"setting {name} must be a number of seconds, got {raw[:40]!r}...")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"setting {name} must be a number of seconds, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise SystemExit(f"setting {name} must be 0 or more seconds, got {raw!r}")
+    return value
+
+
 def _str(name: str, default: str = "") -> str:
     return os.environ.get(name, "").strip() or default
 
@@ -86,6 +101,12 @@ class Settings:
     #: 0 trusts none, since a client could then pick its own address and escape its rate budget.
     trusted_proxies: int = 0
 
+    #: Seconds a checkpointing job (primes, CSV) runs before it may be preempted for another client's
+    #: waiting work (0: never). 5 s: one preemption costs its job tens of ms (a checkpoint, a new work
+    #: horse, the state read back; bench "mixed"), about 1 % of a quantum, while a client behind a
+    #: backlog of hour-long jobs gets a worker within seconds. PREEMPT_QUANTUM.
+    preempt_quantum: float = 5.0
+
     def job_timeout(self, job_type: str) -> int:
         """The run limit of a job type: JOB_TIMEOUTS' entry, else the type's own default."""
         if job_type in self.job_timeouts:
@@ -132,6 +153,7 @@ class Settings:
             webhook_allow_private=_flag("WEBHOOK_ALLOW_PRIVATE", s.webhook_allow_private),
             max_stored_bytes_per_client=_int("MAX_STORED_BYTES_PER_CLIENT", s.max_stored_bytes_per_client),
             trusted_proxies=_int("TRUSTED_PROXIES", s.trusted_proxies),
+            preempt_quantum=_float("PREEMPT_QUANTUM", s.preempt_quantum),
         )
 
 

@@ -13,7 +13,9 @@
   set without a write while the inline run holds it; and rq's worker hash fields (state, current_job,
   successful_job_count, failed_job_count) are written inside the run's own start and finish steps:
   two round trips per trivial job instead of eight. Fallback: fast jobs run as rq runs any job
-  (a forked work horse each), slower but complete.
+  (a forked work horse each), slower but complete. The same post-pop step asks the worker queue's
+  `dispatched` hook which waiting run to start (the fair dispatch, jobs.store.dispatch); fallback: the
+  popped run itself (first in, first out), and no fast lane beside a running horse.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ class InlineDequeue:
     _queues: dict[tuple[str, int], Any] = {}
 
     @classmethod
+    def dispatched(cls, connection: Any, queue_key: str, job_id: str) -> str | None:
+        """The run to start for a popped entry (None: none, rq pops again); here the entry itself."""
+        return job_id
+
+    @classmethod
     def inline_run(cls, queue_key: str, job_id: str) -> Any:
         """The inline run for this dequeued id, or None to let rq fetch the job as usual."""
         return None
@@ -95,7 +102,12 @@ class InlineDequeue:
         @classmethod
         def _fetch_dequeued_job(cls, connection: Any, queue_key: str, job_id: str, job_class: Any = None,
                                 serializer: Any = None, death_penalty_class: Any = None) -> Any:
-            """rq 3.0's post-pop step (rebuild the queue, HGETALL the job), minus the read for an inline run."""
+            """rq 3.0's post-pop step (rebuild the queue, HGETALL the job), after `dispatched` chose the run,
+            minus the read for an inline run."""
+            chosen = cls.dispatched(connection, queue_key, job_id)
+            if chosen is None:
+                return None  # rq's dequeue_any pops again
+            job_id = chosen
             run = cls.inline_run(queue_key, job_id)
             if run is None:
                 return super()._fetch_dequeued_job(  # type: ignore[misc]

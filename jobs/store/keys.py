@@ -26,6 +26,19 @@ RESULT_COUNTS_KEY = PREFIX + "job:{id}:result:counts"
 JOBS_INDEX_KEY = PREFIX + "jobs"
 #: Sorted set: running job ids, scored by the heartbeat deadline (epoch seconds).
 RUNNING_KEY = PREFIX + "running"
+#: Dispatch (jobs.store.dispatch). List: one client's waiting runs in one lane, oldest first.
+LANE_CLIENT_KEY = PREFIX + "lane:{lane}:client:{client}"
+#: Sorted set: the clients with waiting runs in a lane, scored by when their first waiting run joined (ms).
+LANE_CLIENTS_KEY = PREFIX + "lane:{lane}:clients"
+#: Hash: run id -> when the waiting run joined its lane (ms).
+LANE_SINCE_KEY = PREFIX + "lane:{lane}:since"
+#: String, short-lived: held while one preemption in a lane takes effect (so one waiting run does not
+#: send every worker's job back to the queue).
+LANE_PREEMPT_KEY = PREFIX + "lane:{lane}:preempting"
+#: Sorted set: the runs of one client that were dispatched and have not ended (run id -> dispatch time).
+CLIENT_RUNNING_KEY = PREFIX + "client:{client}:running"
+#: Set: clients that may have entries in CLIENT_RUNNING_KEY (the reaper checks them).
+RUNNING_CLIENTS_KEY = PREFIX + "clients:running"
 #: Hash: cumulative finished/failed/canceled counts per queue.
 QUEUE_STATS_KEY = PREFIX + "queue:{name}:stats"
 #: Hash: cumulative finished/failed/canceled counts per job type (read by /metrics).

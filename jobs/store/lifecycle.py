@@ -29,8 +29,18 @@ from rq.queue import Queue
 from jobs.compat.rq import enqueue_recorded
 from jobs.settings import Settings
 from jobs.store.admission import CLIENT_LIVE_KEY
+from jobs.store.dispatch import (
+    RUN_ID_RE,
+    client_of,
+    ended_commands,
+    join_commands,
+    lane_args,
+    lane_keys,
+    leave_commands,
+)
 from jobs.store.events import publish
 from jobs.store.keys import (
+    CLIENT_RUNNING_KEY,
     DURATION_BUCKETS,
     FINISHED_MINUTE_KEY,
     FINISHED_MINUTE_TTL,
@@ -40,9 +50,12 @@ from jobs.store.keys import (
     JOB_INPUT_KEY,
     JOB_KEY,
     JOBS_INDEX_KEY,
+    LANE_CLIENTS_KEY,
+    LANE_PREEMPT_KEY,
     QUEUE_STATS_KEY,
     RESULT_CHUNKS_KEY,
     RESULT_COUNTS_KEY,
+    RUNNING_CLIENTS_KEY,
     RUNNING_KEY,
     TYPE_STATS_KEY,
     job_keys,
@@ -50,9 +63,22 @@ from jobs.store.keys import (
 from jobs.store.queues import ON_FAILURE, RUNNER, JsonQueue
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import RequestCache
-from jobs.store.scripts import BEGIN_LUA, CLAIM_LUA, TRANSITION_LUA, Commands, LuaScript, packed, recorded
+from jobs.store.scripts import (
+    BEGIN_LUA,
+    CLAIM_LUA,
+    DISPATCH_LUA,
+    TRANSITION_LUA,
+    YIELD_LUA,
+    Commands,
+    LuaScript,
+    packed,
+    recorded,
+)
 from jobs.store.status import JobStatus
 
+#: How long one preemption holds its lane's lock (ms): long enough for the preempted run to reach its next
+#: checkpoint and the waiting run to be dispatched, so one waiting run sends one job back, not every one.
+PREEMPT_LOCK_MS = 2000
 #: Crash recoveries before a job is failed instead of re-queued.
 MAX_ATTEMPTS = 3
 #: A quiet client's count expires, so a count that drifted (a crash between two steps) heals.
@@ -91,6 +117,8 @@ class Lifecycle:
         self._transition = LuaScript(conn, TRANSITION_LUA)
         self._claim = LuaScript(conn, CLAIM_LUA)
         self._begin = LuaScript(conn, BEGIN_LUA)
+        self._dispatch = LuaScript(conn, DISPATCH_LUA)
+        self._yield = LuaScript(conn, YIELD_LUA)
 
     def queue(self, name: str) -> Queue:
         """RQ queue by name, JSON-serialized."""
@@ -127,24 +155,27 @@ class Lifecycle:
         taken = self._claim(keys=[full_cache_key], args=[self.cache.serializer.dumps(rec.id), *packed(recorded(pipe))])
         return not taken
 
-    def _enqueue_commands(self, rec: JobRecord, pipe: Any) -> None:
-        """rq's enqueue of the job's current run (rec.rq_id), recorded on `pipe` (rq's public pipeline= API)."""
+    def _enqueue_commands(self, rec: JobRecord, pipe: Any, front: bool = False) -> None:
+        """rq's enqueue of the job's current run (rec.rq_id), recorded on `pipe` (rq's public pipeline= API),
+        and the run joining its client's line in its lane (jobs.store.dispatch); front: at the line's head."""
         # rq calls pipe.multi(), which a pipeline allows only before any command: enqueue first.
         enqueue_recorded(
             self.queue(rec.queue), pipe,
             RUNNER, args=(rec.id,), job_id=rec.rq_id, timeout=self.settings.job_timeout(rec.type),
             result_ttl=600, failure_ttl=self.settings.result_ttl, on_failure=Callback(ON_FAILURE),
-            description=f"{rec.type} {rec.id}",
+            description=f"{rec.type} {rec.id}", at_front=front,
         )
+        pipe.extend(join_commands(rec.queue, client_of(rec), rec.rq_id, int(time.time() * 1000), front))
 
     def _back_on_queue(self, rec: JobRecord, from_: Sequence[JobStatus], fields: dict[str, Any],
-                       then: Sequence[Sequence[Any]] = ()) -> bool:
-        """Move the job to QUEUED under a new run id and put that run on its rq queue, in one step."""
+                       then: Sequence[Sequence[Any]] = (), front: bool = False) -> bool:
+        """Move the job to QUEUED under a new run id and put that run on its rq queue, in one step
+        (front: at the head of its client's line). The run it leaves no longer counts as running."""
         runs = rec.runs + 1
         nxt = replace(rec, runs=runs, rq_id=f"{rec.id}-{runs}")
         pipe = Commands()
-        self._enqueue_commands(nxt, pipe)
-        pipe.extend(then)
+        self._enqueue_commands(nxt, pipe, front)
+        pipe.extend([*ended_commands(client_of(rec), rec.rq_id), *then])
         publish(pipe, rec.id, QUEUED.value)
         return self.transition(rec.id, from_, QUEUED, {**fields, "runs": runs, "rq_id": nxt.rq_id},
                                then=packed(recorded(pipe)), runs=rec.runs) is not None
@@ -236,6 +267,7 @@ class Lifecycle:
             if key not in drop:  # just deleted: nothing to expire
                 pipe.expire(key, ttl)
         pipe.zrem(RUNNING_KEY, rec.id)
+        pipe.extend(ended_commands(client_of(rec), rec.rq_id))
         pipe.hincrby(QUEUE_STATS_KEY.format(name=rec.queue), status.value, 1)
         pipe.hincrby(TYPE_STATS_KEY.format(type=rec.type), status.value, 1)
         if status is FINISHED:  # the operations page's "finished per minute" (2 commands, O(1))
@@ -261,6 +293,7 @@ class Lifecycle:
             pipe.extend(self._unqueue_commands(rec))
         pipe.delete(JOB_CONTROL_KEY.format(id=rec.id))
         pipe.zrem(RUNNING_KEY, rec.id)
+        pipe.extend(ended_commands(client_of(rec), rec.rq_id))
         publish(pipe, rec.id, PAUSED.value)
         fields = {"run_ms": run_ms} if run_ms is not None else {}
         return self.transition(rec.id, from_, PAUSED, fields, then=packed(recorded(pipe))) is not None
@@ -307,8 +340,68 @@ class Lifecycle:
         return recovered
 
     def _unqueue_commands(self, rec: JobRecord) -> list[tuple[Any, ...]]:
-        """Take the job's queued run off its rq queue (what rq's Queue.remove sends)."""
-        return [("LREM", self.queue(rec.queue).key, 1, rec.rq_id)] if rec.rq_id else []
+        """Take the job's queued run off its rq queue (what rq's Queue.remove sends) and off its lane."""
+        if not rec.rq_id:
+            return []
+        return [("LREM", self.queue(rec.queue).key, 1, rec.rq_id),
+                *leave_commands(rec.queue, client_of(rec), rec.rq_id)]
+
+    def withdraw(self, rec: JobRecord) -> bool:
+        """A queued run leaves its rq queue and its lane, the status unchanged (a delete, which removes
+        the record itself next)."""
+        return self.transition(rec.id, (QUEUED,), QUEUED, then=packed(self._unqueue_commands(rec))) is not None
+
+    # -- dispatch and preemption (jobs.store.dispatch) ---------------------------------------
+
+    def dispatch(self, lane: str, popped: str) -> str | None:
+        """The run a worker starts, having popped `popped` off the lane's rq list: the oldest waiting run of
+        the client with the fewest runs running, now counted as running (DISPATCH_LUA); None: none waits."""
+        now = time.time()
+        got = self._dispatch(keys=lane_keys(lane), args=[*lane_args(lane), popped, repr(now), int(now * 1000)])
+        return got[0].decode() if got else None
+
+    def should_yield(self, rec: JobRecord, run_id: str, grace: float = 1.0) -> bool:
+        """Whether this run should give its worker back: another client whose work has waited `grace`
+        seconds runs fewer runs than this run's client (YIELD_LUA; one preemption per lane at a time)."""
+        now_ms = int(time.time() * 1000)
+        return bool(self._yield(keys=[LANE_CLIENTS_KEY.format(lane=rec.queue), LANE_PREEMPT_KEY.format(lane=rec.queue)],
+                                args=[*lane_args(rec.queue)[1:], client_of(rec), now_ms - int(grace * 1000),
+                                      PREEMPT_LOCK_MS, run_id]))
+
+    def preempt(self, rec: JobRecord, run_ms: str) -> bool:
+        """STARTED -> QUEUED at a checkpoint, so another client's waiting work gets the worker: the job goes
+        back to the head of its client's line on a new run (it continues from the checkpoint), counted in
+        its `preemptions`."""
+        return self._back_on_queue(rec, (STARTED,), {"run_ms": run_ms, "worker": ""},
+                                   then=[("ZREM", RUNNING_KEY, rec.id),
+                                         ("HINCRBY", JOB_KEY.format(id=rec.id), "preemptions", 1)], front=True)
+
+    def heal_dispatch(self, now: float | None = None) -> int:
+        """The reaper's check of the running counts: drops runs that no longer run (a run whose job was
+        deleted before it started), and puts back on their lane the runs a worker took but never started
+        (the worker died between dispatch and start), under a new run id so a late start of the old one
+        is skipped. Returns how many entries it fixed."""
+        now = time.time() if now is None else now
+        fixed = 0
+        for raw in self.conn.smembers(RUNNING_CLIENTS_KEY):
+            client = raw.decode()
+            key = CLIENT_RUNNING_KEY.format(client=client)
+            old = [m.decode() for m in self.conn.zrangebyscore(key, "-inf", now - self.settings.heartbeat_timeout)]
+            if not old and not self.conn.zcard(key):
+                self.conn.srem(RUNNING_CLIENTS_KEY, client)
+            for run in old:
+                m = RUN_ID_RE.match(run)
+                if m is None:
+                    continue  # not a run of a whole job (a part of one): its owner accounts for it
+                h = self.conn.hgetall(JOB_KEY.format(id=m.group(1)))
+                rec = JobRecord.from_hash(h) if h else None
+                if rec is not None and rec.rq_id == run and rec.status is STARTED:
+                    continue
+                if rec is not None and rec.rq_id == run and rec.status is QUEUED:
+                    self._back_on_queue(rec, (QUEUED,), {}, front=True)
+                self.conn.zrem(key, run)
+                fixed += 1
+        return fixed
 
 
 def count_live(pipe: Any, rec: JobRecord, delta: int) -> None:

@@ -15,7 +15,7 @@ API_PREFIX = "/api/v1"
 #: Fields stored as JSON text in the hash.
 _JSON_FIELDS = ("params", "progress", "error", "result_meta", "stats")
 _FLOAT_FIELDS = ("created_at", "started_at", "ended_at", "run_ms")
-_INT_FIELDS = ("attempt", "runs")
+_INT_FIELDS = ("attempt", "runs", "preemptions")
 #: Optional string fields kept in `extra`: who submitted the job (rate-limit client, and the token
 #: owner when API_TOKENS is on), and the request that created it.
 EXTRA_FIELDS = ("client", "request_id", "owner")
@@ -53,6 +53,8 @@ class JobRecord:
     attempt: int = 0
     #: Times the job was put on a queue; names the RQ job of each run.
     runs: int = 0
+    #: Times a run was preempted at a checkpoint for another client's waiting work (Lifecycle.preempt).
+    preemptions: int = 0
     worker: str = ""
     has_input: bool = False
     extra: dict[str, str] = field(default_factory=dict)
@@ -119,12 +121,13 @@ class JobRecord:
         }
 
     def to_resource(self, *, result: Any = None, cached: bool = False,
-                    deduplicated: bool = False) -> dict[str, Any]:
+                    deduplicated: bool = False, position: int | None = None) -> dict[str, Any]:
         """The job resource of the API contract; `result` may be an orjson.Fragment.
 
         `result_inline` (an addition to the contract) says what a null `result` means: true when
         `result` holds the whole result, false when a finished job's result is only at
         `result_url` (over the inline limits, or in a listing), null while there is no result.
+        `position`: while queued, how many runs would be dispatched before this one (jobs.store.dispatch).
         """
         links = self.links()
         return {
@@ -146,6 +149,8 @@ class JobRecord:
             "pausable": self.pausable,
             "attempt": self.attempt,
             "runs": self.runs,
+            "preemptions": self.preemptions,
+            "position": position if self.status is JobStatus.QUEUED else None,
             "stats": self.stats,
             "queue": self.queue,
             "links": links,

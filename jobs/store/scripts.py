@@ -18,13 +18,22 @@ from redis.exceptions import NoScriptError
 #: Shared by the scripts below, so a state change and all its bookkeeping cost one round trip and
 #: happen atomically: replay(i) runs the commands packed in ARGV from index i on, each as its
 #: argument count then its arguments (see packed()); one that starts with "?eq KEY VALUE" runs only
-#: while GET KEY == VALUE (the request cache's compare-and-set).
+#: while GET KEY == VALUE (the request cache's compare-and-set); "?head ZSET LIST HASH MEMBER" re-scores
+#: MEMBER in ZSET by LIST's first item's entry in HASH, or removes it when LIST is empty (a lane's waiting
+#: client after its line changed at the head; see jobs.store.dispatch).
 REPLAY_LUA = """
 local function replay(i)
   while i <= #ARGV do
     local n = tonumber(ARGV[i])
     if ARGV[i + 1] == '?eq' then
       if redis.call('GET', ARGV[i + 2]) == ARGV[i + 3] then redis.call(unpack(ARGV, i + 4, i + n)) end
+    elseif ARGV[i + 1] == '?head' then
+      local head = redis.call('LINDEX', ARGV[i + 3], 0)
+      if head then
+        redis.call('ZADD', ARGV[i + 2], redis.call('HGET', ARGV[i + 4], head) or '0', ARGV[i + 5])
+      else
+        redis.call('ZREM', ARGV[i + 2], ARGV[i + 5])
+      end
     else
       redis.call(unpack(ARGV, i + 1, i + n))
     end
@@ -160,6 +169,110 @@ return {h, false, false, 1}
 #: must still name. Returns 1 if deleted, else 0.
 RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+#: DISPATCH: the next run of one lane, fair between clients (see jobs.store.dispatch).
+#: KEYS[1] = the lane's waiting clients (zset: client -> when its first waiting run joined, ms),
+#: KEYS[2] = the lane's join times (hash: run id -> ms), KEYS[3] = rq's list of the lane,
+#: KEYS[4] = the set of clients that have runs on record as running (for the reaper's check).
+#: ARGV[1] = prefix of a client's line of waiting runs in this lane (the client's name follows),
+#: ARGV[2], ARGV[3] = prefix and suffix of a client's running runs (zset: run id -> dispatch time),
+#: ARGV[4] = the entry the worker popped off rq's list ('' = none), ARGV[5] = now (epoch seconds),
+#: ARGV[6] = now (ms).
+#: Returns {run id, client}: the run to start, now off every waiting structure and counted as its client's
+#: running run; {entry, ''} for a popped entry no lane knows (queued before fair dispatch existed);
+#: false when nothing waits.
+DISPATCH_LUA = """
+local function pick()
+  local best, bestn
+  local from = 0
+  while true do
+    local page = redis.call('ZRANGE', KEYS[1], from, from + 63)
+    for _, c in ipairs(page) do
+      local n = redis.call('ZCARD', ARGV[2] .. c .. ARGV[3])
+      if not best or n < bestn then best, bestn = c, n end
+      if n == 0 then return best end
+    end
+    if #page < 64 then return best end
+    from = from + 64
+  end
+end
+local run, client
+for _ = 1, 8 do
+  client = pick()
+  if not client then break end
+  run = redis.call('LPOP', ARGV[1] .. client)
+  if run then break end
+  redis.call('ZREM', KEYS[1], client)
+end
+if not run then
+  if ARGV[4] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 then return {ARGV[4], ''} end
+  return false
+end
+local line = ARGV[1] .. client
+local head = redis.call('LINDEX', line, 0)
+if head then
+  redis.call('ZADD', KEYS[1], redis.call('HGET', KEYS[2], head) or ARGV[6], client)
+else
+  redis.call('ZREM', KEYS[1], client)
+end
+redis.call('HDEL', KEYS[2], run)
+redis.call('ZADD', ARGV[2] .. client .. ARGV[3], ARGV[5], run)
+redis.call('SADD', KEYS[4], client)
+if ARGV[4] ~= run then
+  redis.call('LREM', KEYS[3], 1, run)
+  if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[4]) end
+end
+return {run, client}
+"""
+
+#: POSITION: how many runs of a lane DISPATCH would take before one waiting run if no new work arrived.
+#: KEYS[1] = the lane's waiting clients, KEYS[2] = the lane's join times (as DISPATCH).
+#: ARGV[1] = prefix of a client's line in this lane, ARGV[2], ARGV[3] = prefix and suffix of a client's
+#: running runs, ARGV[4] = the run's client, ARGV[5] = the run id.
+#: Returns the count (0 for a run already dispatched that its worker has yet to start), or false when the
+#: run is not waiting in the lane.
+POSITION_LUA = """
+local k = redis.call('LPOS', ARGV[1] .. ARGV[4], ARGV[5])
+if not k then
+  if redis.call('ZSCORE', ARGV[2] .. ARGV[4] .. ARGV[3], ARGV[5]) then return 0 end
+  return false
+end
+local t = tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0')
+local key = redis.call('ZCARD', ARGV[2] .. ARGV[4] .. ARGV[3]) + k
+local pos = k
+for _, c in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if c ~= ARGV[4] then
+    local line = ARGV[1] .. c
+    local len = redis.call('LLEN', line)
+    local before = key - redis.call('ZCARD', ARGV[2] .. c .. ARGV[3])
+    if before > 0 then pos = pos + math.min(len, before) end
+    if before >= 0 and before < len then
+      local ti = tonumber(redis.call('HGET', KEYS[2], redis.call('LINDEX', line, before)) or '0')
+      if ti < t or (ti == t and c < ARGV[4]) then pos = pos + 1 end
+    end
+  end
+end
+return pos
+"""
+
+#: YIELD: whether a long run should give its worker to another client (preemption; see jobs.worker.runner).
+#: KEYS[1] = the lane's waiting clients, KEYS[2] = the lane's preemption lock (string).
+#: ARGV[1], ARGV[2] = prefix and suffix of a client's running runs, ARGV[3] = the run's client,
+#: ARGV[4] = a waiting client counts once its first run joined at or before this (ms),
+#: ARGV[5] = how long the lock holds (ms), ARGV[6] = the run id (the lock's value).
+#: Returns 1, and takes the lock (one preemption at a time, so one waiting run does not empty every
+#: worker), when another client that has waited that long runs fewer runs than this run's client; else 0.
+YIELD_LUA = """
+local mine = redis.call('ZCARD', ARGV[1] .. ARGV[3] .. ARGV[2])
+for _, c in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'LIMIT', 0, 64)) do
+  if c ~= ARGV[3] and redis.call('ZCARD', ARGV[1] .. c .. ARGV[2]) < mine then
+    if redis.call('SET', KEYS[2], ARGV[6], 'NX', 'PX', ARGV[5]) then return 1 end
+    return 0
+  end
+end
 return 0
 """
 

@@ -4,15 +4,18 @@ work horse for the rest (see jobs.worker.supervisor for the processes that run t
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import time
 from typing import Any
 
-from rq.timeouts import JobTimeoutException
+import redis.exceptions
+from rq.timeouts import HorseMonitorTimeoutException, JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker import Worker
 
-from jobs.compat.rq import InlineDequeue, QuietState
-from jobs.store.keys import JOB_CONTROL_KEY
+from jobs.compat.rq import INLINE, InlineDequeue, QuietState
+from jobs.store.keys import JOB_CONTROL_KEY, PREFIX
 from jobs.store.queues import RUNNER, JsonJob, JsonQueue
 from jobs.types.spec import FAST_QUEUE
 
@@ -20,6 +23,12 @@ from jobs.types.spec import FAST_QUEUE
 FAST_QUEUE_KEY = JsonQueue.redis_queue_namespace_prefix + FAST_QUEUE
 
 log = logging.getLogger("crunch.worker")
+
+#: How long the main process blocks on the fast lane at a time while its horse runs (seconds): the most
+#: a horse that died without a word (SIGKILL) goes unnoticed; a horse that ends normally wakes it at once.
+FAST_LANE_POLL = 0.5
+#: List: a horse pushes one entry here as it exits, so its worker's fast-lane wait ends at once.
+HORSE_DONE_KEY = PREFIX + "worker:{name}:horse-done"
 
 #: rq heartbeats a worker three times around every job (three round trips each) for a key that lives
 #: minutes: a heartbeat this soon after the previous one is skipped while the key's expiry covers it.
@@ -42,7 +51,16 @@ class InlineRun:
 
 
 class WorkerQueue(InlineDequeue, JsonQueue):
-    """The worker's side of Crunch's queues: a fast-queue run is dequeued as an InlineRun."""
+    """The worker's side of Crunch's queues: the popped entry goes through the fair dispatch, and a
+    fast-queue run is dequeued as an InlineRun."""
+
+    @classmethod
+    def dispatched(cls, connection: Any, queue_key: str, job_id: str) -> str | None:
+        """The popped entry only says that a run of the lane waits; the lifecycle's dispatch picks which
+        (jobs.store.dispatch), in one script. None: nothing waits after all (rq pops again)."""
+        from jobs.worker.runner import _lifecycle
+
+        return _lifecycle(connection).dispatch(queue_key[len(cls.redis_queue_namespace_prefix):], job_id)
 
     @classmethod
     def inline_run(cls, queue_key: str, job_id: str) -> InlineRun | None:
@@ -79,6 +97,8 @@ class CrunchWorker(QuietState, Worker):
         super().check_for_suspension(burst)
         self._suspension_checked = time.monotonic()
 
+    #: Set by request_stop: the fast lane beside a horse takes nothing new.
+    _stopping = False
     #: The Crunch job this worker runs inline right now (read by request_stop, a signal handler).
     _inline_job_id: str | None = None
 
@@ -89,21 +109,22 @@ class CrunchWorker(QuietState, Worker):
         else:
             super().execute_job(job, queue)
 
-    def _run_inline(self, run: InlineRun) -> None:
+    def _run_inline(self, run: InlineRun, beside_horse: bool = False) -> None:
         """A fast-queue run of jobs.worker.runner without rq's per-job records (execution, registries, result):
         Crunch's job hash already holds all of it, and this is two round trips instead of eight. The type's
-        timeout still applies; the RQ job hash goes in the finish's own atomic step."""
+        timeout still applies; the RQ job hash goes in the finish's own atomic step. beside_horse: run while
+        this worker's horse runs a long job (wait_for_horse), so rq's view of the worker stays the horse's."""
         from jobs.worker.runner import run as run_job
 
         rq_key = JsonJob.key_for(run.id)
         self._inline_job_id = run.crunch_id
         state = self.hold_busy()
         # rq's view of this worker (state, current job) changes inside the start's and finish's own steps.
-        idle = self.idle_commands(state)
+        idle = [] if beside_horse else self.idle_commands(state)
         finished = False
         try:
             out = run_job(self.connection, run.crunch_id, run.id, self.name,
-                          start_then=self.start_commands(run.id),
+                          start_then=[] if beside_horse else self.start_commands(run.id),
                           finish_then=[("DEL", rq_key), *self.count_commands(True), *idle],
                           time_limit=lambda seconds: self.death_penalty_class(seconds, JobTimeoutException,
                                                                              job_id=run.id))
@@ -124,14 +145,83 @@ class CrunchWorker(QuietState, Worker):
                     pipe.execute()
 
     def request_stop(self, signum: int, frame: Any) -> None:
-        """On shutdown, ask the running job to checkpoint and re-queue instead of waiting it out."""
+        """On shutdown, ask the running jobs (the horse's, and one running inline beside it) to checkpoint
+        and re-queue instead of waiting them out."""
         try:
-            job_id = self._inline_job_id
-            if job_id is None:
+            ids = [self._inline_job_id]
+            if self.horse_pid:
                 current = self.get_current_job_id()  # the horse's run, "<job id>-<run>"
-                job_id = current.rsplit("-", 1)[0] if current else None
-            if job_id:
+                ids.append(current.rsplit("-", 1)[0] if current else None)
+            for job_id in filter(None, ids):
                 self.connection.set(JOB_CONTROL_KEY.format(id=job_id), "requeue", ex=3600, nx=True)
         except Exception:
             log.warning("could not ask the current job to re-queue", exc_info=True)
+        self._stopping = True
         super().request_stop(signum, frame)
+
+    # -- the fast lane while a horse runs --------------------------------------------------
+
+    def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
+        """In the work horse: rq's perform_job, then wake the main process's fast-lane wait (wait_for_horse)."""
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            try:
+                key = HORSE_DONE_KEY.format(name=self.name)
+                with self.connection.pipeline(transaction=False) as pipe:
+                    pipe.rpush(key, 1)
+                    pipe.expire(key, 60)
+                    pipe.execute()
+            except Exception:  # the main process notices within FAST_LANE_POLL anyway
+                log.debug("could not signal the horse's end", exc_info=True)
+
+    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
+        """While the work horse runs a long job, run the fast lane's jobs inline in this process, which rq
+        leaves idle: a cheap job never waits behind long ones, on any number of hosts, and no worker is set
+        aside for cheap jobs (a reserved worker would idle most of the time, and one is not enough under
+        a burst). Preemption (jobs.worker.runner) would also free a worker, but only at a checkpoint after
+        a quantum: seconds, not the sub-second start a cheap job needs.
+
+        rq's monitor_work_horse calls this inside a SIGALRM death penalty of job_monitoring_interval and,
+        on HorseMonitorTimeoutException, heartbeats, checks the job's timeout and calls again. Here the alarm
+        is taken over (a signal must not land inside a Redis reply or an inline job): it is cancelled and its
+        deadline kept, and the same exception is raised at that deadline between two steps. Each step is a
+        non-blocking wait4 on the horse, then a BLPOP of at most FAST_LANE_POLL on the fast lane and the
+        horse's done-list; a fast entry is dispatched and its run executed at once.
+
+        What it costs the long job (bench "mixed"): the fast jobs' own CPU, which on a machine with as many
+        workers as cores comes from the long jobs; the waiting itself is two round trips a second. Another
+        death penalty class, or no alarm set (rq waits for a horse it has just killed), waits as rq does.
+        """
+        left = signal.alarm(0)
+        if not left or not INLINE or self.death_penalty_class is not UnixSignalDeathPenalty:
+            if left:
+                signal.alarm(left)
+            return super().wait_for_horse()
+        deadline = time.monotonic() + left
+        done_key = HORSE_DONE_KEY.format(name=self.name)
+        while True:
+            try:
+                pid, stat, rusage = os.wait4(self.horse_pid, os.WNOHANG)
+            except ChildProcessError:
+                return None, None, None
+            if pid:
+                return pid, stat, rusage
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise HorseMonitorTimeoutException("job monitoring interval passed")
+            if self._stopping:  # shutting down: wait for the horse, take nothing new
+                time.sleep(min(0.1, remaining))
+                continue
+            try:
+                popped = self.connection.blpop([FAST_QUEUE_KEY, done_key], min(FAST_LANE_POLL, remaining))
+                if popped is None or popped[0].decode() != FAST_QUEUE_KEY:
+                    continue
+                taken = WorkerQueue.dispatched(self.connection, FAST_QUEUE_KEY, popped[1].decode())
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                log.warning("fast lane: Redis unreachable; waiting on the horse", exc_info=True)
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                continue
+            run = WorkerQueue.inline_run(FAST_QUEUE_KEY, taken) if taken else None
+            if run is not None:
+                self._run_inline(run, beside_horse=True)

@@ -24,8 +24,10 @@ from rq import get_current_job
 
 from jobs.context import Stop
 from jobs.settings import Settings, process_settings
+from jobs.store.dispatch import client_of
 from jobs.store.events import publish
 from jobs.store.keys import (
+    CLIENT_RUNNING_KEY,
     FAST_QUEUE,
     INPUT_CHUNK_BYTES,
     JOB_CHECKPOINT_KEY,
@@ -53,6 +55,10 @@ PROGRESS_INTERVAL = 0.2
 CONTROL_INTERVAL = 0.1
 #: A crash-recovery checkpoint is saved at least this often while a kernel runs.
 CHECKPOINT_INTERVAL = 5.0
+#: How often a run past its quantum asks whether another client waits for its worker (seconds).
+YIELD_INTERVAL = 1.0
+#: Stop reasons that save the kernel's state at the checkpoint (the job continues from it later).
+_SAVING = ("pause", "requeue", "preempt")
 #: Result bytes still buffered at the end ride along with the finishing transition up to this size.
 FINISH_INLINE_BYTES = 64 << 10
 #: Marks "not read yet" for RedisContext's checkpoint argument.
@@ -101,6 +107,9 @@ class RedisContext:
         self._last_control = now
         self._last_checkpoint = now
         self._progress: tuple[int, int] | None = None
+        #: When this run next asks whether to yield its worker (monotonic s; None: never, see preemptible()).
+        self._yield_at: float | None = None
+        self._run_id = ""
         # The extras its type declares (JobSpec.needs, jobs.context.CONTEXT_EXTRAS); None for the rest.
         self.segments: Any = None
         if "segments" in JOB_TYPES[rec.type].needs:
@@ -149,8 +158,14 @@ class RedisContext:
         self.life.checkpoint(self.job_id, state, self.output.position())
         self._last_checkpoint = time.monotonic()
 
+    def preemptible(self, run_id: str, quantum: float) -> None:
+        """Let this run be preempted once it has run `quantum` seconds (Lifecycle.should_yield decides)."""
+        self._run_id = run_id
+        self._yield_at = self._started + quantum
+
     def _poll_control(self) -> None:
-        """Look for a control request (throttled); remembers the first stop reason seen."""
+        """Look for a control request (throttled); remembers the first stop reason seen. Past its quantum,
+        a preemptible run also asks, every YIELD_INTERVAL, whether another client waits for its worker."""
         now = time.monotonic()
         if self.stop_reason is not None or now - self._last_control < CONTROL_INTERVAL:
             return
@@ -163,16 +178,20 @@ class RedisContext:
             self.stop_reason = "deleted"
         elif control:
             self.stop_reason = control.decode()
+        elif self._yield_at is not None and now >= self._yield_at:
+            self._yield_at = now + YIELD_INTERVAL
+            if self.life.should_yield(self.rec, self._run_id):
+                self.stop_reason = "preempt"
 
     def stopping(self) -> bool:
-        """Only a pause or a shutdown saves the state; a cancel or delete needs nothing made durable."""
+        """Only a pause, a shutdown or a preemption saves the state; a cancel or delete needs nothing durable."""
         self._poll_control()
-        return self.stop_reason in ("pause", "requeue")
+        return self.stop_reason in _SAVING
 
     def checkpoint(self, state: dict[str, Any] | None = None) -> None:
         self._poll_control()
         if self.stop_reason is not None:
-            if self.stop_reason in ("pause", "requeue"):
+            if self.stop_reason in _SAVING:
                 self.save_checkpoint(state)
             raise Stop()
         if state is not None and time.monotonic() - self._last_checkpoint >= CHECKPOINT_INTERVAL:
@@ -252,6 +271,8 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
     rec = JobRecord.from_fields(known) if known else None
     if rec is None or rec.rq_id != rq_id:
         log.info("job %s: run %s superseded or deleted; skipping request_id=%s", job_id, rq_id, _rid(rec))
+        if rec is not None:  # dispatch counted it as running (a deleted job's entry goes with the reaper)
+            conn.zrem(CLIENT_RUNNING_KEY.format(client=client_of(rec)), rq_id)
         return None
     if begun.control in (b"cancel", b"pause"):
         # A control request for a job the queue still held: honour it without running.
@@ -275,6 +296,8 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         ctx.output.reset_commands(reset)
         if not life.start_resumed(rec, fields, reset, then=start_then):
             return None
+    if time_limit is None and rec.pausable and rec.queue != FAST_QUEUE and life.settings.preempt_quantum > 0:
+        ctx.preemptible(rq_id, life.settings.preempt_quantum)  # a horse's checkpointing run (not an inline one)
     _heartbeats.add(conn, job_id, life.settings.heartbeat_timeout)
     if rec.queue != FAST_QUEUE:  # a fast job gets its one line when it ends
         log.info("job %s started type=%s run=%s request_id=%s", job_id, rec.type, rq_id, _rid(rec))
@@ -353,6 +376,7 @@ def _stopped(life: Lifecycle, rec: JobRecord, ctx: RedisContext, run_ms: str) ->
     if reason == "deleted":  # nothing left to move: the web deleted the record
         conn.delete(JOB_CHECKPOINT_KEY.format(id=job_id))
         conn.zrem(RUNNING_KEY, job_id)
+        conn.zrem(CLIENT_RUNNING_KEY.format(client=client_of(rec)), rec.rq_id)
         return {"job": job_id, "status": "deleted"}
     if reason == "cancel":
         life.cancel(rec, (JobStatus.STARTED,), run_ms)
@@ -360,6 +384,9 @@ def _stopped(life: Lifecycle, rec: JobRecord, ctx: RedisContext, run_ms: str) ->
     if reason == "pause":
         life.pause(rec, (JobStatus.STARTED,), run_ms)
         return {"job": job_id, "status": "paused"}
+    if reason == "preempt":  # another client's work waits: continue from the checkpoint on a later run
+        life.preempt(rec, run_ms)
+        return {"job": job_id, "status": "preempted"}
     # "requeue": the worker is shutting down; another run continues from the checkpoint.
     life.requeue(rec, run_ms)
     return {"job": job_id, "status": "requeued"}

@@ -65,8 +65,11 @@ def reap(conn: Redis) -> None:
     """Re-queue jobs whose worker died (SIGKILL, lost host), from their last checkpoint."""
     from jobs.worker.runner import _lifecycle
 
-    for job_id in _lifecycle(conn).recover():
+    life = _lifecycle(conn)
+    for job_id in life.recover():
         log.warning("job %s lost its worker; recovered", job_id)
+    if fixed := life.heal_dispatch():
+        log.warning("dispatch: %d running entries of runs that no longer run were fixed", fixed)
 
 
 def supervise(url: str, count: int, queues: list[str], burst: bool) -> int:

@@ -1,0 +1,182 @@
+"""Scheduling end to end: the fast lane beside long jobs, fair share between clients, preemption, queue position.
+
+A real gunicorn with API_TOKENS (two owners, two clients) and a real `worker.py` with two workers, on
+their own Redis database (no other test's workers take these jobs). PREEMPT_QUANTUM is 1 s here so a
+preemption happens within a test's time. Long jobs are prime counts high up (about 0.25 s per 10^9
+numbers per core), each on its own range so no job reuses another's stored segments.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from infra.processes import Api, Web, Workers
+from rest.auth import hash_token
+
+RUN = os.urandom(3).hex()
+ALICE, BOB = f"alice-{RUN}", f"bob-{RUN}"
+ALICE_TOKEN, BOB_TOKEN = "a-" + os.urandom(24).hex(), "b-" + os.urandom(24).hex()
+API_TOKENS = f"{ALICE}:{hash_token(ALICE_TOKEN)},{BOB}:{hash_token(BOB_TOKEN)}"
+AS_ALICE = {"Authorization": f"Bearer {ALICE_TOKEN}"}
+AS_BOB = {"Authorization": f"Bearer {BOB_TOKEN}"}
+WORKERS = 2
+#: pi(10^11) and pi(10^10): known values (OEIS A006880), independent of the sieve under test.
+PI_1E11, PI_1E10 = 4_118_054_813, 455_052_511
+#: Each test's long ranges start from its own base, so no two jobs share stored segments.
+_next_base = [5 * 10**11]
+
+
+def fresh_range(width: int) -> tuple[int, int]:
+    start = _next_base[0]
+    _next_base[0] += width + 10**6
+    return start, start + width
+
+
+@pytest.fixture(scope="module")
+def url(redis_url: str) -> str:
+    return f"{redis_url.rpartition('/')[0]}/9"
+
+
+@pytest.fixture(scope="module")
+def stack(url: str, log_dir: Path) -> Iterator[tuple[Web, Workers]]:
+    workers = Workers(url, log_dir, count=WORKERS, name="workers-scheduling", HEARTBEAT_TIMEOUT=5,
+                      PREEMPT_QUANTUM=1).start()
+    web = Web(url, log_dir, API_TOKENS=API_TOKENS).start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(requests.get(web.url + "/api/v1/workers", headers=AS_ALICE, timeout=10).json()) < WORKERS:
+            assert time.monotonic() < deadline, workers.tail()
+            time.sleep(0.2)
+        yield web, workers
+    finally:
+        web.stop()
+        workers.stop()
+
+
+@pytest.fixture
+def api(stack: tuple[Web, Workers]) -> Iterator[Api]:
+    a = Api(stack[0].url)
+    yield a
+    # Leave the workers idle for the next test: cancel whatever this test left running or queued.
+    for headers in (AS_ALICE, AS_BOB):
+        for status in ("started", "queued"):
+            for job in a.get(f"/api/v1/jobs?status={status}&limit=100", headers=headers).json()["jobs"]:
+                a.post(f"/api/v1/jobs/{job['id']}/cancel", headers=headers)
+
+
+def submit(api: Api, headers: dict[str, str], path: str, body: dict[str, Any], wait: int = 0) -> requests.Response:
+    h = {**headers, "Content-Type": "application/json"}
+    if wait:
+        h["Prefer"] = f"wait={wait}"
+    r = api.post(path, json=body, headers=h)
+    assert r.status_code in (200, 202), r.text
+    return r
+
+
+def count_job(api: Api, headers: dict[str, str], start: int, end: int) -> str:
+    return submit(api, headers, "/api/v1/primes", {"start": start, "end": end, "output": "count"}).json()["id"]
+
+
+def job(api: Api, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+    r = api.get(f"/api/v1/jobs/{job_id}", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_for(what: str, pred: Any, timeout: float = 90, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+def started(api: Api, headers: dict[str, str], ids: list[str]) -> bool:
+    return all(job(api, headers, i)["status"] == "started" for i in ids)
+
+
+def test_cheap_jobs_finish_within_prefer_wait_while_every_worker_runs_a_long_sieve(api: Api) -> None:
+    longs = [count_job(api, AS_ALICE, *fresh_range(60 * 10**9)) for _ in range(WORKERS)]
+    wait_for("both long sieves to start", lambda: started(api, AS_ALICE, longs))
+    took = []
+    for i in range(10):
+        t0 = time.perf_counter()
+        n = 10_000 + (int(RUN, 16) + i) % 90_000  # F(n) with n <= 10^5, not computed before in this run
+        r = submit(api, AS_BOB, "/api/v1/fibonacci", {"n": n}, wait=10)
+        took.append((time.perf_counter() - t0) * 1000)
+        assert r.status_code == 200, f"trivial job {i} answered {r.status_code} behind the long sieves: {r.text}"
+        assert r.json()["status"] == "finished"
+        numbers = [(i * 7919 + k * 104729 + int(RUN, 16)) % 100_003 for k in range(1000)]
+        sort = submit(api, AS_BOB, "/api/v1/sort", {"numbers": numbers}, wait=10)
+        assert sort.status_code == 200 and sort.json()["status"] == "finished", sort.text
+    # The long sieves ran the whole time: the cheap jobs did not wait for a worker to come free.
+    assert started(api, AS_ALICE, longs)
+    took.sort()
+    print(f"\nfib beside {WORKERS} long sieves: POST with Prefer: wait=10 -> 200 in "
+          f"p50 {took[len(took) // 2]:.0f} ms, max {took[-1]:.0f} ms")
+
+
+def test_a_second_client_starts_before_the_first_clients_backlog_is_half_done(api: Api) -> None:
+    backlog = [count_job(api, AS_ALICE, *fresh_range(6 * 10**9)) for _ in range(8)]
+    bob = count_job(api, AS_BOB, *fresh_range(2 * 10**9))
+    b = wait_for("Bob's job to end", lambda: (j := job(api, AS_BOB, bob))["status"] == "finished" and j, 120)
+    alice = [wait_for("Alice's job to end", lambda i=i: (j := job(api, AS_ALICE, i))["status"] == "finished" and j,
+                      180) for i in backlog]
+    done_before = [a for a in alice if a["ended_at"] < b["started_at"]]
+    assert len(done_before) < len(backlog) // 2, (
+        f"Bob's job started after {len(done_before)} of Alice's {len(backlog)} jobs had ended")
+    print(f"\nBob's job started after {len(done_before)} of Alice's {len(backlog)} queued jobs had ended "
+          f"(FIFO: after {len(backlog) - WORKERS + 1})")
+
+
+def test_a_preempted_sieve_counts_exactly_what_an_uninterrupted_one_does(api: Api) -> None:
+    # Both workers on Alice's counts with known answers; Bob's jobs then wait, and Alice runs more than
+    # Bob, so after PREEMPT_QUANTUM one of hers goes back to the queue at a checkpoint.
+    pis = {count_job(api, AS_ALICE, 0, 10**11): PI_1E11,
+           count_job(api, AS_ALICE, 10**10 + 1, 10**11): PI_1E11 - PI_1E10}
+    wait_for("Alice's counts to start", lambda: started(api, AS_ALICE, list(pis)))
+    bobs = [count_job(api, AS_BOB, *fresh_range(2 * 10**9)) for _ in range(2)]
+    ends = {i: wait_for("Alice's count to end", lambda i=i: (j := job(api, AS_ALICE, i))["status"] == "finished" and j,
+                        300) for i in pis}
+    for i in bobs:
+        wait_for("Bob's job to end", lambda i=i: job(api, AS_BOB, i)["status"] == "finished", 120)
+    assert sum(e["preemptions"] for e in ends.values()) >= 1, "no preemption happened"
+    for i, expected in pis.items():
+        assert ends[i]["result"] == {"count": expected}, ends[i]
+    print("\npreemptions:", {i[:8]: e["preemptions"] for i, e in ends.items()})
+
+
+def test_position_counts_down_to_zero_in_the_order_the_queue_lists(api: Api) -> None:
+    longs = [count_job(api, AS_ALICE, *fresh_range(12 * 10**9)) for _ in range(WORKERS)]
+    wait_for("the workers to be busy", lambda: started(api, AS_ALICE, longs))
+    backlog = [count_job(api, AS_ALICE, *fresh_range(4 * 10**9)) for _ in range(5)]
+
+    def snapshot() -> tuple[list[str], dict[str, Any]] | None:
+        listed = [j["id"] for j in api.get("/api/v1/queues/default/jobs", headers=AS_ALICE).json()["jobs"]]
+        positions = {i: job(api, AS_ALICE, i)["position"] for i in backlog}
+        again = [j["id"] for j in api.get("/api/v1/queues/default/jobs", headers=AS_ALICE).json()["jobs"]]
+        return (listed, positions) if listed == again else None
+
+    listed, positions = wait_for("a stable snapshot", snapshot)
+    queued = [i for i in listed if i in positions]
+    assert queued == [i for i in backlog if positions[i] is not None]
+    for i in queued:
+        assert positions[i] == listed.index(i), (positions, listed)
+    last = backlog[-1]
+    seen = []
+    while (j := job(api, AS_ALICE, last))["status"] == "queued":
+        if not seen or seen[-1] != j["position"]:
+            seen.append(j["position"])
+        time.sleep(0.05)
+    assert j["position"] is None
+    assert seen == sorted(seen, reverse=True) and seen[-1] == 0 and seen[0] >= 4, seen
+    print("\nposition of the last job over time:", seen)
