@@ -16,14 +16,14 @@ from pathlib import Path
 import orjson
 import psutil
 
-from bench import e2e, kernels
+from bench import e2e, kernels, mixed
 from bench.common import Row, RssSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench" / "latest.json"
 #: Where a run of only some sections writes, so latest.json always holds a whole run.
 PARTIAL_OUT = ROOT / "var" / "bench" / "partial.json"
-SECTIONS = ("kernels", *e2e.SECTIONS)
+SECTIONS = ("kernels", *e2e.SECTIONS, "mixed")
 
 
 def git_commit() -> str | None:
@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - still write what was measured
                 failures.append(f"e2e: {type(exc).__name__}: {exc}")
                 print(f"   note: FAILED end to end: {type(exc).__name__}: {exc}")
+            try:
+                if "mixed" in only:
+                    rows += mixed.run(Path(tmp), sampler, failures)
+            except Exception as exc:  # noqa: BLE001 - still write what was measured
+                failures.append(f"mixed: {type(exc).__name__}: {exc}")
+                print(f"   note: FAILED mixed workload: {type(exc).__name__}: {exc}")
     finally:
         sampler.stop()
     rss = print_rss(sampler)

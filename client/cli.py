@@ -326,8 +326,10 @@ def cmd_status(s: Session, a: argparse.Namespace) -> int:
     status = str(job.get("status"))
     if pct is not None and status not in ("queued", "finished"):
         status += f" ({pct:.1f}%)"
-    rows = [("id", job["id"]), ("type", job.get("type")), ("params", describe_params(job)), ("status", status),
-            ("created", job.get("created_at")), ("started", job.get("started_at")), ("ended", job.get("ended_at"))]
+    rows = [("id", job["id"]), ("type", job.get("type")), ("params", describe_params(job)), ("status", status)]
+    if job.get("status") == "queued" and isinstance(job.get("position"), int):
+        rows.append(("", waiting(job["position"], job.get("queue"), s.call(s.client.workers))))
+    rows += [("created", job.get("created_at")), ("started", job.get("started_at")), ("ended", job.get("ended_at"))]
     if job.get("duration_ms") is not None:
         rows.append(("duration", f"{float(job['duration_ms']) / 1000:.3f} s"))
     for flag in ("cached", "deduplicated"):
@@ -339,6 +341,17 @@ def cmd_status(s: Session, a: argparse.Namespace) -> int:
         rows.append(("result", preview(job)))
     s.write("".join(f"{k:<9} {v if v is not None else '-'}\n" for k, v in rows))
     return EXIT_OK
+
+
+def waiting(ahead: int, queue: str | None, workers: list[dict[str, Any]]) -> str:
+    """Why a queued job waits, as the job page says it: "waiting: N ahead, all W workers busy"."""
+    serving = [w for w in workers if queue is None or queue in (w.get("queues") or ())]
+    busy = sum(1 for w in serving if w.get("state") == "busy")
+    if not serving:
+        return f"waiting: {ahead} ahead, no worker running"
+    if busy >= len(serving):
+        return f"waiting: {ahead} ahead, all {len(serving)} workers busy"
+    return f"waiting: {ahead} ahead, {busy} of {len(serving)} workers busy"
 
 
 def preview(job: Job) -> str:

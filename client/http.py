@@ -348,6 +348,9 @@ class CrunchClient:
         path = f"/api/v1/jobs/{job_id}" + (f"?wait={wait}" if wait else "")
         return self._job(self.request("GET", path, read_timeout=wait + 30.0))
 
+    def workers(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/api/v1/workers").json()
+
     def jobs(self, *, status: str | None = None, type_: str | None = None, limit: int | None = None,
              cursor: str | None = None) -> dict[str, Any]:
         params = {k: v for k, v in (("status", status), ("type", type_), ("limit", limit), ("cursor", cursor))

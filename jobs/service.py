@@ -20,7 +20,7 @@ import orjson
 from redis import Redis
 from rq.command import send_stop_job_command
 from rq.queue import Queue
-from rq.worker import Worker
+from rq.worker import Worker, WorkerStatus
 
 from jobs.settings import Settings
 from jobs.store.admission import Admission
@@ -453,6 +453,14 @@ class JobService:
         runs += [r for r in self.queue(name).get_job_ids() if r not in known]
         return job_ids(runs)
 
+    def waiting_line(self, rec: JobRecord) -> str | None:
+        """Why a queued job waits, for the job page: "waiting: N ahead, all W workers busy"."""
+        pos = self.schedule.position(rec) if rec.status is JobStatus.QUEUED else None
+        if pos is None:
+            return None
+        states = [w.get_state() for w in Worker.all(connection=self.conn) if rec.queue in w.queue_names()]
+        return waiting_phrase(pos, len(states), sum(1 for s in states if s == WorkerStatus.BUSY))
+
     def workers(self) -> list[dict[str, Any]]:
         out = []
         for w in Worker.all(connection=self.conn):
@@ -466,6 +474,15 @@ class JobService:
                 "last_heartbeat": hb.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if hb else None,
             })
         return out
+
+
+def waiting_phrase(ahead: int, workers: int, busy: int) -> str:
+    """The job page's line for a queued job (the crunch CLI words it the same way)."""
+    if not workers:
+        return f"waiting: {ahead} ahead, no worker running"
+    if busy >= workers:
+        return f"waiting: {ahead} ahead, all {workers} workers busy"
+    return f"waiting: {ahead} ahead, {busy} of {workers} workers busy"
 
 
 def _may_reach(event: dict[str, Any], statuses: frozenset[JobStatus]) -> bool:

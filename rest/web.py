@@ -203,6 +203,7 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
         "preview": result_preview(rec),
         "downloads": download_formats(rec),
         "error": rec.error,
+        "waiting": service().waiting_line(rec) if status is JobStatus.QUEUED else None,
         "can": {
             "cancel": not status.terminal,
             "pause": rec.pausable and status in (JobStatus.QUEUED, JobStatus.STARTED),

@@ -180,3 +180,61 @@ def test_position_counts_down_to_zero_in_the_order_the_queue_lists(api: Api) -> 
     assert j["position"] is None
     assert seen == sorted(seen, reverse=True) and seen[-1] == 0 and seen[0] >= 4, seen
     print("\nposition of the last job over time:", seen)
+
+
+def test_dispatch_takes_runs_in_the_listed_order_and_positions_count_it(redis_url: str) -> None:
+    """The claim behind `position` and /queues/{name}/jobs: DISPATCH's choices, one after another, follow
+    the static order (client's running count + index, join time, client). In-process, on a database no
+    worker serves, so nothing but this test dispatches."""
+    from redis import Redis
+
+    from jobs.store.dispatch import client_of, job_ids, rq_list
+    from jobs.store.keys import CLIENT_RUNNING_KEY
+    from jobs.types.registry import JOB_TYPES
+    from rest import create_app
+    from rest.extensions import service
+    from rest.settings import Settings
+    from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
+
+    url = f"{redis_url.rpartition('/')[0]}/10"
+    conn = Redis.from_url(url)
+    conn.flushdb()
+    app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=4, **TEST_RATE_LIMITS))
+    with app.app_context():
+        svc = service()
+        # c1 already runs two runs, c2 one, c3 none; each queues a few jobs, interleaved in time.
+        conn.zadd(CLIENT_RUNNING_KEY.format(client="c1"), {"x-1": 1, "x-2": 1})
+        conn.zadd(CLIENT_RUNNING_KEY.format(client="c2"), {"y-1": 1})
+        ids = []
+        for k, client in enumerate(["c1", "c2", "c1", "c3", "c2", "c1", "c3", "c2", "c1"]):
+            sub = JOB_TYPES["primes"].parse_json({"start": k * 10**7, "end": (k + 1) * 10**7, "output": "count"},
+                                                 TEST_LIMITS)
+            sub.extra["client"] = client
+            ids.append(svc.submit(sub).rec.id)
+            time.sleep(0.002)  # distinct join times
+        listed = svc.queue_job_ids("default")
+        assert sorted(listed) == sorted(ids)
+        for i, job_id in enumerate(listed):
+            assert svc.resource(svc.get(job_id))["position"] == i
+        taken = []
+        while (popped := conn.lpop(rq_list("default"))) is not None:
+            run = svc.life.dispatch("default", popped.decode())
+            assert run is not None
+            taken.append(run)
+            rec = svc.get(job_ids([run])[0])
+            assert rec.status.value == "queued" and svc.resource(rec)["position"] == 0  # dispatched, not started
+            assert conn.zscore(CLIENT_RUNNING_KEY.format(client=client_of(rec)), run) is not None
+        assert job_ids(taken) == listed
+        assert svc.queue_job_ids("default") == [] and conn.llen(rq_list("default")) == 0
+    conn.flushdb()
+
+
+def test_the_waiting_line_reads_the_same_in_the_cli_and_on_the_page() -> None:
+    from client.cli import waiting
+    from jobs.service import waiting_phrase
+
+    busy = [{"state": "busy", "queues": ["fast", "default"]}] * 3
+    assert waiting(4, "default", busy) == waiting_phrase(4, 3, 3) == "waiting: 4 ahead, all 3 workers busy"
+    some = [*busy[:1], {"state": "idle", "queues": ["fast", "default"]}]
+    assert waiting(0, "default", some) == waiting_phrase(0, 2, 1) == "waiting: 0 ahead, 1 of 2 workers busy"
+    assert waiting(2, "default", []) == waiting_phrase(2, 0, 0) == "waiting: 2 ahead, no worker running"
