@@ -432,11 +432,11 @@ class Client:
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.pool.submit(fn, *args).result(timeout=60)
 
-    def get(self, path: str) -> requests.Response:
-        return self.run(lambda: self.http.get(self.web_url + path, timeout=15))
+    def get(self, path: str, headers: dict[str, str] | None = None) -> requests.Response:
+        return self.run(lambda: self.http.get(self.web_url + path, headers=headers, timeout=15))
 
-    def post(self, path: str, body: dict[str, Any]) -> requests.Response:
-        return self.run(lambda: self.http.post(self.web_url + path, json=body, timeout=15))
+    def post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> requests.Response:
+        return self.run(lambda: self.http.post(self.web_url + path, json=body, headers=headers, timeout=15))
 
     def job_fields(self, job_id: str) -> dict[str, str]:
         raw = self.run(self.redis.hgetall, f"crunch:job:{job_id}")
@@ -692,5 +692,73 @@ def test_jobs_spread_over_worker_hosts_and_survive_losing_one(lab: Lab) -> None:
               f"{recovered_in:.1f} s after the cut (progress at the cut: {before['progress']}), "
               f"durations {[j['duration_ms'] for j in jobs.values()]} ms, "
               f"total {time.monotonic() - t0:.1f} s")
+    finally:
+        cli.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_scheduling_holds_across_two_worker_hosts(lab: Lab) -> None:
+    """tests/test_scheduling.py's claims with one worker on each of two hosts: with both on a long sieve,
+    cheap jobs finish within Prefer: wait; a second client's job is next; position and the queue's
+    listing agree. Two clients are two token owners."""
+    from rest.auth import hash_token
+
+    tokens = {"alice": "a-" + os.urandom(16).hex(), "bob": "b-" + os.urandom(16).hex()}
+    alice, bob = ({"Authorization": f"Bearer {tokens[o]}"} for o in ("alice", "bob"))
+    redis_url = f"redis://{lab.addr('redis')}:6379/0"
+    data = lab.log_dir / "redis-data"
+    data.mkdir()
+    lab.spawn("redis", "redis", [server_binary(), "--bind", lab.addr("redis"), "--port", "6379",
+                                 "--dir", str(data), "--appendonly", "no", "--save", "",
+                                 "--protected-mode", "no", "--daemonize", "no"])
+    cli = Client(lab.ns("cli"), f"http://{lab.addr('web')}:5000", redis_url)
+    try:
+        wait_until("Redis on its host", lambda: cli.run(cli.redis.ping), 15, lab)
+        lab.spawn("web", "web", [sys.executable, "-m", "gunicorn", "-c", "python:rest.gunicorn_conf",
+                                 "rest.wsgi:app"],
+                  REDIS_URL=redis_url, HOST=lab.addr("web"), PORT=5000, WEB_PROCESSES=1, WEB_THREADS=32,
+                  ACCESS_LOG=0, API_TOKENS=",".join(f"{o}:{hash_token(t)}" for o, t in tokens.items()))
+        for host in ("w1", "w2"):  # no preemption here: the order checked below must hold still
+            lab.spawn(host, host, [sys.executable, "worker.py", "--workers", "1", "--url", redis_url],
+                      PREEMPT_QUANTUM=0)
+        wait_until("the web to answer the client", lambda: cli.get("/readyz").ok, 30, lab)
+        wait_until("both worker hosts to register", lambda: len(cli.get("/api/v1/workers", alice).json()) == 2,
+                   60, lab)
+
+        def post(headers: dict[str, str], path: str, body: dict[str, Any], wait: int = 0) -> dict[str, Any]:
+            r = cli.post(path, body, {**headers, **({"Prefer": f"wait={wait}"} if wait else {})})
+            assert r.status_code in (200, 202), r.text
+            return r.json()
+
+        def status(headers: dict[str, str], job_id: str) -> dict[str, Any]:
+            return cli.get(f"/api/v1/jobs/{job_id}", headers).json()
+
+        base = 3 * 10**11
+        longs = [post(alice, "/api/v1/primes", {"start": base + k * 10**11, "end": base + k * 10**11 + 5 * 10**10,
+                                                "output": "count"})["id"] for k in range(2)]
+        wait_until("a long sieve on each host", lambda: all(status(alice, i)["status"] == "started" for i in longs),
+                   60, lab)
+        for n in range(5):
+            job = post(bob, "/api/v1/fibonacci", {"n": 20_000 + n}, wait=10)
+            assert job["status"] == "finished", f"a cheap job waited behind the long ones: {job}"
+        backlog = [post(alice, "/api/v1/primes", {"start": k * 10**9, "end": (k + 1) * 10**9 - 1,
+                                                  "output": "count"})["id"] for k in range(4)]
+        bobs = post(bob, "/api/v1/primes", {"start": 0, "end": 10**7, "output": "count"})["id"]
+        assert all(status(alice, i)["status"] == "started" for i in longs)
+        listed = [j["id"] for j in cli.get("/api/v1/queues/default/jobs", alice).json()["jobs"]]
+        assert listed == backlog, listed  # Bob's job is not Alice's to see, but it goes first:
+        assert status(bob, bobs)["position"] == 0
+        assert [status(alice, i)["position"] for i in backlog] == [1, 2, 3, 4]
+        # One worker comes free: Bob runs none, Alice one, so Bob's job is next (when both came free at once,
+        # both clients would run none and Alice's older job would go first, as the rule says).
+        cli.post(f"/api/v1/jobs/{longs[0]}/cancel", {}, alice)
+        b = wait_until("Bob's job to finish", lambda: (j := status(bob, bobs))["status"] == "finished" and j, 60, lab)
+        cli.post(f"/api/v1/jobs/{longs[1]}/cancel", {}, alice)
+        ends = [wait_until("Alice's backlog to finish", lambda i=i: (j := status(alice, i))["status"] == "finished"
+                           and j, 90, lab) for i in backlog]
+        assert b["started_at"] <= min(j["started_at"] for j in ends), (b, ends)
+        assert [j["started_at"] for j in ends] == sorted(j["started_at"] for j in ends)  # Alice's, in her order
     finally:
         cli.close()
