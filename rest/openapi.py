@@ -40,6 +40,9 @@ RULES_KEYWORD = "x-crunch-rules"
 CURSOR_PATTERN = r"^(?:[0-9]{1,17}(?:\.[0-9]{1,17})?-[0-9a-f]{32})?$"
 EXAMPLE_JOB_ID = "4f0c2a9e7b1d4c3e8a5f6b7c8d9e0f1a"
 EXAMPLE_CURSOR = f"1764781234.5098383-{EXAMPLE_JOB_ID}"
+METRICS_EXAMPLE = ('# HELP crunch_jobs_submitted_total Accepted job submissions by type and outcome\n'
+                   '# TYPE crunch_jobs_submitted_total counter\n'
+                   'crunch_jobs_submitted_total{outcome="created",type="fibonacci"} 3.0\n')
 
 
 def _problem_response(description: str, retry_after: bool = False) -> dict[str, Any]:
@@ -321,6 +324,7 @@ def build_document(limits: Limits) -> dict[str, Any]:
             {"name": "limit", "in": "query", "schema": _query_int(0), "example": 100,
              "description": "Items in the page (array results); all the rest when absent."},
             {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["", "json", "csv", "txt"]},
+             "example": "csv",
              "description": "Empty or absent: json, except for text results (the csv job's file): csv. "
                             "For a text result, json gives its inline summary."},
         ],
@@ -419,9 +423,9 @@ def build_document(limits: Limits) -> dict[str, Any]:
                                                   "(the body adds `redis` and `workers`).", retry_after=True)}}}}
     paths["/metrics"] = {"get": {"tags": ["operations"], "operationId": "metrics",
                                  "summary": "Prometheus metrics (text exposition format)",
-                                 "responses": {"200": {"description": "The metrics (Prometheus text format, e.g. "
-                                                                      "`crunch_jobs_submitted_total{...} 3`).",
-                                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                 "responses": {"200": {"description": "The metrics (Prometheus text format).",
+                                                       "content": {"text/plain": {"schema": {"type": "string"},
+                                                                                  "example": METRICS_EXAMPLE}}},
                                                **_problems("503")}}}
     paths["/openapi.json"] = {"get": {"tags": ["operations"], "operationId": "openapi",
                                       "summary": "This document",
@@ -430,7 +434,8 @@ def build_document(limits: Limits) -> dict[str, Any]:
     paths["/docs"] = {"get": {"tags": ["operations"], "operationId": "docs",
                               "summary": "Interactive documentation (works offline)",
                               "responses": {"200": {"description": "An HTML page.",
-                                                    "content": {"text/html": {"schema": {"type": "string"}}}}}}}
+                                                    "content": {"text/html": {"schema": {"type": "string"},
+                                                                              "example": "<!DOCTYPE html>..."}}}}}}
 
     return {
         "openapi": "3.1.0",
