@@ -356,9 +356,6 @@ def jobs_list() -> Response:
         errors["status"] = ["unknown status"]
     if type_ and type_ not in JOB_TYPES:
         errors["type"] = ["unknown job type"]
-    if search is not None:
-        errors["id"] = [f"no job has the id {search.strip()[:80]!r}: it is unknown, or it has expired"
-                        if search.strip() else "enter a job id"]
     recs: list[JobRecord] = []
     next_cursor = None
     if not errors:
@@ -367,6 +364,9 @@ def jobs_list() -> Response:
                                                owner=auth.current_owner())
         except ValueError:
             errors["cursor"] = ["this page link is not valid any more; start again from the newest jobs"]
+    if search is not None:  # a miss still lists the jobs below the message
+        errors["id"] = [f"No job has the id {search.strip()[:80]!r}: it is unknown, or it has expired."
+                        if search.strip() else "Enter a job id."]
     next_url = None
     if next_cursor:
         next_url = url_for("web.jobs_list", status=status or None, type=type_ or None, cursor=next_cursor)

@@ -463,7 +463,8 @@ def test_delete_run_again_and_search_by_id(web: Web, api: Api, page: Any) -> Non
     page.goto(web.url + "/jobs")
     page.fill("#search-id", "0" * 32)
     page.click(".search button")
-    ex(page.locator("#search-id-error")).to_contain_text("no job has the id")
+    ex(page.locator("#search-id-error")).to_contain_text("No job has the id")
+    ex(page.locator("#job-list table")).to_be_visible()
     assert page.get_attribute("#search-id", "aria-invalid") == "true"
 
     page.goto(f"{web.url}/jobs/{jid}")

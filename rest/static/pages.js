@@ -56,7 +56,7 @@
       busy = true;
       fetch(window.location.href, { headers: { Accept: "text/html" }, cache: "no-store", credentials: "same-origin" })
         .then(function (r) {
-          return r.ok ? r.text() : null;
+          return r.status < 500 && r.status !== 404 ? r.text() : null; // a 422 page still holds the list
         })
         .then(function (html) {
           if (html === null) {
