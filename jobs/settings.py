@@ -54,6 +54,18 @@ def _flag(name: str, default: bool) -> bool:
     return default if not raw else raw not in _OFF
 
 
+def _delays(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    from jobs.webhooks import parse_delays
+
+    try:
+        return parse_delays(raw[:200])
+    except ValueError as exc:
+        raise SystemExit(f"setting {name} must be seconds separated by commas, like '5,30': {exc}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything Crunch reads from the environment, parsed once (see the README's settings table)."""
@@ -95,6 +107,13 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)
     #: Allow webhook URLs on loopback and private addresses (v1.1).
     webhook_allow_private: bool = False
+    #: Seconds before the first retries of a failed webhook call; after them each delay is the last one
+    #: times 4 (with jitter), up to 6 h apart (WEBHOOK_RETRY_DELAYS="5,30").
+    webhook_retry_delays: tuple[float, ...] = (5.0, 30.0)
+    #: Seconds after a delivery's first attempt when retrying stops (its last try is then).
+    webhook_retry_for: int = 86_400
+    #: Seconds one webhook call may take to connect, and again to answer.
+    webhook_timeout: int = 10
     #: Input and result bytes one client may hold (v1.1).
     max_stored_bytes_per_client: int = 2_147_483_648
     #: Reverse proxies in front of the web whose X-Forwarded-For/-Proto to believe (Compose's nginx: 1);
@@ -151,6 +170,9 @@ class Settings:
             max_batch_jobs=_int("MAX_BATCH_JOBS", s.max_batch_jobs),
             webhook_secret=_str("WEBHOOK_SECRET"),
             webhook_allow_private=_flag("WEBHOOK_ALLOW_PRIVATE", s.webhook_allow_private),
+            webhook_retry_delays=_delays("WEBHOOK_RETRY_DELAYS", s.webhook_retry_delays),
+            webhook_retry_for=_int("WEBHOOK_RETRY_FOR", s.webhook_retry_for),
+            webhook_timeout=_int("WEBHOOK_TIMEOUT", s.webhook_timeout),
             max_stored_bytes_per_client=_int("MAX_STORED_BYTES_PER_CLIENT", s.max_stored_bytes_per_client),
             trusted_proxies=_int("TRUSTED_PROXIES", s.trusted_proxies),
             preempt_quantum=_float("PREEMPT_QUANTUM", s.preempt_quantum),

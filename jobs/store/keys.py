@@ -60,6 +60,21 @@ EVENTS_CHANNEL = PREFIX + "events"
 #: Prefix of request-cache entries (canonical request -> job id), via Flask-Caching/cachelib.
 REQUEST_CACHE_PREFIX = PREFIX + "request:"
 
+#: Hash: one batch, with its counts by status (jobs.store.batches).
+BATCH_KEY = PREFIX + "batch:{id}"
+#: List: a batch's job ids in submission order.
+BATCH_JOBS_KEY = PREFIX + "batch:{id}:jobs"
+#: List: the webhook deliveries registered on a batch.
+BATCH_WEBHOOKS_KEY = PREFIX + "batch:{id}:webhooks"
+#: List: the webhook deliveries registered on a job, in registration order (expires with the job).
+JOB_WEBHOOKS_KEY = PREFIX + "job:{id}:webhooks"
+#: Hash: one webhook delivery (jobs.store.deliveries).
+DELIVERY_KEY = PREFIX + "webhook:{id}"
+#: Sorted set: pending delivery ids, scored by the epoch second their next attempt may start.
+DELIVERIES_DUE_KEY = PREFIX + "webhooks:due"
+#: String: the generated Standard Webhooks key (when WEBHOOK_SECRET is unset), shared by every process.
+WEBHOOK_SECRET_KEY = PREFIX + "webhook:secret"
+
 #: Size of each stored input piece (the last may be shorter), so a reader finds any offset's piece directly.
 INPUT_CHUNK_BYTES = 4 << 20
 #: A result this small (JSON bytes) is read along with its finished record, by a waiter woken by the
@@ -72,5 +87,5 @@ def job_keys(job_id: str) -> list[str]:
     return [
         t.format(id=job_id)
         for t in (JOB_KEY, JOB_INPUT_KEY, JOB_CHECKPOINT_KEY, JOB_CONTROL_KEY,
-                  RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY)
+                  RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY, JOB_WEBHOOKS_KEY)
     ]

@@ -147,13 +147,20 @@ class Lifecycle:
     def claim(self, full_cache_key: str, rec: JobRecord) -> bool:
         """Claim the request-cache entry, write the new record and enqueue it: one atomic round trip.
         False: someone else's job holds the entry (nothing was written)."""
+        taken = self._claim(keys=[full_cache_key], args=[self.cache.serializer.dumps(rec.id),
+                                                         *self.creation_commands(rec)])
+        return not taken
+
+    def creation_commands(self, rec: JobRecord, before: Sequence[Sequence[Any]] = ()) -> list[Any]:
+        """A new job's writes as packed commands: `before` (a batch item's input), rq's enqueue, the record,
+        the index and the client's live count. claim() replays them once it holds the cache entry; a batch
+        replays each item's inside its own script (jobs.store.batches)."""
         pipe = Commands()
         self._enqueue_commands(rec, pipe)
         pipe.hset(JOB_KEY.format(id=rec.id), mapping=rec.to_hash())
         pipe.zadd(JOBS_INDEX_KEY, {rec.id: rec.created_at * 1000})
         count_live(pipe, rec, 1)
-        taken = self._claim(keys=[full_cache_key], args=[self.cache.serializer.dumps(rec.id), *packed(recorded(pipe))])
-        return not taken
+        return packed([*before, *recorded(pipe)])
 
     def _enqueue_commands(self, rec: JobRecord, pipe: Any, front: bool = False) -> None:
         """rq's enqueue of the job's current run (rec.rq_id), recorded on `pipe` (rq's public pipeline= API),

@@ -17,8 +17,9 @@ _JSON_FIELDS = ("params", "progress", "error", "result_meta", "stats")
 _FLOAT_FIELDS = ("created_at", "started_at", "ended_at", "run_ms")
 _INT_FIELDS = ("attempt", "runs", "preemptions")
 #: Optional string fields kept in `extra`: who submitted the job (rate-limit client, and the token
-#: owner when API_TOKENS is on), and the request that created it.
-EXTRA_FIELDS = ("client", "request_id", "owner")
+#: owner when API_TOKENS is on), the request that created it, and "1" once a webhook delivery is registered
+#: on it (jobs.store.deliveries; set by that registration's script).
+EXTRA_FIELDS = ("client", "request_id", "owner", "webhooks")
 
 
 def rfc3339(ts: float | None) -> str | None:
@@ -120,14 +121,15 @@ class JobRecord:
             "retry": f"{base}/retry",
         }
 
-    def to_resource(self, *, result: Any = None, cached: bool = False,
-                    deduplicated: bool = False, position: int | None = None) -> dict[str, Any]:
+    def to_resource(self, *, result: Any = None, cached: bool = False, deduplicated: bool = False,
+                    position: int | None = None, webhooks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The job resource of the API contract; `result` may be an orjson.Fragment.
 
         `result_inline` (an addition to the contract) says what a null `result` means: true when
         `result` holds the whole result, false when a finished job's result is only at
         `result_url` (over the inline limits, or in a listing), null while there is no result.
         `position`: while queued, how many runs would be dispatched before this one (jobs.store.dispatch).
+        `webhooks`: the deliveries the asking client registered on the job (jobs.store.deliveries).
         """
         links = self.links()
         return {
@@ -153,5 +155,6 @@ class JobRecord:
             "position": position if self.status is JobStatus.QUEUED else None,
             "stats": self.stats,
             "queue": self.queue,
+            "webhooks": webhooks or [],
             "links": links,
         }

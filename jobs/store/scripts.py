@@ -15,6 +15,8 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import NoScriptError
 
+from jobs.store.batches import STATUS_HOOK_LUA
+
 #: Shared by the scripts below, so a state change and all its bookkeeping cost one round trip and
 #: happen atomically: replay(i) runs the commands packed in ARGV from index i on, each as its
 #: argument count then its arguments (see packed()); one that starts with "?eq KEY VALUE" runs only
@@ -73,7 +75,7 @@ end
 #: ARGV[3] = the `runs` the job must still have ('' = any: guards a re-enqueue against a run it did not see),
 #: ARGV[4] = count n of the field/value arguments that follow, ARGV[5..4+n] = fields, then packed commands
 #: replayed only when the status matched. Returns the previous status, or false.
-TRANSITION_LUA = REPLAY_LUA + """
+TRANSITION_LUA = REPLAY_LUA + STATUS_HOOK_LUA + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
 local ok = false
@@ -82,6 +84,7 @@ if not ok then return false end
 if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'runs') ~= ARGV[3] then return false end
 local n = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 5, 4 + n))
+on_status(KEYS[1], cur, ARGV[2])
 replay(5 + n)
 return cur
 """
@@ -149,7 +152,7 @@ return {'ok'}
 #: Reads the job, its control request and checkpoint; when the run is current, the job queued and
 #: neither a control request nor a checkpoint exists (a fresh run), also takes STARTED (worker,
 #: started_at if unset) and replays the commands. Returns {HGETALL before, control, checkpoint, 1 if taken}.
-BEGIN_LUA = REPLAY_LUA + """
+BEGIN_LUA = REPLAY_LUA + STATUS_HOOK_LUA + """
 local h = redis.call('HGETALL', KEYS[1])
 if #h == 0 then return {h, false, false, 0} end
 local control = redis.call('GET', KEYS[2])
@@ -160,6 +163,7 @@ if f['rq_id'] ~= ARGV[1] or control or checkpoint or f['status'] ~= 'queued' the
   return {h, control, checkpoint, 0}
 end
 redis.call('HSET', KEYS[1], 'status', 'started', 'worker', ARGV[2])
+on_status(KEYS[1], 'queued', 'started')
 if not f['started_at'] or f['started_at'] == '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
 replay(4)
 return {h, false, false, 1}
