@@ -24,6 +24,7 @@ from rq.worker import Worker, WorkerStatus
 
 from jobs.settings import Settings
 from jobs.store.admission import Admission
+from jobs.store.deliveries import DeliveryStore
 from jobs.store.dispatch import Schedule, job_ids
 from jobs.store.events import EventHub, Watch, publish
 from jobs.store.keys import (
@@ -93,12 +94,20 @@ class JobService:
         self.life = Lifecycle(conn, cache, self.settings, queue_factory)
         self.schedule = Schedule(conn)
         self._hub = hub
+        self._deliveries: DeliveryStore | None = None
         self._read_script = LuaScript(conn, READ_WITH_RESULT_LUA)
         self._lookup_script = LuaScript(conn, LOOKUP_LUA)
         self._admit_script = LuaScript(conn, ADMIT_ONLY_LUA)
 
     def queue(self, name: str) -> Queue:
         return self.life.queue(name)
+
+    @property
+    def deliveries(self) -> DeliveryStore:
+        """The webhook deliveries (registered by rest.webhooks, sent by jobs.worker.deliverer)."""
+        if self._deliveries is None:
+            self._deliveries = DeliveryStore(self.conn, self.settings.result_ttl)
+        return self._deliveries
 
     @property
     def hub(self) -> EventHub:
@@ -125,14 +134,19 @@ class JobService:
                             prefetched=rec.prefetched)
 
     def resource(self, rec: JobRecord, *, cached: bool = False, deduplicated: bool = False,
-                 inline: bool = True) -> dict[str, Any]:
-        """The API's job resource, with the result inlined while it is small."""
+                 inline: bool = True, client: str | None = None) -> dict[str, Any]:
+        """The API's job resource, with the result inlined while it is small, and the webhook deliveries
+        that `client` registered on it (read only for a job that has any)."""
         result = None
         reader = self.reader(rec) if inline else None
         if reader is not None and reader.inline_allowed():
             result = orjson.Fragment(reader.json_bytes())
         position = self.schedule.position(rec) if rec.status is JobStatus.QUEUED else None
-        resource = rec.to_resource(result=result, cached=cached, deduplicated=deduplicated, position=position)
+        hooks = None
+        if client and rec.extra.get("webhooks"):
+            hooks = self.deliveries.for_client("job", rec.id, client)
+        resource = rec.to_resource(result=result, cached=cached, deduplicated=deduplicated, position=position,
+                                   webhooks=hooks)
         resource["summary"] = summary_of(rec.type, rec.params)
         return resource
 

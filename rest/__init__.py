@@ -30,7 +30,7 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     if overrides:
         app.config.update(overrides)
 
-    from rest import api, extensions, health, ops, problems, web
+    from rest import api, batches, extensions, health, ops, problems, web, webhooks
 
     extensions.init_app(app)
     problems.init_app(app)
@@ -38,6 +38,8 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     health.init_app(app)
     web.init_app(app)
     ops.init_app(app)
+    batches.init_app(app)
+    webhooks.init_app(app)
 
     from rest import auth, dashboard, logging, metrics, openapi, ratelimit, security
 

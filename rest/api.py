@@ -19,14 +19,14 @@ from jobs.store.record import JobRecord
 from jobs.store.status import TERMINAL, JobStatus
 from jobs.types.registry import JOB_TYPES
 from jobs.types.spec import Submission
-from rest import auth
+from rest import auth, webhooks
 from rest.draining import STOPPING
 from rest.extensions import crunch, service
 from rest.input_bounds import duplicate_key
 from rest.logging import request_id
 from rest.metrics import count_submission
 from rest.problems import PROBLEM_BASE, Problem, validation_problem
-from rest.ratelimit import admission, rejected
+from rest.ratelimit import admission, client_id, rejected
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -105,13 +105,14 @@ def read_submission(job_type: str) -> Submission:
         if dup is not None:  # 422, not 400: valid JSON, ambiguous content (see rest.input_bounds)
             raise validation_problem([{"loc": dup, "msg": "duplicate key: each key may appear once in an object"}],
                                      f"{'.'.join(map(str, dup))}: duplicate key")
+        webhooks.take_from_json(body)  # next to the params, not one of them (nor part of the identity)
         return spec.parse_json(body, limits, raw=raw)
     if mimetype == "multipart/form-data" and spec.accepts_form:
         # Werkzeug names a part without a name None, which the forms' field checks cannot sort (a 500).
         if None in request.form or None in request.files:
             raise validation_problem([{"loc": ["body"], "msg": "every multipart part needs a name"}],
                                      "body: every multipart part needs a name")
-        return spec.parse_form(request.form, request.files, limits)
+        return spec.parse_form(webhooks.take_from_form(request.form), request.files, limits)
     raise unsupported(spec)
 
 
@@ -145,7 +146,7 @@ def wait_for(job_id: str, seconds: float, fresh: Submitted | None = None) -> Job
 def accepted(rec: JobRecord, deduplicated: bool) -> Response:
     spec = JOB_TYPES[rec.type]
     retry = max(1, min(30, math.ceil(spec.expected_seconds(rec.params) / 4)))
-    return json_response(service().resource(rec, deduplicated=deduplicated), 202,
+    return json_response(service().resource(rec, deduplicated=deduplicated, client=client_id()), 202,
                          {"Location": f"/api/v1/jobs/{rec.id}", "Retry-After": str(retry)})
 
 
@@ -168,15 +169,16 @@ def submit(job_type: str) -> Response:
     except Rejected as r:
         raise rejected(r) from None
     rec, outcome = submitted
+    webhooks.register(rec.id, adm.client)
     count_submission(job_type, outcome)
     g.log_job_id = rec.id
     if outcome is Outcome.CACHED:
-        return json_response(svc.resource(rec, cached=True), 200,
+        return json_response(svc.resource(rec, cached=True, client=adm.client), 200,
                              {"Location": f"/api/v1/jobs/{rec.id}"})
     if wait:
         done = wait_for(rec.id, wait, submitted)
         if done is not None and done.status in TERMINAL:
-            return json_response(svc.resource(done, deduplicated=outcome is Outcome.JOINED), 200,
+            return json_response(svc.resource(done, deduplicated=outcome is Outcome.JOINED, client=adm.client), 200,
                                  {"Location": f"/api/v1/jobs/{rec.id}",
                                   "Preference-Applied": f"wait={wait}"})
         rec = done or rec
@@ -197,7 +199,7 @@ def get_job(job_id: str) -> Response:
         rec = auth.visible(service().get(job_id))
     if rec is None:
         raise not_found(job_id)
-    return json_response(service().resource(rec))
+    return json_response(service().resource(rec, client=client_id()))
 
 
 @bp.get("/jobs")
@@ -277,6 +279,7 @@ def job_events(job_id: str) -> Response:
     ext = crunch()
     svc = ext.service
     load(job_id)
+    client = client_id()
     if not ext.wait_slots.acquire(blocking=False):
         raise Problem(503, "Too many open streams", "this server holds its maximum of waiting clients; poll instead",
                       headers={"Retry-After": "5"})
@@ -292,7 +295,7 @@ def job_events(job_id: str) -> Response:
                 if rec is None:
                     yield b"event: deleted\ndata: {\"id\": \"" + job_id.encode() + b"\"}\n\n"
                     return
-                data = orjson.dumps(svc.resource(rec))
+                data = orjson.dumps(svc.resource(rec, client=client))
                 if data != last:
                     seq += 1
                     kind = "progress" if rec.status is JobStatus.STARTED and last else "status"
@@ -316,7 +319,7 @@ def _action(job_id: str, fn: Any, status: int = 200) -> Response:
         rec = fn(job_id)
     except KeyError:
         raise not_found(job_id) from None
-    return json_response(service().resource(rec), status)
+    return json_response(service().resource(rec, client=client_id()), status)
 
 
 @bp.post("/jobs/<job_id>/cancel")

@@ -1,0 +1,288 @@
+"""Batches end to end (real gunicorn, real workers, real Redis), plus the bounds checked in-process."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import uuid
+
+import pytest
+from redis import Redis
+
+from infra.processes import Api
+from jobs.settings import Settings
+from jobs.store.keys import JOBS_INDEX_KEY
+from rest import create_app
+from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS, fib_reference
+
+pytestmark = pytest.mark.e2e
+PROBLEM = "application/problem+json"
+COUNTS = ("queued", "started", "paused", "finished", "failed", "canceled")
+
+
+def wait_batch(api: Api, batch_id: str, timeout: float = 180) -> dict:
+    """Long-poll the batch until it is finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = api.get(f"/api/v1/batches/{batch_id}?wait=10")
+        assert r.status_code == 200, r.text
+        batch = r.json()
+        assert sum(batch["counts"].values()) == batch["total"], batch
+        if batch["status"] == "finished":
+            return batch
+        assert time.monotonic() < deadline, f"batch {batch_id} still running: {batch['counts']}"
+
+
+def all_items(api: Api, batch_id: str, limit: int = 100) -> list[dict]:
+    jobs: list[dict] = []
+    cursor = None
+    while True:
+        params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        r = api.get(f"/api/v1/batches/{batch_id}/jobs", params=params)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert len(page["jobs"]) <= limit
+        jobs += page["jobs"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return jobs
+
+
+_SMALL_PRIMES = [p for p in range(2, 10_000) if all(p % q for q in range(2, math.isqrt(p) + 1))]
+
+
+def primes_between(lo: int, hi: int) -> list[int]:
+    """The primes in [lo, hi] by a segmented sieve over small primes: an independent reference, fast for
+    narrow ranges far from 0."""
+    small = [p for p in _SMALL_PRIMES if p * p <= hi]
+    seg = bytearray([1]) * (hi - lo + 1)
+    for p in small:
+        for m in range(max(p * p, (lo + p - 1) // p * p), hi + 1, p):
+            seg[m - lo] = 0
+    return [lo + i for i, flag in enumerate(seg) if flag and lo + i >= 2]
+
+
+def mixed_items(count: int, seed: int) -> tuple[list[dict], list[object]]:
+    """`count` items of every JSON type, distinct from other runs, with each one's expected result."""
+    rng = random.Random(seed)
+    salt = rng.randrange(10**5, 10**6)
+    items: list[dict] = []
+    expected: list[object] = []
+    for i in range(count):
+        kind = i % 4
+        if kind == 0:
+            n = salt + i
+            items.append({"type": "fibonacci", "params": {"n": n % 5000}})
+            v = fib_reference(n % 5000)
+            expected.append({"n": n % 5000, "digits": len(str(v)), "value": str(v)})
+        elif kind == 1:
+            lo = salt * 10 + i * 7
+            items.append({"type": "primes", "params": {"start": lo, "end": lo + 300}})
+            expected.append(primes_between(lo, lo + 300))
+        elif kind == 2:
+            lo = salt * 10 + i * 11
+            items.append({"type": "primes", "params": {"start": lo, "end": lo + 5000, "output": "count"}})
+            expected.append({"count": len(primes_between(lo, lo + 5000))})
+        else:
+            nums = [rng.randrange(-10**6, 10**6) for _ in range(20)] + [salt + i, 2.5]
+            desc = bool(i % 8 == 3)
+            items.append({"type": "sort", "params": {"numbers": nums, "descending": desc}})
+            expected.append(sorted(nums, reverse=desc))
+    return items, expected
+
+
+def test_a_batch_of_1000_mixed_items_every_result_in_order(api: Api) -> None:
+    items, expected = mixed_items(1000, seed=uuid.uuid4().int)
+    t0 = time.monotonic()
+    r = api.post("/api/v1/batches", json={"jobs": items})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert r.headers["Location"] == f"/api/v1/batches/{body['id']}"
+    assert body["total"] == 1000 and body["status"] in ("running", "finished")
+    assert set(body["counts"]) == set(COUNTS)
+    assert body["links"] == {"self": f"/api/v1/batches/{body['id']}", "jobs": f"/api/v1/batches/{body['id']}/jobs",
+                             "events": f"/api/v1/batches/{body['id']}/events",
+                             "cancel": f"/api/v1/batches/{body['id']}/cancel"}
+    batch = wait_batch(api, body["id"])
+    elapsed = time.monotonic() - t0
+    assert batch["counts"]["finished"] == 1000, batch
+    assert batch["ended_at"] is not None
+    jobs = all_items(api, body["id"], limit=100)
+    assert len(jobs) == 1000
+    for i, (job, item, want) in enumerate(zip(jobs, items, expected, strict=True)):
+        assert job["type"] == item["type"], i
+        assert job["status"] == "finished", (i, job)
+        assert job["result"] == want, (i, item, job["result"])
+    print(f"\n1000 mixed items: submitted and finished in {elapsed:.2f} s")
+
+
+def test_one_invalid_item_queues_nothing(api: Api, redis_conn: Redis) -> None:
+    salt = random.randrange(10**6)
+    items = [{"type": "fibonacci", "params": {"n": 4000 + salt % 900 + i}} for i in range(5)]
+    items[3] = {"type": "fibonacci", "params": {"n": -1}}
+    items.append({"type": "nope", "params": {}})
+    before = redis_conn.zcard(JOBS_INDEX_KEY)
+    r = api.post("/api/v1/batches", json={"jobs": items})
+    assert r.status_code == 422, r.text
+    assert r.headers["Content-Type"].startswith(PROBLEM)
+    locs = [e["loc"] for e in r.json()["errors"]]
+    assert sorted({loc[1] for loc in locs}) == [3, 5]
+    assert all(loc[0] == "jobs" for loc in locs)
+    assert ["jobs", 3, "params", "n"] in locs and ["jobs", 5, "type"] in locs
+    assert redis_conn.zcard(JOBS_INDEX_KEY) == before
+    # The valid items were not queued: each one alone is a new job now.
+    r = api.post("/api/v1/fibonacci", json=items[0]["params"])
+    assert r.status_code in (200, 202) and not r.json()["deduplicated"] and not r.json()["cached"], r.text
+
+
+def test_the_same_batch_again_answers_200_all_cached(api: Api) -> None:
+    items, expected = mixed_items(40, seed=uuid.uuid4().int)
+    r = api.post("/api/v1/batches", json={"jobs": items}, headers={"Prefer": "wait=30"})
+    assert r.status_code in (200, 202), r.text
+    first = wait_batch(api, r.json()["id"])
+    r = api.post("/api/v1/batches", json={"jobs": items})
+    assert r.status_code == 200, r.text
+    again = r.json()
+    assert again["id"] != first["id"]
+    assert again["status"] == "finished" and again["counts"]["finished"] == 40
+    assert again["submitted"] == {"created": 0, "deduplicated": 0, "cached": 40}
+    assert r.headers["Location"] == f"/api/v1/batches/{again['id']}"
+    first_ids = [j["id"] for j in all_items(api, first["id"])]
+    jobs = all_items(api, again["id"])
+    assert [j["id"] for j in jobs] == first_ids  # the very jobs that ran, answered from cache
+    assert [j["result"] for j in jobs] == expected
+
+
+def test_prefer_wait_answers_200_with_the_finished_batch(api: Api) -> None:
+    salt = random.randrange(10**6)
+    items = [{"type": "fibonacci", "params": {"n": 20_000 + salt % 1000 + i}} for i in range(10)]
+    r = api.post("/api/v1/batches", json={"jobs": items}, headers={"Prefer": "wait=30"})
+    assert r.status_code == 200, r.text
+    assert r.headers["Preference-Applied"] == "wait=30"
+    assert r.json()["status"] == "finished" and r.json()["counts"]["finished"] == 10
+
+
+def test_duplicate_items_count_once_each(api: Api) -> None:
+    n = 30_000 + random.randrange(10**5)
+    items = [{"type": "fibonacci", "params": {"n": n}}] * 3
+    r = api.post("/api/v1/batches", json={"jobs": items})
+    assert r.status_code == 202, r.text
+    assert r.json()["submitted"]["created"] == 1 and r.json()["submitted"]["deduplicated"] == 2
+    batch = wait_batch(api, r.json()["id"])
+    assert batch["counts"]["finished"] == 3 and batch["total"] == 3
+    ids = {j["id"] for j in all_items(api, batch["id"])}
+    assert len(ids) == 1
+
+
+def test_canceling_a_batch_cancels_every_live_item(api: Api) -> None:
+    base = 10**11 + random.randrange(10**9)
+    # Wide prime counts: seconds each, so most are still queued or running when the cancel comes.
+    items = [{"type": "primes", "params": {"start": base + k * 10**10, "end": base + (k + 1) * 10**10,
+                                           "output": "count"}} for k in range(8)]
+    r = api.post("/api/v1/batches", json={"jobs": items})
+    assert r.status_code == 202, r.text
+    batch_id = r.json()["id"]
+    t0 = time.monotonic()
+    r = api.post(f"/api/v1/batches/{batch_id}/cancel")
+    assert r.status_code == 200, r.text
+    batch = wait_batch(api, batch_id, timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert batch["counts"]["canceled"] + batch["counts"]["finished"] == 8
+    assert batch["counts"]["canceled"] >= 6, batch
+    statuses = [j["status"] for j in all_items(api, batch_id)]
+    assert set(statuses) <= {"canceled", "finished"}
+    assert statuses.count("canceled") == batch["counts"]["canceled"]
+    r = api.post(f"/api/v1/batches/{batch_id}/cancel")
+    assert r.status_code == 409
+
+
+def test_batch_events_stream_ends_with_the_finished_batch(api: Api) -> None:
+    salt = random.randrange(10**6)
+    items = [{"type": "fibonacci", "params": {"n": 40_000 + salt % 1000 + i}} for i in range(30)]
+    batch_id = api.post("/api/v1/batches", json={"jobs": items}).json()["id"]
+    r = api.get(f"/api/v1/batches/{batch_id}/events", stream=True, timeout=60)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    events = [line for line in r.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    import json
+
+    last = json.loads(events[-1][len("data: "):])
+    assert last["id"] == batch_id and last["status"] == "finished" and last["counts"]["finished"] == 30
+
+
+def test_unknown_batch_is_404(api: Api) -> None:
+    for path in ("", "/jobs", "/events"):
+        r = api.get(f"/api/v1/batches/{'0' * 32}{path}")
+        assert r.status_code == 404 and r.headers["Content-Type"].startswith(PROBLEM), path
+
+
+def test_batch_page_shows_counts_progress_and_items(api: Api) -> None:
+    salt = random.randrange(10**6)
+    items = [{"type": "fibonacci", "params": {"n": 50_000 + salt % 1000 + i}} for i in range(60)]
+    batch_id = api.post("/api/v1/batches", json={"jobs": items}, headers={"Prefer": "wait=30"}).json()["id"]
+    wait_batch(api, batch_id)
+    r = api.get(f"/batches/{batch_id}", headers={"Accept": "text/html"})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+    assert "<progress" in r.text and "Page 1 of 2" in r.text and batch_id in r.text
+    r = api.get(f"/batches/{batch_id}?page=2")
+    assert r.status_code == 200 and "Jobs 51\u201360 of 60" in r.text
+
+
+# -- bounds, in-process against the same Redis (another database) ------------------------------------
+
+
+@pytest.fixture
+def url(redis_url: str) -> str:
+    url = f"{redis_url.rpartition('/')[0]}/11"
+    Redis.from_url(url).flushdb()
+    return url
+
+
+def make_app(url: str, **settings):
+    return create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=2,
+                                        **{**TEST_RATE_LIMITS, **settings}))
+
+
+def test_a_batch_over_the_live_bound_is_refused_whole(url: str) -> None:
+    app = make_app(url, max_queued_per_client=10)
+    c = app.test_client()
+    items = [{"type": "fibonacci", "params": {"n": i}} for i in range(11)]
+    r = c.post("/api/v1/batches", json={"jobs": items})
+    assert r.status_code == 429 and r.headers["Retry-After"], r.text
+    assert Redis.from_url(url).zcard(JOBS_INDEX_KEY) == 0
+    r = c.post("/api/v1/batches", json={"jobs": items[:6]})
+    assert r.status_code == 202, r.text
+    r = c.post("/api/v1/batches", json={"jobs": items[6:]})  # 6 live + 5 > 10
+    assert r.status_code == 429, r.text
+    assert Redis.from_url(url).zcard(JOBS_INDEX_KEY) == 6
+
+
+def test_a_batch_spends_one_unit_of_the_submit_budget(url: str) -> None:
+    app = make_app(url, rate_limit_submit="3/minute")
+    c = app.test_client()
+    for k in range(3):
+        items = [{"type": "fibonacci", "params": {"n": 100 * k + i}} for i in range(50)]
+        assert c.post("/api/v1/batches", json={"jobs": items}).status_code == 202
+    r = c.post("/api/v1/batches", json={"jobs": [{"type": "fibonacci", "params": {"n": 1}}]})
+    assert r.status_code == 429 and r.headers["Retry-After"]
+
+
+def test_batch_shape_errors(url: str) -> None:
+    app = make_app(url, max_batch_jobs=5)
+    c = app.test_client()
+    cases = [
+        ({"jobs": []}, ["jobs"]),
+        ({"jobs": [{"type": "fibonacci", "params": {"n": 1}}] * 6}, ["jobs"]),
+        ({"jobs": "x"}, ["jobs"]),
+        ({"jobs": [{"type": "csv", "params": {}}]}, ["jobs", 0, "type"]),
+        ({"jobs": [{"type": "fibonacci", "params": {"n": True}}]}, ["jobs", 0, "params", "n"]),
+        ({"jobs": [{"type": "fibonacci", "params": {"n": 1}, "extra": 1}]}, ["jobs", 0, "extra"]),
+        ({"jobs": [{"type": "fibonacci", "params": {"n": 1}}], "other": 1}, ["other"]),
+    ]
+    for body, loc in cases:
+        r = c.post("/api/v1/batches", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert loc in [e["loc"] for e in r.get_json()["errors"]], (body, r.get_json())
+    assert c.post("/api/v1/batches", data=b"{", content_type="application/json").status_code == 400
+    assert c.post("/api/v1/batches", data=b"{}", content_type="text/plain").status_code == 415
+    assert Redis.from_url(url).zcard(JOBS_INDEX_KEY) == 0
