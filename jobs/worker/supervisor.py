@@ -72,6 +72,15 @@ def reap(conn: Redis) -> None:
         log.warning("dispatch: %d running entries of runs that no longer run were fixed", fixed)
 
 
+def spawn_deliverer(ctx: Any, url: str) -> multiprocessing.process.BaseProcess:
+    """The webhook delivery loop (jobs.worker.deliverer) as a child process of the supervisor."""
+    from jobs.worker.deliverer import run_deliverer
+
+    p = ctx.Process(target=run_deliverer, args=(url,), daemon=False, name="crunch-webhooks")
+    p.start()
+    return p
+
+
 def supervise(url: str, count: int, queues: list[str], burst: bool) -> int:
     """Keep `count` workers alive until SIGINT/SIGTERM, then stop them cleanly."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
@@ -92,6 +101,9 @@ def supervise(url: str, count: int, queues: list[str], burst: bool) -> int:
     conn = redis_from_url(url)  # before any worker: a malformed REDIS_URL stops the supervisor with its reason
     procs = [spawn() for _ in range(count)]
     log.info("started %d workers on %s for queues %s", count, redact_url(url), ",".join(queues))
+    # The webhook delivery loop runs next to the workers on every host (deliveries are claimed atomically,
+    # so any number of them share the work); a burst run has no use for it.
+    deliverer = None if burst else spawn_deliverer(ctx, url)
     while not stopping:
         time.sleep(SUPERVISE_INTERVAL)
         if stopping:
@@ -104,11 +116,16 @@ def supervise(url: str, count: int, queues: list[str], burst: bool) -> int:
                 procs[i] = spawn()
         if burst and not any(p.is_alive() for p in procs):
             return 0
+        if deliverer is not None and not deliverer.is_alive():
+            log.warning("webhook deliverer pid %s exited with %s; restarting", deliverer.pid, deliverer.exitcode)
+            deliverer = spawn_deliverer(ctx, url)
         try:
             reap(conn)
         except Exception:
             log.warning("reaper could not reach Redis", exc_info=True)
     log.info("stopping workers")
+    if deliverer is not None:
+        procs.append(deliverer)  # stopped like a worker: its calls in flight settle first
     for p in procs:
         if p.is_alive():
             os.kill(p.pid, signal.SIGTERM)
