@@ -243,6 +243,10 @@ def cmd_primes(s: Session, a: argparse.Namespace) -> int:
 
 
 def cmd_fib(s: Session, a: argparse.Namespace) -> int:
+    if isinstance(a.n, range):  # crunch fib 1000..2000: one batch (client.batch)
+        from client.batch import fib_range
+
+        return fib_range(s, a.n)
     body = json.dumps({"n": a.n}).encode()
     return s.run("fibonacci", lambda wait: s.client.submit("fibonacci", body, wait=wait))
 
@@ -520,8 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", action="store_true", help="only count them")
     job_options(p)
 
-    p = command("fib", "the Nth Fibonacci number, F(0)=0, F(1)=1", cmd_fib, aliases=["fibonacci"])
-    p.add_argument("n", type=int_arg)
+    from client import batch
+
+    p = command("fib", "the Nth Fibonacci number, F(0)=0, F(1)=1; or F(A)..F(B), one per line, from one batch",
+                cmd_fib, aliases=["fibonacci"])
+    p.add_argument("n", type=batch.fib_arg, help="n, or a range A..B (both inclusive) sent as one batch")
     job_options(p)
 
     p = command("sort", "sort numbers exactly (integers of any size, floats stay floats)", cmd_sort)
@@ -547,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     job_options(p)
 
     command("types", "the job types this server offers, and the fields each takes", cmd_types)
+
+    batch.add_parser(command)
 
     p = command("jobs", "list jobs, newest first", cmd_jobs, aliases=["ls"])
     p.add_argument("--status", choices=["queued", "started", "paused", "finished", "failed", "canceled"])
