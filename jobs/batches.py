@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from redis.exceptions import NoScriptError
 
 from jobs.errors import InvalidParams
@@ -46,7 +45,7 @@ from jobs.store.record import JobRecord, rfc3339
 from jobs.store.scripts import READ_WITH_RESULT_LUA, LuaScript
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES
-from jobs.types.spec import Limits, Submission, decode_out_of_range
+from jobs.types.spec import Limits, Submission, decode_json
 from jobs.webhooks import WebhookURLError, check_url
 
 BATCH_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -68,13 +67,10 @@ def json_types() -> tuple[str, ...]:
 
 
 def decode_batch_body(raw: bytes) -> Any:
-    """The JSON body, integers of any size kept exact (a sort item may hold them); ValueError if malformed."""
-    from jobs.kernels.sort import loads_exact  # the exact decoder the sort type uses for its own bodies
-
+    """The JSON body with every integer exact, as a single submit decodes its own (a sort item may hold
+    integers past 64 bits); ValueError when malformed."""
     try:
-        return loads_exact(raw)
-    except orjson.JSONDecodeError as exc:
-        return decode_out_of_range(raw, exc)  # 1e400: a 422 naming the field, not a 400
+        return decode_json(raw)
     except RecursionError:
         raise ValueError("the body is nested too deeply") from None
 
