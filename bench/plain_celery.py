@@ -94,3 +94,50 @@ def _closed_loop(n_jobs: int, clients: int, timeout: float, offset: int = 10) ->
 
 if __name__ == "__main__":
     sys.exit(worker_main(sys.argv[1:]))
+
+
+def measure_batches(redis_url: str, log_dir: Path, plan: list[list[range]], procs: int = 2, sampler: Any = None,
+                    redis_pid: int | None = None, timeout: float = 300) -> dict[str, Any]:
+    """The batch reference (bench.batches): each client thread sends its batches one after the other, each
+    as a Celery `group` of tasks (Celery's way to submit many), and blocks on GroupResult.get()."""
+    from celery import group
+
+    from bench.batches import reads, run_clients
+
+    qname = "bench-celery-batches"
+    conn = Redis.from_url(redis_url)
+    conn.delete(qname)
+    app.conf.broker_url = app.conf.result_backend = redis_url
+    app.conf.task_default_queue = qname
+    env = base_env(redis_url, **{URL_ENV: redis_url})
+    workers = [Proc(f"plain-celery-batch-{i}", [sys.executable, "-m", "bench.plain_celery", "--url", redis_url,
+                                                "--queue", qname, "--name", f"bench-celery-batch-{i}@%h"], env,
+                    log_dir) for i in range(procs)]
+    n_jobs = sum(len(r) for batches in plan for r in batches)
+    try:
+        for i, w in enumerate(workers):
+            w.start()
+            if sampler is not None:
+                sampler.track(f"plain_celery_{i}", w.proc.pid)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 60
+        while len(app.control.ping(timeout=0.5) or []) < procs:
+            if time.monotonic() > deadline or not all(w.alive for w in workers):
+                raise BenchError(f"Celery workers did not answer a ping:\n{workers[0].tail()}")
+
+        def one(values: range) -> None:
+            results = group(fib.s(10 + v) for v in values).apply_async().get(timeout=timeout)
+            if [r["n"] for r in results] != [10 + v for v in values]:
+                raise BenchError("a Celery group's results came back wrong")
+
+        calls0, reads0 = redis_calls(conn), reads(conn)
+        cpu = CpuMeter(reference_pids(workers, redis_pid)).start()
+        wall = run_clients(plan, one)
+        cpu.stop()
+        calls, trips = calls_since(conn, calls0), reads(conn) - reads0
+    finally:
+        for w in workers:
+            w.stop(timeout=15)
+        if sampler is not None:
+            for i in range(procs):
+                sampler.untrack(f"plain_celery_{i}")
+    return reference_summary(n_jobs, wall, [], cpu, calls, round_trips=trips)

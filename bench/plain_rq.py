@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,75 @@ def _closed_loop(queue: Queue, n_jobs: int, clients: int, timeout: float) -> tup
 
 if __name__ == "__main__":
     sys.exit(worker_main())
+
+
+def measure_batches(redis_url: str, log_dir: Path, plan: list[list[range]], procs: int = 2, sampler: Any = None,
+                    redis_pid: int | None = None, timeout: float = 300) -> dict[str, Any]:
+    """The batch reference (bench.batches): each client thread sends its batches one after the other, each
+    as Queue.enqueue_many in one pipeline, then polls the statuses (one pipelined round trip per 20 ms)
+    until all ended and reads every result back (one pipeline), as a plain RQ user would without HTTP."""
+    from bench.batches import reads, run_clients
+
+    qname = "bench-plain-batches"
+    conn = Redis.from_url(redis_url)
+    Queue(qname, connection=conn).empty()
+    argv = [sys.executable, "-m", "bench.plain_rq", "--url", redis_url, "--queue", qname]
+    workers = [Proc(f"plain-rq-batch-{i}", argv, base_env(redis_url), log_dir) for i in range(procs)]
+    n_jobs = sum(len(r) for batches in plan for r in batches)
+    try:
+        for i, w in enumerate(workers):
+            w.start()
+            if sampler is not None:
+                sampler.track(f"plain_rq_{i}", w.proc.pid)
+        deadline = time.monotonic() + 30
+        while Worker.count(connection=conn, queue=Queue(qname, connection=conn)) < procs:
+            if time.monotonic() > deadline or not all(w.alive for w in workers):
+                raise BenchError(f"plain RQ workers did not register:\n{workers[0].tail()}")
+            time.sleep(0.05)
+        local = threading.local()
+
+        def one(values: range) -> None:
+            c = getattr(local, "conn", None) or Redis.from_url(redis_url)
+            local.conn = c
+            q = Queue(qname, connection=c)
+            with c.pipeline() as pipe:
+                jobs = q.enqueue_many([Queue.prepare_data(fib, (10 + v,), result_ttl=600) for v in values],
+                                      pipeline=pipe)
+                pipe.execute()
+            ids = [j.id for j in jobs]
+            pending = list(ids)
+            end = time.monotonic() + timeout
+            while pending:
+                with c.pipeline(transaction=False) as pipe:
+                    for job_id in pending:
+                        pipe.hget(f"rq:job:{job_id}", "status")
+                    statuses = pipe.execute()
+                if any(s == b"failed" for s in statuses):
+                    raise BenchError("a plain RQ job failed")
+                pending = [j for j, s in zip(pending, statuses, strict=True) if s != b"finished"]
+                if pending:
+                    if time.monotonic() > end:
+                        raise BenchError(f"plain RQ: {len(pending)} jobs still pending")
+                    time.sleep(0.02)
+            with c.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.xrevrange(Result.get_key(job_id), count=1)
+                replies = pipe.execute()
+            for job_id, v, reply in zip(ids, values, replies, strict=True):
+                result_id, payload = reply[0]
+                value = Result.restore(job_id, result_id.decode(), payload, connection=c).return_value
+                if value["n"] != 10 + v:
+                    raise BenchError(f"plain RQ job for n={10 + v} answered {value!r:.80}")
+
+        calls0, reads0 = redis_calls(conn), reads(conn)
+        cpu = CpuMeter(reference_pids(workers, redis_pid)).start()
+        wall = run_clients(plan, one)
+        cpu.stop()
+        calls, trips = calls_since(conn, calls0), reads(conn) - reads0
+    finally:
+        for w in workers:
+            w.stop(timeout=15)
+        if sampler is not None:
+            for i in range(procs):
+                sampler.untrack(f"plain_rq_{i}")
+    return reference_summary(n_jobs, wall, [], cpu, calls, round_trips=trips)

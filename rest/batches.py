@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, abort, current_app, redirect, rend
 from werkzeug.exceptions import HTTPException
 
 from jobs.batches import Batch, BatchRequest, BatchService, decode_batch_body, parse_batch
-from jobs.errors import BadRequest, InvalidParams
+from jobs.errors import InvalidParams
 from jobs.store.admission import Rejected
 from rest import auth
 from rest.api import MAX_WAIT, json_response, prefer_wait, query_int, read_body
@@ -34,6 +34,7 @@ pages = Blueprint("batch_pages", __name__)
 #: Items per page of GET /batches/{id}/jobs by default, and at most.
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
+COUNTS = ("queued", "started", "paused", "finished", "failed", "canceled")
 #: Items per page of the browser's batch page.
 HTML_PAGE = 50
 #: Seconds between self-refreshes of a running batch's page without JavaScript, and between the
@@ -68,7 +69,7 @@ def submit_batch() -> Response:
     svc = batches()
     try:
         req = _read_batch()
-    except (Problem, HTTPException, InvalidParams, BadRequest):
+    except (Problem, HTTPException, InvalidParams):
         try:  # a refused body still spends the client's budget, as a single submit's does
             svc.jobs.admit(admission(validated=False))
         except Rejected as r:
@@ -242,3 +243,119 @@ def init_app(app: Flask) -> None:
     app.extensions["crunch_batches"] = BatchService(app.extensions["crunch"].service, app.config["SETTINGS"])
     app.register_blueprint(bp)
     app.register_blueprint(pages)
+
+
+# -- the OpenAPI document's part (rest.openapi calls this) --------------------------------------------
+
+
+def extend_openapi(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Add the batch routes and the Batch schema, the `webhook` of submits and the job's `webhooks`."""
+    from jobs.batches import json_types
+    from jobs.types.registry import JOB_TYPES
+
+    def ref(name: str) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def problems(*codes: str) -> dict[str, Any]:
+        return {c: {"$ref": f"#/components/responses/{c}"} for c in codes}
+
+    def ok(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
+
+    delivery = {"type": "object", "required": ["url", "status", "attempts", "last_error"], "properties": {
+        "url": {"type": "string"},
+        "status": {"type": "string", "enum": ["waiting", "pending", "delivered", "failed"]},
+        "attempts": {"type": "integer", "minimum": 0},
+        "last_error": {"type": ["string", "null"]}}}
+    schemas["WebhookDelivery"] = delivery
+    schemas["Job"]["properties"]["webhooks"] = {
+        "type": "array", "items": ref("WebhookDelivery"),
+        "description": "The webhook deliveries the asking client registered on this job, and their state."}
+    counts = {"type": "object", "required": list(COUNTS),
+              "properties": {c: {"type": "integer", "minimum": 0} for c in COUNTS}}
+    link = {"type": "string"}
+    schemas["Batch"] = {
+        "type": "object", "description": "A batch: its items' counts by status.",
+        "required": ["id", "status", "total", "counts", "created_at", "ended_at", "links"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "status": {"type": "string", "enum": ["running", "finished"],
+                       "description": "finished once every item is terminal, whatever their statuses"},
+            "total": {"type": "integer", "minimum": 1},
+            "counts": counts,
+            "created_at": {"type": "string", "format": "date-time"},
+            "ended_at": {"type": ["string", "null"], "format": "date-time"},
+            "links": {"type": "object", "required": ["self", "jobs", "events", "cancel"],
+                      "properties": {k: link for k in ("self", "jobs", "events", "cancel")}},
+            "webhooks": {"type": "array", "items": ref("WebhookDelivery")},
+            "submitted": {"type": "object", "description": "In the POST's answer only: how many items were "
+                                                            "created, deduplicated or answered from cache.",
+                          "properties": {k: {"type": "integer"} for k in ("created", "deduplicated", "cached")}},
+        },
+    }
+    schemas["BatchRequest"] = {
+        "type": "object", "required": ["jobs"], "additionalProperties": False,
+        "properties": {
+            "jobs": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["type"], "additionalProperties": False,
+                "properties": {"type": {"type": "string", "enum": list(json_types())},
+                               "params": {"type": "object", "description": "As the type's own POST body."}}}},
+            "webhook": {"type": "string", "format": "uri",
+                        "description": "Called (signed, Standard Webhooks) when the batch finishes."}},
+    }
+    webhook_note = (" Add `\"webhook\": \"<http(s) URL>\"` next to the params (a form field for multipart) to "
+                    "get a signed POST (Standard Webhooks) when the job ends; it is not part of the request's "
+                    "identity.")
+    for name in JOB_TYPES:
+        op = paths.get(f"/api/v1/{name}", {}).get("post")
+        if op is not None:
+            op["description"] = op.get("description", "") + webhook_note
+    batch_id = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"},
+                "description": "The batch id (32 hex digits)."}
+    wait = {"name": "wait", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT},
+            "description": f"Long-poll up to this many seconds (<= {MAX_WAIT}) until every item is terminal."}
+    paths["/api/v1/batches"] = {"post": {
+        "tags": ["batches"], "operationId": "submit_batch", "summary": "Submit many jobs in one request",
+        "description": "Every item is submitted exactly as its own POST would be (validation, cache, "
+                       "deduplication); one invalid item is a 422 with `errors[].loc` starting "
+                       "`[\"jobs\", index]`, and nothing is queued. A batch spends one unit of the submit rate "
+                       "budget; its items count against MAX_QUEUED_PER_CLIENT (a batch that would pass it is "
+                       "refused whole, 429).",
+        "parameters": [{"$ref": "#/components/parameters/Prefer"}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref("BatchRequest")}}},
+        "responses": {
+            "200": ok(ref("Batch"), "Every item was answered from the cache, or the batch finished within "
+                                    "`Prefer: wait=N`."),
+            "202": ok(ref("Batch"), "The batch is running.",
+                      headers={"Location": {"schema": {"type": "string"}, "required": True,
+                                            "description": "The batch's URL, /api/v1/batches/{id}."}}),
+            **problems("400", "413", "415", "422", "429", "503")}}}
+    paths["/api/v1/batches/{batch_id}"] = {"parameters": [batch_id], "get": {
+        "tags": ["batches"], "operationId": "get_batch", "summary": "A batch, its counts by status",
+        "parameters": [wait],
+        "responses": {"200": ok(ref("Batch"), "The batch."), **problems("404", "422", "503")}}}
+    paths["/api/v1/batches/{batch_id}/jobs"] = {"parameters": [batch_id], "get": {
+        "tags": ["batches"], "operationId": "batch_jobs", "summary": "The batch's jobs in submission order",
+        "parameters": [
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX,
+                                                        "default": PAGE_DEFAULT}, "description": "Jobs per page."},
+            {"name": "cursor", "in": "query", "schema": {"type": "string"},
+             "description": "`next_cursor` of the previous page."}],
+        "responses": {"200": ok({"type": "object", "required": ["jobs", "next_cursor"], "properties": {
+            "jobs": {"type": "array", "items": {"anyOf": [ref("Job"), {
+                "type": "object", "required": ["id", "status"],
+                "properties": {"id": {"type": "string"}, "status": {"type": "null"}, "expired": {"type": "boolean"}},
+            }]}},
+            "next_cursor": {"type": ["string", "null"]}}}, "One page of the items' job resources (small results "
+                                                           "inline; an expired item as {id, status: null})."),
+                      **problems("404", "422", "503")}}}
+    paths["/api/v1/batches/{batch_id}/events"] = {"parameters": [batch_id], "get": {
+        "tags": ["batches"], "operationId": "batch_events", "summary": "Server-Sent Events with the batch resource",
+        "responses": {"200": {"description": "text/event-stream: the batch each time its counts change, until it "
+                                             "is finished.",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                      **problems("404", "503")}}}
+    paths["/api/v1/batches/{batch_id}/cancel"] = {"parameters": [batch_id], "post": {
+        "tags": ["batches"], "operationId": "cancel_batch", "summary": "Cancel every live job of the batch",
+        "responses": {"200": ok(ref("Batch"), "The batch after the cancel."), **problems("404", "409", "429", "503")}}}
+

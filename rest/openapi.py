@@ -436,6 +436,9 @@ def build_document(limits: Limits) -> dict[str, Any]:
                               "responses": {"200": {"description": "An HTML page.",
                                                     "content": {"text/html": {"schema": {"type": "string"},
                                                                               "example": "<!DOCTYPE html>..."}}}}}}
+    from rest.batches import extend_openapi
+
+    extend_openapi(paths, schemas)  # batches, and the webhook field of submits and of the job resource
 
     return {
         "openapi": "3.1.0",
