@@ -216,3 +216,24 @@ def check_url(url: object, allow_private: bool,
                 raise WebhookURLError(f"resolves to {article} {why} address ({addr}); webhooks may only call public "
                                       "addresses (WEBHOOK_ALLOW_PRIVATE=1 lifts this)")
     return Target(target.url, target.scheme, target.host, target.port, target.path, addresses)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.webhooks secret`: print the signing key receivers verify with (WEBHOOK_SECRET when
+    set, else the one generated once and kept in Redis; it is generated now if no process has yet)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m jobs.webhooks", description=main.__doc__)
+    parser.add_argument("command", choices=["secret"])
+    parser.parse_args(argv)
+    from jobs.settings import Settings
+    from jobs.store.connection import redis_from_url
+    from jobs.store.deliveries import DeliveryStore
+
+    settings = Settings.from_env()
+    print(DeliveryStore(redis_from_url(settings.redis_url)).secret(settings.webhook_secret))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
