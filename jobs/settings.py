@@ -139,14 +139,17 @@ class Settings:
         from jobs.types.registry import parse_timeouts
 
         d = Limits()
-        limits = Limits(
-            max_fib_n=_int("MAX_FIB_N", d.max_fib_n),
-            max_primes_end=_int("MAX_PRIMES_END", d.max_primes_end),
-            max_primes_list_width=_int("MAX_PRIMES_LIST_WIDTH", d.max_primes_list_width),
-            max_primes_count_width=_int("MAX_PRIMES_COUNT_WIDTH", d.max_primes_count_width),
-            max_sort_length=_int("MAX_SORT_LENGTH", d.max_sort_length),
-            max_body_bytes=_int("MAX_BODY_BYTES", d.max_body_bytes),
-        )
+        try:
+            limits = Limits(
+                max_fib_n=_int("MAX_FIB_N", d.max_fib_n),
+                max_primes_end=_int("MAX_PRIMES_END", d.max_primes_end),
+                max_primes_list_width=_int("MAX_PRIMES_LIST_WIDTH", d.max_primes_list_width),
+                max_primes_count_width=_int("MAX_PRIMES_COUNT_WIDTH", d.max_primes_count_width),
+                max_sort_length=_int("MAX_SORT_LENGTH", d.max_sort_length),
+                max_body_bytes=_int("MAX_BODY_BYTES", d.max_body_bytes),
+            )
+        except ValueError as exc:  # a limit beyond 2^64 - 1 (or negative): stop with the setting's name
+            raise SystemExit(str(exc)) from None
         s = cls()
         return cls(
             redis_url=_str("REDIS_URL", s.redis_url),

@@ -35,9 +35,13 @@ class Limits:
     max_body_bytes: int = 268_435_456
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_primes_end <= MAX_UINT64:
-            raise ValueError(f"MAX_PRIMES_END must be between 0 and 2^64 - 1 ({MAX_UINT64}), "
-                             f"got {self.max_primes_end}")
+        """Refuse settings no request could meet or that params could not carry exactly (as JSON integers)."""
+        for attr in ("max_fib_n", "max_primes_end", "max_primes_list_width", "max_primes_count_width",
+                     "max_sort_length", "max_body_bytes"):
+            value = getattr(self, attr)
+            if not isinstance(value, int) or not 0 <= value <= MAX_UINT64:
+                raise ValueError(f"setting {attr.upper()} must be a whole number from 0 to 2^64 - 1 "
+                                 f"({MAX_UINT64}), got {value!r}")
 
 
 @dataclass
