@@ -121,9 +121,10 @@ class Settings:
     trusted_proxies: int = 0
 
     #: Seconds a checkpointing job (primes, CSV) runs before it may be preempted for another client's
-    #: waiting work (0: never). 5 s: one preemption costs its job tens of ms (a checkpoint, a new work
-    #: horse, the state read back; bench "mixed"), about 1 % of a quantum, while a client behind a
-    #: backlog of hour-long jobs gets a worker within seconds. PREEMPT_QUANTUM.
+    #: waiting work (0: never). 5 s: a preemption stops at a checkpoint, so no work is redone; it costs one
+    #: transition, a new work horse and the kernel's restart from the checkpoint, too little to show against
+    #: the noise of bench "mixed" (2 preemptions of 37 s counts), so well under 1 % of a 5 s quantum, while a
+    #: client behind a backlog of hour-long jobs gets a worker within seconds. PREEMPT_QUANTUM.
     preempt_quantum: float = 5.0
 
     def job_timeout(self, job_type: str) -> int:

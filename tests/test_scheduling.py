@@ -216,6 +216,8 @@ def test_dispatch_takes_runs_in_the_listed_order_and_positions_count_it(redis_ur
         assert sorted(listed) == sorted(ids)
         for i, job_id in enumerate(listed):
             assert svc.resource(svc.get(job_id))["position"] == i
+        page = app.test_client().get(f"/jobs/{listed[3]}")
+        assert page.status_code == 200 and "Waiting: 3 ahead, no worker running." in page.text, page.text
         taken = []
         while (popped := conn.lpop(rq_list("default"))) is not None:
             run = svc.life.dispatch("default", popped.decode())
