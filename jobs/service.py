@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -475,9 +476,18 @@ class JobService:
         states = [w.get_state() for w in Worker.all(connection=self.conn) if rec.queue in w.queue_names()]
         return waiting_phrase(pos, len(states), sum(1 for s in states if s == WorkerStatus.BUSY))
 
+    def live_workers(self) -> list[Worker]:
+        """rq's registered workers that heartbeat within HEARTBEAT_TIMEOUT. A SIGKILLed worker stays
+        registered until its key expires (minutes); it leaves this list within the timeout instead.
+        Workers heartbeat at least every HEARTBEAT_TIMEOUT / 2 (jobs.worker.supervisor sets their ttl)."""
+        now = datetime.now(UTC)
+        limit = self.settings.heartbeat_timeout
+        return [w for w in Worker.all(connection=self.conn)
+                if w.last_heartbeat is None or (now - w.last_heartbeat).total_seconds() <= limit]
+
     def workers(self) -> list[dict[str, Any]]:
         out = []
-        for w in Worker.all(connection=self.conn):
+        for w in self.live_workers():
             current = w.get_current_job_id()
             hb = w.last_heartbeat
             out.append({

@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 from flask import Blueprint, Flask, Response
 from redis.exceptions import AuthenticationError
-from rq.worker import Worker
 
 from rest.extensions import crunch
 from rest.problems import PROBLEM_BASE
@@ -23,7 +22,7 @@ def readyz() -> Response:
     try:
         conn = crunch().rq.connection
         conn.ping()
-        workers = Worker.count(connection=conn)
+        workers = len(crunch().service.live_workers())  # a dead worker stops counting within HEARTBEAT_TIMEOUT
     except Exception as exc:  # noqa: BLE001 - any Redis trouble means not ready
         return not_ready(exc)
     return Response(orjson.dumps({"status": "ok", "redis": "ok", "workers": workers}),

@@ -293,3 +293,37 @@ def test_private_inputs_are_never_answered_from_another_owners_job(redis_url: st
     theirs = client.post("/api/v1/sort", json=body, headers=AS_BOB)
     assert theirs.status_code == 202, theirs.get_data(as_text=True)
     assert theirs.get_json()["id"] != alice and theirs.get_json().get("cached") is not True
+
+
+# -- growth: paused jobs expire, the jobs index is swept --------------------------------------------
+
+
+def test_a_paused_job_expires_after_paused_ttl_and_a_resumed_one_is_kept(redis_url: str, redis_conn: Redis) -> None:
+    app = create_app(settings=Settings(redis_url=redis_url, limits=TEST_LIMITS, wait_slots=8, paused_ttl=123,
+                                       **TEST_RATE_LIMITS))
+    c = app.test_client()
+    job = c.post("/api/v1/primes", json={"start": 10**8, "end": 10**8 + 10**7 + 17, "output": "count"}).get_json()
+    assert c.post(f"/api/v1/jobs/{job['id']}/pause").get_json()["status"] == "paused"
+    assert 0 < redis_conn.ttl(f"crunch:job:{job['id']}") <= 123
+    assert c.post(f"/api/v1/jobs/{job['id']}/resume").status_code == 202
+    assert redis_conn.ttl(f"crunch:job:{job['id']}") == -1
+    c.post(f"/api/v1/jobs/{job['id']}/cancel")
+
+
+def test_the_index_sweep_drops_entries_of_expired_jobs_only(app, client, redis_conn: Redis) -> None:
+    from jobs.store.keys import JOBS_INDEX_KEY
+    from rest.extensions import service
+
+    live = client.post("/api/v1/fibonacci", json={"n": 4242}).get_json()["id"]
+    ghosts = [f"{i:032x}" for i in range(1, 2501)]
+    redis_conn.zadd(JOBS_INDEX_KEY, {g: 1000 + i for i, g in enumerate(ghosts)})  # oldest: swept first
+    with app.app_context():
+        life = service().life
+        removed = 0
+        for _ in range(200):  # a sweep resumes where the last stopped: around the index at most once or twice
+            removed += life.sweep_index(batch=1000)
+            if not any(redis_conn.zmscore(JOBS_INDEX_KEY, ghosts)):
+                break
+    assert removed >= len(ghosts)
+    assert not any(redis_conn.zscore(JOBS_INDEX_KEY, g) for g in ghosts)
+    assert redis_conn.zscore(JOBS_INDEX_KEY, live) is not None

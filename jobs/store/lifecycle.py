@@ -25,6 +25,7 @@ import orjson
 from redis import Redis
 from rq.callbacks import Callback
 from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 
 from jobs.compat.rq import enqueue_recorded
 from jobs.settings import Settings
@@ -60,13 +61,14 @@ from jobs.store.keys import (
     TYPE_STATS_KEY,
     job_keys,
 )
-from jobs.store.queues import ON_FAILURE, RUNNER, JsonQueue
+from jobs.store.queues import ON_FAILURE, RUNNER, JsonJob, JsonQueue
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import RequestCache
 from jobs.store.scripts import (
     BEGIN_LUA,
     CLAIM_LUA,
     DISPATCH_LUA,
+    SWEEP_INDEX_LUA,
     TRANSITION_LUA,
     YIELD_LUA,
     Commands,
@@ -119,6 +121,7 @@ class Lifecycle:
         self._begin = LuaScript(conn, BEGIN_LUA)
         self._dispatch = LuaScript(conn, DISPATCH_LUA)
         self._yield = LuaScript(conn, YIELD_LUA)
+        self._sweep = LuaScript(conn, SWEEP_INDEX_LUA)
 
     def queue(self, name: str) -> Queue:
         """RQ queue by name, JSON-serialized."""
@@ -301,13 +304,16 @@ class Lifecycle:
         pipe.delete(JOB_CONTROL_KEY.format(id=rec.id))
         pipe.zrem(RUNNING_KEY, rec.id)
         pipe.extend(ended_commands(client_of(rec), rec.rq_id))
+        for key in job_keys(rec.id):  # a forgotten paused job expires (PAUSED_TTL); resume() keeps it again
+            pipe.expire(key, self.settings.paused_ttl)
         publish(pipe, rec.id, PAUSED.value)
         fields = {"run_ms": run_ms} if run_ms is not None else {}
         return self.transition(rec.id, from_, PAUSED, fields, then=packed(recorded(pipe))) is not None
 
     def resume(self, rec: JobRecord) -> bool:
         """PAUSED -> QUEUED on a new run."""
-        return self._back_on_queue(rec, (PAUSED,), {}, then=[("DEL", JOB_CONTROL_KEY.format(id=rec.id))])
+        return self._back_on_queue(rec, (PAUSED,), {}, then=[("DEL", JOB_CONTROL_KEY.format(id=rec.id)),
+                                                            *[("PERSIST", key) for key in job_keys(rec.id)]])
 
     def requeue(self, rec: JobRecord, run_ms: str) -> bool:
         """STARTED -> QUEUED on a new run (the worker is shutting down; the next run continues from the checkpoint)."""
@@ -338,13 +344,44 @@ class Lifecycle:
             rec = JobRecord.from_hash(h) if h else None
             if rec is None or rec.status is not STARTED:
                 continue
-            if rec.attempt + 1 >= MAX_ATTEMPTS:
-                self.fail(rec, {"type": "WorkerLost",
-                                "message": f"the worker running this job died {rec.attempt + 1} times; giving up"})
-            else:
-                self._back_on_queue(rec, (STARTED,), {"attempt": str(rec.attempt + 1), "worker": ""})
+            self._lost(rec)
             recovered.append(job_id)
         return recovered
+
+    def recover_run(self, job_id: str, rq_id: str) -> bool:
+        """The process running `rq_id` died (its worker saw the work horse end by a signal): re-queue the
+        job now, from its checkpoint, instead of after HEARTBEAT_TIMEOUT. Claimed from RUNNING_KEY like
+        recover(), so exactly one of the two acts on a lost run; a run that is no longer the job's
+        current one, or no longer STARTED (it ended, was paused or canceled), is left alone."""
+        h = self.conn.hgetall(JOB_KEY.format(id=job_id))
+        rec = JobRecord.from_hash(h) if h else None
+        if rec is None or rec.status is not STARTED or rec.rq_id != rq_id:
+            return False
+        if not self.conn.zrem(RUNNING_KEY, job_id):
+            return False
+        self._lost(rec)
+        return True
+
+    def sweep_index(self, batch: int = 1000) -> int:
+        """One slice of the index sweep (SWEEP_INDEX_LUA): how many entries of expired jobs it dropped."""
+        return int(self._sweep([JOBS_INDEX_KEY, JOBS_INDEX_KEY + ":sweep"], [JOB_KEY.format(id=""), batch]))
+
+    def _lost(self, rec: JobRecord) -> None:
+        """A STARTED run lost its process: the next attempt from the checkpoint, or failed after MAX_ATTEMPTS.
+        The lost run's rq records go in the same step (its job hash, its started-registry entry): a run lost
+        with Redis itself would otherwise stay `started` in rq (and on /rq) forever."""
+        if rec.attempt + 1 >= MAX_ATTEMPTS:
+            self.fail(rec, {"type": "WorkerLost",
+                            "message": f"the worker running this job died {rec.attempt + 1} times; giving up"})
+            return
+        then: list[tuple[Any, ...]] = []
+        if rec.rq_id:
+            # rq 3 keeps a run in its started registry as "<rq id>:<execution id>".
+            started = StartedJobRegistry(rec.queue, connection=self.conn).key
+            members = [m for m in self.conn.zscan_iter(started, match=f"{rec.rq_id}:*")]
+            then = [("DEL", JsonJob.key_for(rec.rq_id))]
+            then += [("ZREM", started, m[0] if isinstance(m, tuple) else m) for m in members]
+        self._back_on_queue(rec, (STARTED,), {"attempt": str(rec.attempt + 1), "worker": ""}, then=then)
 
     def _unqueue_commands(self, rec: JobRecord) -> list[tuple[Any, ...]]:
         """Take the job's queued run off its rq queue (what rq's Queue.remove sends) and off its lane."""

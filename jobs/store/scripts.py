@@ -280,6 +280,34 @@ end
 return 0
 """
 
+#: The reaper's sweep over the jobs index, one bounded slice per call, resuming where the last call
+#: stopped (wrapping around): an entry whose job hash expired is dropped, so the index cannot grow
+#: without bound even when no listing ever reaches old entries. (Runs a dead worker took but never
+#: started are the dispatch heal's concern: Lifecycle.heal_dispatch.)
+#: KEYS[1] the jobs index (zset: job id -> created ms), KEYS[2] the sweep cursor (string: the score to
+#: resume after; absent: from the start). ARGV[1] the job hash key's prefix ("crunch:job:"), ARGV[2] how
+#: many entries to look at. Returns how many entries it removed. The job hashes it checks are named by
+#: the index, not KEYS: standalone Redis and Sentinel (what Crunch supports) allow that; Cluster would not.
+SWEEP_INDEX_LUA = """
+local cursor = redis.call('GET', KEYS[2])
+local from = cursor and ('(' .. cursor) or '-inf'
+local n = tonumber(ARGV[2])
+local batch = redis.call('ZRANGEBYSCORE', KEYS[1], from, '+inf', 'WITHSCORES', 'LIMIT', 0, n)
+local removed = 0
+for i = 1, #batch, 2 do
+  if redis.call('EXISTS', ARGV[1] .. batch[i]) == 0 then
+    redis.call('ZREM', KEYS[1], batch[i])
+    removed = removed + 1
+  end
+end
+if #batch < 2 * n then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], batch[#batch], 'EX', 3600)
+end
+return removed
+"""
+
 
 class LuaScript:
     """redis-py's Script minus its per-call `isinstance(client, Pipeline)`: Pipeline derives from a

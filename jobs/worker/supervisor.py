@@ -51,10 +51,15 @@ def run_worker(url: str, queues: list[str], burst: bool = False) -> None:
                         force=True)
     preload()
     conn = redis_from_url(url)
+    # Heartbeats at least every HEARTBEAT_TIMEOUT / 2 (rq's idle wait is worker_ttl - 15 s, a busy
+    # worker beats every job_monitoring_interval), so /workers and /readyz can drop a worker that
+    # missed HEARTBEAT_TIMEOUT: it is dead (rq's defaults, 420 s and 30 s, kept one listed for minutes).
+    beat = process_settings().heartbeat_timeout
     worker = CrunchWorker(
         [WorkerQueue(q, connection=conn) for q in queues], connection=conn,
         name=f"{socket.gethostname()}.{os.getpid()}", serializer=JSONSerializer,
         job_class=JsonJob, queue_class=WorkerQueue,
+        worker_ttl=15 + max(1, beat // 2), job_monitoring_interval=max(1, beat // 3),
     )
     log.info("worker %s listening on %s", worker.name, ",".join(queues))
     # rq's INFO lines repeat, per job, what the runner's one line per job says; its warnings stay.
@@ -70,6 +75,7 @@ def reap(conn: Redis) -> None:
         log.warning("job %s lost its worker; recovered", job_id)
     if fixed := life.heal_dispatch():
         log.warning("dispatch: %d running entries of runs that no longer run were fixed", fixed)
+    life.sweep_index()
 
 
 def spawn_deliverer(ctx: Any, url: str) -> multiprocessing.process.BaseProcess:
