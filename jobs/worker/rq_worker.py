@@ -144,22 +144,6 @@ class CrunchWorker(QuietState, Worker):
                         pipe.execute_command(*cmd)
                     pipe.execute()
 
-    def handle_work_horse_killed(self, job: Any, retpid: int, ret_val: int, rusage: Any) -> None:
-        """The horse died by a signal (SIGKILL, the OOM killer): re-queue its job now, from its last
-        checkpoint, rather than when its heartbeat lapses (HEARTBEAT_TIMEOUT, 30-40 s later). rq then
-        records the run's failure, which the failure callback ignores: the job is QUEUED again."""
-        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
-        m = _RUN_ID.match(job.id or "")
-        if m is None:
-            return
-        from jobs.worker.runner import _lifecycle
-
-        try:
-            if _lifecycle(self.connection).recover_run(m.group(1), job.id):
-                log.warning("job %s lost its work horse (wait status %s); re-queued at once", m.group(1), ret_val)
-        except Exception:  # the reaper still recovers it after the heartbeat timeout
-            log.warning("could not re-queue job %s after its work horse died", m.group(1), exc_info=True)
-
     def request_stop(self, signum: int, frame: Any) -> None:
         """On shutdown, ask the running jobs (the horse's, and one running inline beside it) to checkpoint
         and re-queue instead of waiting them out."""
@@ -245,3 +229,19 @@ class CrunchWorker(QuietState, Worker):
             run = WorkerQueue.inline_run(FAST_QUEUE_KEY, taken) if taken else None
             if run is not None:
                 self._run_inline(run, beside_horse=True)
+
+
+def on_horse_killed(job: Any, retpid: int, ret_val: int, rusage: Any) -> None:
+    """rq's work_horse_killed_handler: the horse died by a signal (SIGKILL, the OOM killer). Re-queue its
+    job now, from its last checkpoint, rather than when its heartbeat lapses (HEARTBEAT_TIMEOUT, 30-40 s
+    later). rq then records the run's failure, which the failure callback ignores: the job is QUEUED again."""
+    m = _RUN_ID.match(job.id or "")
+    if m is None:
+        return
+    from jobs.worker.runner import _lifecycle
+
+    try:
+        if _lifecycle(job.connection).recover_run(m.group(1), job.id):
+            log.warning("job %s lost its work horse (wait status %s); re-queued at once", m.group(1), ret_val)
+    except Exception:  # the reaper still recovers it after the heartbeat timeout
+        log.warning("could not re-queue job %s after its work horse died", m.group(1), exc_info=True)

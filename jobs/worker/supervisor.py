@@ -23,7 +23,7 @@ from infra.embedded_redis import redact_url
 from jobs.settings import process_settings
 from jobs.store.connection import redis_from_url
 from jobs.store.queues import QUEUES, JsonJob
-from jobs.worker.rq_worker import CrunchWorker, WorkerQueue
+from jobs.worker.rq_worker import CrunchWorker, WorkerQueue, on_horse_killed
 
 log = logging.getLogger("crunch.worker")
 
@@ -60,6 +60,7 @@ def run_worker(url: str, queues: list[str], burst: bool = False) -> None:
         name=f"{socket.gethostname()}.{os.getpid()}", serializer=JSONSerializer,
         job_class=JsonJob, queue_class=WorkerQueue,
         worker_ttl=15 + max(1, beat // 2), job_monitoring_interval=max(1, beat // 3),
+        work_horse_killed_handler=on_horse_killed,
     )
     log.info("worker %s listening on %s", worker.name, ",".join(queues))
     # rq's INFO lines repeat, per job, what the runner's one line per job says; its warnings stay.
