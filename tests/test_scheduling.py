@@ -240,3 +240,41 @@ def test_the_waiting_line_reads_the_same_in_the_cli_and_on_the_page() -> None:
     some = [*busy[:1], {"state": "idle", "queues": ["fast", "default"]}]
     assert waiting(0, "default", some) == waiting_phrase(0, 2, 1) == "waiting: 0 ahead, 1 of 2 workers busy"
     assert waiting(2, "default", []) == waiting_phrase(2, 0, 0) == "waiting: 2 ahead, no worker running"
+
+
+def test_the_reaper_puts_back_a_run_whose_worker_died_between_dispatch_and_start(redis_url: str) -> None:
+    """Lifecycle.heal_dispatch, as every supervisor's reaper calls it: a run taken off the lane but never
+    started goes back to the head of its client's line on a new run id; a deleted job's entry just goes."""
+    from redis import Redis
+
+    from jobs.store.dispatch import rq_list
+    from jobs.store.keys import CLIENT_RUNNING_KEY
+    from jobs.types.registry import JOB_TYPES
+    from rest import create_app
+    from rest.extensions import service
+    from rest.settings import Settings
+    from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
+
+    url = f"{redis_url.rpartition('/')[0]}/10"
+    conn = Redis.from_url(url)
+    conn.flushdb()
+    app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=4, **TEST_RATE_LIMITS))
+    with app.app_context():
+        svc = service()
+        recs = []
+        for k in range(2):
+            sub = JOB_TYPES["primes"].parse_json({"start": 0, "end": 10**7 + k, "output": "count"}, TEST_LIMITS)
+            sub.extra["client"] = "c1"
+            recs.append(svc.submit(sub).rec)
+        runs = [svc.life.dispatch("default", conn.lpop(rq_list("default")).decode()) for _ in recs]
+        assert runs == [r.rq_id for r in recs]
+        svc.delete(recs[1].id)  # gone before its worker started it
+        running = CLIENT_RUNNING_KEY.format(client="c1")
+        assert conn.zcard(running) == 2
+        assert svc.life.heal_dispatch() == 0  # dispatched just now: its worker may still start it
+        assert svc.life.heal_dispatch(now=time.time() + svc.settings.heartbeat_timeout + 1) == 2
+        again = svc.get(recs[0].id)
+        assert again.status.value == "queued" and again.rq_id != runs[0]
+        assert svc.resource(again)["position"] == 0 and svc.queue_job_ids("default") == [recs[0].id]
+        assert conn.zcard(running) == 0 and conn.llen(rq_list("default")) == 1
+    conn.flushdb()
