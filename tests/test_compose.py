@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -34,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +221,17 @@ class Stack:
                "--filter", f"label=com.docker.compose.service={service}"]
         return run(cmd if running else [*cmd, "-a"], timeout=60).stdout.split()
 
+    def health_checks(self, service: str) -> list[float]:
+        """Seconds each recent healthcheck of the service's first container took (Docker keeps 5)."""
+        (container, *_) = self.containers(service)
+        out = run(["docker", "inspect", "-f", "{{json .State.Health}}", container], timeout=60).stdout
+        stamp = re.compile(r"(\.\d{6})\d*")
+
+        def parse(t: str) -> datetime:
+            return datetime.fromisoformat(stamp.sub(r"\1", t).replace("Z", "+00:00"))
+
+        return [(parse(e["End"]) - parse(e["Start"])).total_seconds() for e in json.loads(out)["Log"]]
+
     def logs(self, container: str) -> str:
         out = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
         return out.stdout + out.stderr
@@ -314,11 +327,17 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             t0 = time.monotonic()
             s.compose("up", "-d", "--build", timeout=600)
             timings.add("up -d --build (cached) until ready through the proxy", time.monotonic() - t0 + s.wait_ready())
+            for service, interval in (("redis", 2), ("web", 4)):
+                took = s.health_checks(service)
+                timings.note(f"{service} healthchecks took {', '.join(f'{t:.2f}' for t in took)} s "
+                             f"(interval {interval} s)")
             yield s
         finally:
-            with contextlib.suppress(Exception):
-                (tmp / "compose.log").write_text(s.compose("logs", "--no-color", timeout=120, check=False).stdout)
-                timings.note(f"container logs: {tmp / 'compose.log'}")
+            with contextlib.suppress(Exception):  # kept after the run, beside the browser tests' screenshots
+                saved = ROOT / "test-artifacts" / f"compose-{project}.log"
+                saved.parent.mkdir(exist_ok=True)
+                saved.write_text(s.compose("logs", "--no-color", "--timestamps", timeout=120, check=False).stdout)
+                timings.note(f"container logs: {saved}")
             s.compose("down", "-v", "--remove-orphans", "--timeout", "10", timeout=300, check=False)
             timings.summary()
 
