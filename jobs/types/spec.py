@@ -83,7 +83,17 @@ class Submission:
 
 def pydantic_errors(exc: ValidationError) -> InvalidParams:
     """Convert pydantic's errors to the contract's [{loc, msg}] list."""
-    return InvalidParams([{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()])
+    return InvalidParams([{"loc": ["body", *e["loc"]], "msg": _message(e)} for e in exc.errors()])
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, except for a float where an integer belongs: the contract refuses 7767.0 (JSON
+    Schema would call it an integer), so the message says why rather than "should be a valid integer"."""
+    value = error.get("input")
+    if error.get("type") == "int_type" and type(value) is float and value.is_integer():
+        hint = f" (write {int(value)})" if abs(value) < 2.0**64 else ""
+        return f"must be a JSON integer: {value!r} is a float{hint}"
+    return error["msg"]
 
 
 def decode_out_of_range(raw: bytes, exc: ValueError) -> Any:
