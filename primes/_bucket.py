@@ -29,7 +29,7 @@ import math
 import numpy as np
 from numba import njit
 
-from primes._wheel import BIT_OF, WHEEL
+from primes._wheel import BIT_OF, WHEEL, WHEEL_U, trailing_zeros
 
 #: log2 of the block size in bytes; the block is what primes.engine sieves at a time.
 LOG_BLOCK = 20
@@ -95,38 +95,71 @@ def ring_size(max_prime: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def add_primes(pr: np.ndarray, i0: int, pos: int, end_byte: int, hi_lim: np.uint64, head: np.ndarray,
-               fill: np.ndarray, bnext: np.ndarray, pool: np.ndarray, free: np.ndarray, meta: np.ndarray,
-               reserve: int) -> int:
-    """Enter the primes pr[i0:] (uint64, ascending) whose square lies below byte end_byte.
+def add_primes(gbuf: np.ndarray, gn: int, gbyte0: int, gcur: np.ndarray, pos: int, end_byte: int,
+               hi_lim: np.uint64, head: np.ndarray, fill: np.ndarray, bnext: np.ndarray, pool: np.ndarray,
+               free: np.ndarray, meta: np.ndarray, reserve: int) -> bool:
+    """Enter the big primes, read straight off a sieved block of them, whose square lies below byte end_byte.
 
+    gbuf[:gn] is a wheel bitmap of absolute bytes from gbyte0 holding exactly the big
+    sieving primes (its edges masked); gcur = [byte index, bits of that byte not yet
+    entered] is the cursor, kept between calls. Reading the bitmap here instead of a
+    listed array saves writing and reading 1.6 GB of primes on the way to 2^64.
     pos is the absolute byte of the block about to be sieved (its ring slot is meta[1]).
     Each prime starts at its first multiple >= max(p*p, 30*pos) coprime to 210; one with
     no such multiple <= hi_lim is dropped, so a narrow range near 2^64 keeps only the
-    primes that hit it. Stops early when fewer than `reserve` free buckets remain (the
-    caller grows the pool) and returns the index of the first prime not handled.
+    primes that hit it. Returns True when the bitmap is used up, False when it stopped
+    at a prime not due yet or with fewer than `reserve` free buckets (the caller grows
+    the pool and calls again).
     """
     lo = U30 * np.uint64(pos)
     cur = meta[1]
     nfree = meta[0]
     ring = head.size
     ub = np.uint64(end_byte)
-    i = i0
-    while i < pr.size:
+    i = gcur[0]
+    bits = np.uint64(gcur[1])
+    while True:
+        while bits == 0:
+            i += 1
+            if i >= gn:
+                gcur[0] = i
+                gcur[1] = 0
+                meta[0] = nfree
+                return True
+            bits = np.uint64(gbuf[i])
         if nfree < reserve:
             break
-        p = pr[i]
+        p = U30 * np.uint64(gbyte0 + i) + WHEEL_U[trailing_zeros(bits)]
         pp = p * p
         if pp // U30 >= ub:
             break
+        bits &= bits - U1
         s = pp if pp > lo else lo
-        m = (s - U1) // p + U1
-        m += DELTA210[m % U210]
-        i += 1
-        # m*p <= hi_lim without overflow: compare multipliers, not products.
-        if m > hi_lim // p:
+        # The first multiple m*p >= s with m coprime to 210, as (s-1) - r0 + step with no
+        # product that could pass 2^64: s-1 = q0*p + r0, m = q0 + 1 + d. q0 is estimated by
+        # a float division (pipelined; a 64-bit integer division per prime was 70% of the
+        # time near 2^64) and then made exact in integers: the estimate is off by at most
+        # a few units (53-bit mantissa, p >= 2^20), r = (s-1) - q0*p computed mod 2^64 is
+        # then that small signed error times p plus the true remainder, and the loops move
+        # q0 until 0 <= r < p. No result depends on float rounding.
+        sm1 = s - U1
+        q0 = np.uint64(np.float64(sm1) / np.float64(p))
+        r = np.int64(sm1 - q0 * p)
+        ip = np.int64(p)
+        while r < 0:
+            q0 -= U1
+            r += ip
+        while r >= ip:
+            q0 += U1
+            r -= ip
+        r0 = np.uint64(r)
+        m = q0 + U1
+        d = DELTA210[m % U210]
+        step = p * (U1 + d)
+        m += d
+        if step - r0 > hi_lim - s + U1:  # that multiple is past hi_lim: the prime never hits the range
             continue
-        n = m * p
+        n = (s - U1 - r0) + step
         off = np.int64(n // U30) - pos
         wi = BIT_OF[np.int64(p % U30)] * 48 + POS210[np.int64(m % U210)]
         slot = cur + (off >> LOG_BLOCK)
@@ -145,18 +178,22 @@ def add_primes(pr: np.ndarray, i0: int, pos: int, end_byte: int, hi_lim: np.uint
             f = 0
         pool[h * BUCKET + f] = ((p // U30) << U32) | np.uint64((off & (BLOCK - 1)) | (wi << IDX_BITS))
         fill[slot] = f + 1
+    gcur[0] = i
+    gcur[1] = np.int64(bits)
     meta[0] = nfree
-    return i
+    return False
 
 
 @njit(cache=True, nogil=True)
 def cross_off_big(buf: np.ndarray, head: np.ndarray, fill: np.ndarray, bnext: np.ndarray, pool: np.ndarray,
-                  free: np.ndarray, meta: np.ndarray) -> None:
+                  free: np.ndarray, meta: np.ndarray, blocks_left: int) -> None:
     """Cross off the current block's bucket entries in buf (BLOCK bytes) and advance the ring.
 
     Entries whose next multiple falls in this same block come back to this slot and are
-    walked again until the slot is empty. buf must be BLOCK bytes even for a short last
-    block: crossings past its end land in bytes nobody reads.
+    walked again until the slot is empty. An entry whose next multiple lies past the last
+    block (more than blocks_left blocks ahead) is dropped: near 2^64 most big primes hit a
+    10^9-wide range once, and re-queueing them cost a third of the sieve. buf must be
+    BLOCK bytes even for a short last block: crossings past its end land in bytes nobody reads.
     """
     cur = meta[1]
     nfree = meta[0]
@@ -175,7 +212,10 @@ def cross_off_big(buf: np.ndarray, head: np.ndarray, fill: np.ndarray, bnext: np
                 t = T_PACK[(v >> IDX_BITS) & 511]
                 buf[idx] &= np.uint8(t & 255)
                 idx += ((t >> 8) & 255) * q + ((t >> 16) & 255)
-                slot = cur + (idx >> LOG_BLOCK)
+                ahead = idx >> LOG_BLOCK
+                if ahead > blocks_left:
+                    continue
+                slot = cur + ahead
                 if slot >= ring:
                     slot -= ring
                 h = head[slot]

@@ -8,15 +8,14 @@ division for each of the ~2*10^8 primes below 2^32, about 3 s.
 Three kinds of sieving prime, as in primesieve (Erat{Small,Medium,Big}):
   - p <= PRESIEVE_MAX: and-ed in from precomputed byte patterns (primes._wheel.presieve);
   - p < BIG_MIN: crossed off block by block, every prime in every block (primes._wheel);
-  - p >= BIG_MIN: the bucket sieve (primes._bucket), fed from a lazily sieved stream of
-    primes up to isqrt(hi), so listing the primes below 2^32 never needs 1.6 GB at once.
+  - p >= BIG_MIN: the bucket sieve (primes._bucket), fed straight from the bitmap of a
+    second BlockSieve over [BIG_MIN, isqrt(hi)], so the primes below 2^32 are never listed.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -29,10 +28,9 @@ TOP_BYTE = MAX_N // 30
 BLOCK = _bucket.BLOCK
 #: Primes from here up go to the bucket sieve: they hit a 1 MiB block (31M numbers) fewer
 #: than ~7 times. Swept 2^18..2^21 on 10^9 numbers below 10^12 and 10^15: 2^20 was best
-#: or within noise of it. Must exceed isqrt(2^32) = 65536 (see _prime_stream).
+#: or within noise of it. Must exceed isqrt(2^32) = 65536, so that the sieve generating the
+#: big primes (up to 2^32) needs no bucket sieve itself.
 BIG_MIN = 1 << 20
-#: Numbers per chunk of the big-sieving-prime stream (~3.5M primes, 28 MB, at a time).
-PRIME_CHUNK = 30 * (1 << 21)
 
 _PAT = (_wheel.PATTERN_BYTES, _wheel.PATTERN_INDEX)
 
@@ -58,16 +56,32 @@ def _medium_primes() -> np.ndarray:
     return _medium
 
 
-def _prime_stream(lo: int, hi: int) -> Iterator[np.ndarray]:
-    """uint64 arrays of the primes in [lo, hi], ascending, PRIME_CHUNK numbers at a time.
+def _mask_from(lo: int, byte: int) -> int:
+    """Bits of `byte` whose number is >= lo."""
+    return sum(1 << i for i, w in enumerate(_wheel.WHEEL) if 30 * byte + int(w) >= lo)
 
-    hi <= 2^32 here, so these sieves use only medium primes (isqrt(2^32) < BIG_MIN): no
-    recursion into another bucket sieve.
+
+def _mask_upto(hi: int, byte: int) -> int:
+    """Bits of `byte` whose number is <= hi."""
+    return sum(1 << i for i, w in enumerate(_wheel.WHEEL) if 30 * byte + int(w) <= hi)
+
+
+def _expected_entries(width: int, root: int) -> int:
+    """About how many big primes (in [BIG_MIN, root]) hit a range `width` numbers wide, plus 15%.
+
+    The pool is sized from this once: growing it by doubling re-faulted and copied hundreds
+    of MB near 2^64, a quarter of the run there (perf: clear_page_erms). A prime p hits the
+    range with about min(1, c/p) chance, c = width * 48/210 (multiples coprime to 210), so
+    the count is about pi(min(c, root)) - pi(BIG_MIN) + c * (ln ln root - ln ln max(c, BIG_MIN)).
+    Only a size hint: the pool still grows if it is short.
     """
-    from primes.sieve import primes_between
+    def pi(x: float) -> float:
+        return x / math.log(x) if x > 2 else 0.0
 
-    for a in range(lo, hi + 1, PRIME_CHUNK):
-        yield primes_between(a, min(a + PRIME_CHUNK - 1, hi))
+    c = width * 48 / 210
+    near = max(0.0, pi(min(c, root)) - pi(BIG_MIN))
+    far = c * (math.log(math.log(root)) - math.log(math.log(max(c, BIG_MIN)))) if c < root else 0.0
+    return int(1.15 * (near + far))
 
 
 class BlockSieve:
@@ -91,16 +105,20 @@ class BlockSieve:
             self.hi_lim = np.uint64(hi_lim)
             ring = _bucket.ring_size(root)
             self.reserve = ring + 4
-            nb = 2 * self.reserve
+            nb = 2 * self.reserve + _expected_entries(30 * (self.end - b0), root) // _bucket.BUCKET
             self.head = np.full(ring, -1, dtype=np.int32)
             self.fill = np.zeros(ring, dtype=np.int32)
             self.bnext = np.full(nb, -1, dtype=np.int32)
             self.pool = np.empty(nb * _bucket.BUCKET, dtype=np.uint64)
             self.free = np.arange(nb, dtype=np.int32)
             self.meta = np.array([nb, 0], dtype=np.int64)  # free buckets, current ring slot
-            self.stream: Iterator[np.ndarray] | None = _prime_stream(BIG_MIN, root)
-            self.chunk = np.zeros(0, dtype=np.uint64)
-            self.ci = 0
+            # The big sieving primes themselves come from a second, small sieve over
+            # [BIG_MIN, root] (root <= 2^32, so it needs no bucket sieve of its own).
+            g0, g1 = BIG_MIN // 30, root // 30
+            self.gen: BlockSieve | None = BlockSieve(g0, g1)
+            self.gen_masks = (g0, _mask_from(BIG_MIN, g0), g1, _mask_upto(root, g1))
+            self.gbuf, self.gn, self.gpos = self.buf, 0, 0
+            self.gcur = np.zeros(2, dtype=np.int64)
 
     @property
     def done(self) -> bool:
@@ -122,20 +140,24 @@ class BlockSieve:
     def _add_big(self, end_byte: int) -> None:
         """Enter the big primes whose square lies below end_byte (before sieving the block ending there)."""
         while True:
-            if self.ci >= self.chunk.size:
-                nxt = next(self.stream, None) if self.stream is not None else None
-                if nxt is None:
-                    self.stream = None
+            if self.gcur[0] >= self.gn:
+                if self.gen is None or self.gen.done:
+                    self.gen = None
                     return
-                self.chunk, self.ci = nxt, 0
+                self.gbuf, self.gn, self.gpos = self.gen.next_block()
+                g0, m0, g1, m1 = self.gen_masks
+                if self.gpos == g0:
+                    self.gbuf[0] &= m0
+                if self.gpos + self.gn - 1 == g1:
+                    self.gbuf[self.gn - 1] &= m1
+                self.gcur[0], self.gcur[1] = 0, int(self.gbuf[0])
+            if _bucket.add_primes(self.gbuf, self.gn, self.gpos, self.gcur, self.pos, end_byte, self.hi_lim,
+                                  self.head, self.fill, self.bnext, self.pool, self.free, self.meta, self.reserve):
+                continue  # this block of primes is used up: sieve the next
+            if self.meta[0] < self.reserve:
+                self._grow()
                 continue
-            self.ci = _bucket.add_primes(self.chunk, self.ci, self.pos, end_byte, self.hi_lim, self.head, self.fill,
-                                         self.bnext, self.pool, self.free, self.meta, self.reserve)
-            if self.ci < self.chunk.size:
-                if self.meta[0] < self.reserve:
-                    self._grow()
-                    continue
-                return
+            return
 
     def next_block(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
         """Sieve the next block; returns (buf, n, pos): buf[:n] holds absolute bytes [pos, pos+n).
@@ -152,7 +174,9 @@ class BlockSieve:
             self._add_big(self.pos + n)
         self.active = _wheel.sieve_block(buf, n, self.pos, self.primes, self.bases, self.wis, self.active, *_PAT)
         if self.big:
-            _bucket.cross_off_big(buf, self.head, self.fill, self.bnext, self.pool, self.free, self.meta)
+            blocks_left = (self.end - (self.pos + n) + BLOCK - 1) // BLOCK
+            _bucket.cross_off_big(buf, self.head, self.fill, self.bnext, self.pool, self.free, self.meta,
+                                  blocks_left)
         pos = self.pos
         if pos + n > TOP_BYTE:
             t = TOP_BYTE - pos

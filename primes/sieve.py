@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from primes import _wheel
-from primes.blocks import BLOCK, MAX_N, BlockSieve
+from primes.blocks import BLOCK, MAX_N, BlockSieve, _mask_from, _mask_upto
 
 #: Bytes of one segment's bitmap (8 numbers coprime to 30 per byte, so 30 numbers per byte).
 SEGMENT_BYTES = 1 << 20
@@ -21,7 +21,6 @@ SEGMENT_BYTES = 1 << 20
 SEGMENT_SPAN = 30 * SEGMENT_BYTES
 assert SEGMENT_BYTES % BLOCK == 0  # grid segments are whole blocks: BlockSieve fills them in place
 
-_WHEEL = [int(w) for w in _wheel.WHEEL]
 _SMALL = (2, 3, 5)
 _EMPTY = np.zeros(0, dtype=np.uint64)
 
@@ -32,16 +31,6 @@ def _check_range(lo: int, hi: int) -> None:
         raise ValueError("lo must be >= 0")
     if hi > MAX_N:
         raise ValueError(f"hi must be at most {MAX_N}")
-
-
-def _mask_from(lo: int, byte: int) -> int:
-    """Bits of `byte` whose number is >= lo."""
-    return sum(1 << b for b, w in enumerate(_WHEEL) if 30 * byte + w >= lo)
-
-
-def _mask_upto(hi: int, byte: int) -> int:
-    """Bits of `byte` whose number is <= hi."""
-    return sum(1 << b for b, w in enumerate(_WHEEL) if 30 * byte + w <= hi)
 
 
 def _small_primes(lo: int, hi: int) -> list[int]:

@@ -300,3 +300,12 @@ def test_top_segment_is_clipped_at_max_n() -> None:
     window = gmpy2_primes(MAX_N - 10**5, MAX_N)
     assert seg.primes_in(MAX_N - 10**5, hi).tolist() == window
     assert seg.count_in(MAX_N - 10**5, hi) == len(window) == count_primes(MAX_N - 10**5, MAX_N)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(40, 63), st.integers(0, 2**40), st.integers(0, 3_000))
+def test_random_windows_up_to_2_64(bits: int, low: int, width: int) -> None:
+    """Windows anywhere from 2^40 to 2^64, where every big prime is positioned by the exact
+    quotient correction in primes._bucket.add_primes."""
+    lo = min((1 << bits) + low * ((1 << bits) >> 40), MAX_N - width)
+    check_gmpy2(lo, lo + width)
