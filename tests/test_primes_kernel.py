@@ -8,6 +8,7 @@ import gmpy2
 import numpy as np
 import orjson
 import pytest
+from redis import Redis
 
 from jobs.context import LocalContext, Stop
 from jobs.kernels.primes import DIRECT_WIDTH, MemorySegmentStore
@@ -233,3 +234,25 @@ def test_consecutive_segments_share_one_sieve(monkeypatch: pytest.MonkeyPatch) -
     assert run_primes(params(start, end, "count"), ctx) == {"sieved": 4, "reused": 1}
     assert made == [(k, k + 4), (k + 3, k + 4)]
     assert ctx.output.value == {"count": count_primes(start, end)}
+
+
+def test_redis_segment_store_near_2_64(redis_conn: Redis) -> None:
+    """The Redis store keeps the top segments' counts and bitmaps, and a second job reuses them exactly."""
+    from jobs.store.segments import SEGMENT_COUNTS_KEY, SEGMENT_KEY, RedisSegmentStore
+
+    store = RedisSegmentStore(redis_conn, ttl_seconds=600)
+    k_top = segment_index(MAX_N)
+    start, end = segment_bounds(k_top - 1)[0] + 99, MAX_N
+    keys = [SEGMENT_KEY.format(k=k) for k in (k_top - 1, k_top)]
+    redis_conn.delete(*keys)
+    redis_conn.hdel(SEGMENT_COUNTS_KEY, str(k_top - 1), str(k_top))
+    first = StoreContext(store)
+    assert run_primes(params(start, end), first) == {"sieved": 2, "reused": 0}
+    assert all(redis_conn.exists(key) for key in keys)  # both (partial) edges stored as bitmaps
+    again = StoreContext(store)
+    assert run_primes(params(start + 1, end), again) == {"sieved": 0, "reused": 2}
+    assert again.output.items == [p for p in first.output.items if p >= start + 1]
+    assert first.output.items[-1] == 2**64 - 59
+    counted = StoreContext(store)
+    run_primes(params(start, end, "count"), counted)
+    assert counted.output.value == {"count": len(first.output.items)}
