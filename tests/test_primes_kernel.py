@@ -256,3 +256,19 @@ def test_redis_segment_store_near_2_64(redis_conn: Redis) -> None:
     counted = StoreContext(store)
     run_primes(params(start, end, "count"), counted)
     assert counted.output.value == {"count": len(first.output.items)}
+
+
+def test_top_primes_through_the_redis_result_path(redis_conn: Redis) -> None:
+    """Primes above 2^63 written by the kernel's uint64 arrays come back as exact JSON integers, paged."""
+    from jobs.store.results import RedisResultWriter, ResultReader
+
+    lo, hi = MAX_N - 3_000, MAX_N
+    found = primes_between(lo, hi)
+    writer = RedisResultWriter(redis_conn, "top-primes-test")
+    writer.append(found[:40])
+    writer.append(found[40:])
+    reader = ResultReader(redis_conn, "top-primes-test", writer.finish())
+    assert orjson.loads(b"".join(reader.iter_json())) == found.tolist()
+    page = orjson.loads(b"".join(reader.iter_page_json(38, 5)))
+    assert page == found.tolist()[38:43] and all(p > 2**63 for p in page)
+    assert orjson.loads(orjson.dumps({"count": len(found), "last": page[-1]}))["last"] == found.tolist()[42]
