@@ -554,3 +554,20 @@ def test_every_page_passes_axe_with_no_serious_or_critical_violation(web: Web, a
         ctx.close()
         api.post(f"/api/v1/jobs/{running['id']}/cancel")
     print("\naxe-core 4.14.1:\n" + "\n".join(report))
+
+
+def test_without_javascript_the_operations_and_list_pages_still_show_everything(web: Web, browser: Any) -> None:
+    ex = expect()
+    ctx = browser.new_context(java_script_enabled=False)
+    try:
+        page = ctx.new_page()
+        page.goto(web.url + "/queues")
+        ex(page.locator("#queue-table tr[data-queue=default]")).to_be_visible()
+        assert page.locator("noscript meta[http-equiv=refresh]").count() == 1, "reloads itself every 10 s"
+        assert "The charts need JavaScript" in page.content()
+        page.goto(web.url + "/jobs")
+        stamp = page.locator("#job-list time").first
+        if stamp.count():
+            assert stamp.text_content().endswith(" UTC"), "without JavaScript times say they are UTC"
+    finally:
+        ctx.close()

@@ -116,7 +116,7 @@ class Shell:
 
     def run(self, command: str) -> tuple[int, str, str]:
         line = command.replace("localhost:5000", f"127.0.0.1:{self.clone.port}")
-        if re.match(r"^\w+\(\) \{", line):  # a function definition: keep it for the next lines
+        if re.match(r"^(\w+\(\) \{|\. )", line):  # a definition or `. activate`: kept for the next lines
             self.prelude.append(line)
         script = "\n".join([*self.prelude, f"id={self.id}" if self.id else "", line,
                             'rc=$?; printf "\\n@@id=%s@@rc=%s" "$id" "$rc"'])
@@ -277,3 +277,45 @@ def test_the_quick_start_works_from_a_fresh_clone(clone: Clone) -> None:
         ran.append(f"{time.monotonic() - began:6.2f} s  {command[:110]}")
     assert len(ran) == len(lines) and len(set(seen_ids)) == len(seen_ids) >= 4
     print("\nREADME quick start, every line run and checked:\n" + "\n".join(ran))
+
+
+def test_the_cli_examples_work_from_the_same_clone(clone: Clone) -> None:
+    """The README's `crunch` block, line by line; CRUNCH_URL (the documented setting) names the test's port."""
+    venv_link = clone.dir / ".venv"
+    if not venv_link.exists():
+        venv_link.symlink_to(VENV)  # `make run` would have made .venv here; the test reuses this checkout's
+    readme = (clone.dir / "README.md").read_text()
+    lines = commands(sh_block(readme, "## From a terminal: `crunch`"))
+    shell = Shell(clone)
+    clone.env["CRUNCH_URL"] = f"http://127.0.0.1:{clone.port}"
+    fib_1000_prefix = "43466557686937456435688527675040625802564660517371780402481729089536555417949051890403"
+    checks: list[tuple[str, Callable[[str, Shell], None]]] = [
+        (r"^\. \.venv/bin/activate$", lambda out, sh: None),
+        (r"^crunch primes 1 100", lambda out, sh: assert_eq(out.split()[:5] + [str(len(out.split()))],
+                                                             ["2", "3", "5", "7", "11", "25"])),
+        (r"^crunch primes 0 1e10 --count", lambda out, sh: assert_eq(out.strip(), "455052511")),
+        (r"^crunch fib 1000$", lambda out, sh: assert_eq(out.strip()[:len(fib_1000_prefix)], fib_1000_prefix)),
+        (r"^crunch sort 3 1 2.5 --desc", lambda out, sh: assert_eq(out.split(), ["3", "2.5", "1"])),
+        (r"^crunch csv examples/sales.csv", lambda out, sh: assert_eq(
+            len((clone.dir / "q1.csv").read_text().splitlines()), 10)),
+        (r"^id=\$\(crunch primes 2e11 22e10", lambda out, sh: assert_eq(bool(ID.match(sh.id)), True)),
+        (r"^crunch jobs --status started ; crunch status", lambda out, sh: assert_eq(sh.id in out, True)),
+        # primesieve 200000000000 220000000000 -q: 767160305
+        (r"^crunch retry \$id ; crunch wait", lambda out, sh: assert_eq('{"count":767160305}' in out.replace(" ", ""),
+                                                                        True)),
+    ]
+    ran = []
+    for command in lines:
+        matched = [check for pattern, check in checks if re.search(pattern, command)]
+        assert len(matched) == 1, f"README line without exactly one check here: {command!r}"
+        began = time.monotonic()
+        rc, out, err = shell.run(command)
+        assert rc == 0, f"{command!r} exited {rc}: {err[-800:] or out[-500:]}"
+        matched[0](out, shell)
+        ran.append(f"{time.monotonic() - began:6.2f} s  {command[:110]}")
+    assert api(clone, f"/api/v1/jobs/{shell.id}").status_code == 404, "the last line deleted the job"
+    print("\nREADME crunch examples, every line run and checked:\n" + "\n".join(ran))
+
+
+def assert_eq(got: Any, want: Any) -> None:
+    assert got == want, f"{got!r} != {want!r}"
