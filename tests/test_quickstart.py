@@ -291,7 +291,7 @@ def test_the_cli_examples_work_from_the_same_clone(clone: Clone) -> None:
     fib_1000_prefix = "43466557686937456435688527675040625802564660517371780402481729089536555417949051890403"
     checks: list[tuple[str, Callable[[str, Shell], None]]] = [
         (r"^\. \.venv/bin/activate$", lambda out, sh: None),
-        (r"^crunch primes 1 100", lambda out, sh: assert_eq(out.split()[:5] + [str(len(out.split()))],
+        (r"^crunch primes 1 100", lambda out, sh: assert_eq([*out.split()[:5], str(len(out.split()))],
                                                              ["2", "3", "5", "7", "11", "25"])),
         (r"^crunch primes 0 1e10 --count", lambda out, sh: assert_eq(out.strip(), "455052511")),
         (r"^crunch fib 1000$", lambda out, sh: assert_eq(out.strip()[:len(fib_1000_prefix)], fib_1000_prefix)),
