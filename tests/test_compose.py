@@ -232,6 +232,17 @@ class Stack:
 
         return [(parse(e["End"]) - parse(e["Start"])).total_seconds() for e in json.loads(out)["Log"]]
 
+    def redis_state(self, job_id: str) -> str:
+        """What Redis holds for a job and its queues, for a failure message: a stuck job says why."""
+        script = (
+            f"valkey-cli hgetall crunch:job:{job_id}; valkey-cli get crunch:job:{job_id}:control; "
+            "for k in crunch:running $(valkey-cli --scan --pattern 'rq:queue:*') "
+            "$(valkey-cli --scan --pattern 'crunch:lane:*'); do t=$(valkey-cli type $k); echo \"== $k ($t)\"; "
+            "case $t in list) valkey-cli lrange $k 0 20;; zset) valkey-cli zrange $k 0 20 withscores;; "
+            "hash) valkey-cli hgetall $k;; string) valkey-cli get $k;; set) valkey-cli smembers $k;; esac; done")
+        out = self.compose("exec", "-T", "redis", "sh", "-c", script, timeout=60, check=False)
+        return out.stdout[-4000:] + out.stderr[-1000:]
+
     def logs(self, container: str) -> str:
         out = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
         return out.stdout + out.stderr
@@ -527,7 +538,10 @@ def test_stop_and_up_resume_a_checkpointed_job(stack: Stack) -> None:
     stack.compose("up", "-d", "--scale", "worker=3", timeout=600)
     stack.timings.add("up again until ready through the proxy", time.monotonic() - t0 + stack.wait_ready())
     seen: list[dict[str, Any]] = []
-    done = stack.poll(job["id"], lambda j: j["status"] in TERMINAL, bound=300, seen=seen, every=0.2)
+    try:
+        done = stack.poll(job["id"], lambda j: j["status"] in TERMINAL, bound=300, seen=seen, every=0.2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nRedis holds:\n{stack.redis_state(job['id'])}") from None
     assert done["status"] == "finished", done
     assert done["result"] == {"count": primes_between(start, end)}
     low = min(j["progress"]["done"] for j in seen if j["progress"])
