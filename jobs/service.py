@@ -25,6 +25,7 @@ from rq.worker import Worker, WorkerStatus
 
 from jobs.settings import Settings
 from jobs.store.admission import Admission
+from jobs.store.batches import FORGET_LUA
 from jobs.store.deliveries import DeliveryStore
 from jobs.store.dispatch import Schedule, job_ids
 from jobs.store.events import EventHub, Watch, publish
@@ -97,6 +98,7 @@ class JobService:
         self._hub = hub
         self._deliveries: DeliveryStore | None = None
         self._read_script = LuaScript(conn, READ_WITH_RESULT_LUA)
+        self._forget_script = LuaScript(conn, FORGET_LUA)
         self._lookup_script = LuaScript(conn, LOOKUP_LUA)
         self._admit_script = LuaScript(conn, ADMIT_ONLY_LUA)
 
@@ -406,6 +408,8 @@ class JobService:
         rec = self._require(job_id)
         if rec.status.live:
             self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "cancel", ex=3600)
+            # Its batches count it canceled and its webhooks are called, before it is forgotten.
+            self._forget_script(keys=[JOB_KEY.format(id=job_id)])
             self._remove_from_queue(rec)
         self.cache.release(rec.cache_key, job_id)
         pipe = self.conn.pipeline(transaction=False)

@@ -286,3 +286,39 @@ def test_batch_shape_errors(url: str) -> None:
     assert c.post("/api/v1/batches", data=b"{", content_type="application/json").status_code == 400
     assert c.post("/api/v1/batches", data=b"{}", content_type="text/plain").status_code == 415
     assert Redis.from_url(url).zcard(JOBS_INDEX_KEY) == 0
+
+
+def test_deleting_a_live_item_counts_it_canceled(api: Api) -> None:
+    base = 2 * 10**11 + random.randrange(10**9)
+    items = [{"type": "primes", "params": {"start": base, "end": base + 3 * 10**10, "output": "count"}},
+             {"type": "fibonacci", "params": {"n": 60_000 + random.randrange(10**5)}}]
+    batch_id = api.post("/api/v1/batches", json={"jobs": items}).json()["id"]
+    slow = all_items(api, batch_id)[0]
+    assert api.delete(f"/api/v1/jobs/{slow['id']}").status_code == 204
+    batch = wait_batch(api, batch_id, timeout=60)
+    assert batch["counts"]["canceled"] == 1 and batch["counts"]["finished"] == 1, batch
+    jobs = all_items(api, batch_id)
+    assert jobs[0] == {"id": slow["id"], "status": None, "expired": True}
+
+
+def test_the_cli_sends_a_fib_range_and_a_jsonl_file_as_batches(api: Api, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    lo = 1000 + random.randrange(10**4)
+    out = subprocess.run([sys.executable, "-m", "client", "--url", api.base, "-q", "fib", f"{lo}..{lo + 20}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(fib_reference(n)) for n in range(lo, lo + 21)]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"type": "sort", "params": {"numbers": [3, 1, 2]}}\n\n# a comment\n'
+                    f'{{"type": "primes", "params": {{"start": {lo}, "end": {lo + 100}, "output": "count"}}}}\n')
+    out = subprocess.run([sys.executable, "-m", "client", "--url", api.base, "-q", "batch", str(jobs)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["1 2 3", str(len(primes_between(lo, lo + 100)))]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"type": "fibonacci", "params": {"n": -1}}\n')
+    out = subprocess.run([sys.executable, "-m", "client", "--url", api.base, "batch", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "jobs[0].params.n" in out.stderr, out.stderr

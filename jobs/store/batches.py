@@ -143,3 +143,15 @@ batch_end_check(bid, now)
 return out
 """
 
+
+#: FORGET: a live job about to be deleted ends, for its batches and webhooks, as canceled: KEYS[1] = job hash.
+#: Its status becomes canceled in this same step (so a worker's finish can no longer count it again), its
+#: batches' counts move, and its waiting webhooks become due as job.canceled. Returns the status it had.
+FORGET_LUA = STATUS_HOOK_LUA + """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if cur == 'queued' or cur == 'started' or cur == 'paused' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled')
+  on_status(KEYS[1], cur, 'canceled')
+end
+return cur
+"""
