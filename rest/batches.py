@@ -293,14 +293,19 @@ def extend_openapi(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
                           "properties": {k: {"type": "integer"} for k in ("created", "deduplicated", "cached")}},
         },
     }
+    def item(name: str) -> dict[str, Any]:
+        """One item of a batch: a type, and params as that type's own POST body (its spec's schema)."""
+        model = JOB_TYPES[name].params_model.__name__
+        required = ["type", "params"] if schemas.get(model, {}).get("required") else ["type"]
+        return {"type": "object", "required": required, "additionalProperties": False,
+                "properties": {"type": {"const": name}, "params": ref(model)}}
+
     schemas["BatchRequest"] = {
         "type": "object", "required": ["jobs"], "additionalProperties": False,
         "properties": {
-            "jobs": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "required": ["type"], "additionalProperties": False,
-                "properties": {"type": {"type": "string", "enum": list(json_types())},
-                               "params": {"type": "object", "description": "As the type's own POST body."}}}},
-            "webhook": {"type": "string", "format": "uri",
+            "jobs": {"type": "array", "minItems": 1, "items": {"oneOf": [item(n) for n in json_types()]},
+                     "description": "Each item's params are validated as the type's own POST body would be."},
+            "webhook": {"type": ["string", "null"], "format": "uri",
                         "description": "Called (signed, Standard Webhooks) when the batch finishes."}},
     }
     webhook_note = (" Add `\"webhook\": \"<http(s) URL>\"` next to the params (a form field for multipart) to "
@@ -311,8 +316,9 @@ def extend_openapi(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
         if op is not None:
             op["description"] = op.get("description", "") + webhook_note
     batch_id = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"},
-                "description": "The batch id (32 hex digits)."}
+                "example": "9b1f0c2a7e4d4c3b8a5f6e7d8c9b0a1f", "description": "The batch id (32 hex digits)."}
     wait = {"name": "wait", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT},
+            "example": 5,
             "description": f"Long-poll up to this many seconds (<= {MAX_WAIT}) until every item is terminal."}
     paths["/api/v1/batches"] = {"post": {
         "tags": ["batches"], "operationId": "submit_batch", "summary": "Submit many jobs in one request",
@@ -322,7 +328,9 @@ def extend_openapi(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
                        "budget; its items count against MAX_QUEUED_PER_CLIENT (a batch that would pass it is "
                        "refused whole, 429).",
         "parameters": [{"$ref": "#/components/parameters/Prefer"}],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": ref("BatchRequest")}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref("BatchRequest"), "example": {
+            "jobs": [{"type": "fibonacci", "params": {"n": 100}},
+                     {"type": "primes", "params": {"start": 0, "end": 1000, "output": "count"}}]}}}},
         "responses": {
             "200": ok(ref("Batch"), "Every item was answered from the cache, or the batch finished within "
                                     "`Prefer: wait=N`."),
@@ -338,8 +346,9 @@ def extend_openapi(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
         "tags": ["batches"], "operationId": "batch_jobs", "summary": "The batch's jobs in submission order",
         "parameters": [
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX,
-                                                        "default": PAGE_DEFAULT}, "description": "Jobs per page."},
-            {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                                                        "default": PAGE_DEFAULT}, "description": "Jobs per page.",
+             "example": 100},
+            {"name": "cursor", "in": "query", "schema": {"type": "string"}, "example": "",
              "description": "`next_cursor` of the previous page."}],
         "responses": {"200": ok({"type": "object", "required": ["jobs", "next_cursor"], "properties": {
             "jobs": {"type": "array", "items": {"anyOf": [ref("Job"), {
@@ -353,7 +362,15 @@ def extend_openapi(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
         "tags": ["batches"], "operationId": "batch_events", "summary": "Server-Sent Events with the batch resource",
         "responses": {"200": {"description": "text/event-stream: the batch each time its counts change, until it "
                                              "is finished.",
-                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              "content": {"text/event-stream": {"schema": {
+                                  "type": "object", "description": "One event.",
+                                  "properties": {
+                                      "event": {"type": "string"}, "id": {"type": "string"},
+                                      "data": {"type": "string", "contentMediaType": "application/json",
+                                               "contentSchema": {"anyOf": [ref("Batch"), {
+                                                   "type": "object", "required": ["id"],
+                                                   "properties": {"id": {"type": "string"}}}]}}}},
+                                  "example": "event: status\ndata: {...}\n\n"}}},
                       **problems("404", "503")}}}
     paths["/api/v1/batches/{batch_id}/cancel"] = {"parameters": [batch_id], "post": {
         "tags": ["batches"], "operationId": "cancel_batch", "summary": "Cancel every live job of the batch",
