@@ -194,4 +194,6 @@ def warmup() -> float:
     seg = sieve_segment(0)
     seg.count_in(0, 1000)
     seg.primes_in(0, 1000)
+    # Above (2^20)^2 the bucket sieve's kernels run too (a few ms: primes up to ~3.2*10^6).
+    count_primes(10**13, 10**13 + 1000)
     return time.perf_counter() - t0
