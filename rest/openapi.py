@@ -210,6 +210,13 @@ def job_schema() -> dict[str, Any]:
             "pausable": {"type": "boolean"},
             "attempt": {"type": "integer", "minimum": 0},
             "runs": {"type": "integer", "minimum": 0},
+            "preemptions": {"type": "integer", "minimum": 0,
+                            "description": "Times the job went back to queued at a checkpoint so that another "
+                                           "client's waiting work could start (it continued from there)."},
+            "position": {"type": ["integer", "null"], "minimum": 0,
+                         "description": "While queued: how many jobs would be dispatched before this one if no "
+                                        "new work arrived (another client's new job may overtake it under fair "
+                                        "share); otherwise null."},
             "stats": {"type": ["object", "null"]},
             "queue": {"type": "string"},
             "links": {
