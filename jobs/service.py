@@ -44,6 +44,7 @@ from jobs.store.keys import (
     job_keys,
 )
 from jobs.store.lifecycle import Lifecycle, count_live
+from jobs.store.quota import RELEASE_LUA, STORED_KEY, STORED_TOTAL_KEY
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import RequestCache
 from jobs.store.results import ResultReader
@@ -101,6 +102,7 @@ class JobService:
         self._forget_script = LuaScript(conn, FORGET_LUA)
         self._lookup_script = LuaScript(conn, LOOKUP_LUA)
         self._admit_script = LuaScript(conn, ADMIT_ONLY_LUA)
+        self._release_stored = LuaScript(conn, RELEASE_LUA)
 
     def queue(self, name: str) -> Queue:
         return self.life.queue(name)
@@ -420,6 +422,10 @@ class JobService:
             count_live(pipe, rec, -1)
         publish(pipe, job_id, "deleted")
         pipe.execute()
+        client = rec.extra.get("client")
+        if client:  # its bytes leave the client's storage count (jobs.store.quota)
+            self._release_stored(keys=[STORED_KEY.format(client=client), STORED_TOTAL_KEY.format(client=client)],
+                                 args=[job_id])
 
     def _require(self, job_id: str) -> JobRecord:
         rec = self.get(job_id)

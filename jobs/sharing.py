@@ -39,6 +39,7 @@ import uuid
 from jobs.service import JobService, Outcome, Submitted
 from jobs.store.admission import Admission
 from jobs.store.keys import JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY, job_keys
+from jobs.store.quota import count_commands
 from jobs.store.record import JobRecord
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES
@@ -99,6 +100,9 @@ def _copy_shared(svc: JobService, sub: Submission) -> JobRecord | None:
     pipe.zadd(JOBS_INDEX_KEY, {rec.id: now * 1000})
     for key in job_keys(rec.id):
         pipe.expire(key, ttl)
+    meta = src.result_meta or {}
+    for cmd in count_commands(rec.extra.get("client"), rec.id, int(meta.get("bytes") or meta.get("json_bytes") or 0)):
+        pipe.execute_command(*cmd)  # the copy counts against its new owner's storage (jobs.store.quota)
     copied_chunks = pipe.execute()[0]
     chunks = int((src.result_meta or {}).get("chunks", 0))
     # The source may have been deleted between the check and the copy; and a concurrent identical

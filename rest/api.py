@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from jobs.errors import InvalidParams
 from jobs.service import Outcome, Submitted
 from jobs.sharing import submit_owned
+from jobs.store import quota
 from jobs.store.admission import Rejected
 from jobs.store.record import JobRecord
 from jobs.store.status import TERMINAL, JobStatus
@@ -164,6 +165,13 @@ def submit(job_type: str) -> Response:
     adm = admission()
     sub.extra["client"] = adm.client
     sub.extra["request_id"] = request_id() or ""
+    stored = quota.input_bytes(sub)
+    if stored:
+        sub.extra["input_bytes"] = stored
+    try:
+        quota.check(svc.conn, adm.client, stored, current_app.config["SETTINGS"].max_stored_bytes_per_client)
+    except Rejected as r:
+        raise rejected(r) from None
     try:
         submitted = submit_owned(svc, sub, auth.current_owner(), adm, watch=wait > 0)
     except Rejected as r:

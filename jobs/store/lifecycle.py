@@ -62,6 +62,7 @@ from jobs.store.keys import (
     job_keys,
 )
 from jobs.store.queues import ON_FAILURE, RUNNER, JsonJob, JsonQueue
+from jobs.store.quota import count_commands
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import RequestCache
 from jobs.store.scripts import (
@@ -163,7 +164,8 @@ class Lifecycle:
         pipe.hset(JOB_KEY.format(id=rec.id), mapping=rec.to_hash())
         pipe.zadd(JOBS_INDEX_KEY, {rec.id: rec.created_at * 1000})
         count_live(pipe, rec, 1)
-        return packed([*before, *recorded(pipe)])
+        stored = count_commands(rec.extra.get("client"), rec.id, int(rec.extra.get("input_bytes") or 0))
+        return packed([*before, *recorded(pipe), *stored])
 
     def _enqueue_commands(self, rec: JobRecord, pipe: Any, front: bool = False) -> None:
         """rq's enqueue of the job's current run (rec.rq_id), recorded on `pipe` (rq's public pipeline= API),
@@ -238,8 +240,11 @@ class Lifecycle:
 
     def finish(self, rec: JobRecord, fields: dict[str, Any], run_s: float, event: dict[str, Any],
                pushes: Sequence[Sequence[Any]] = (), then: Sequence[Sequence[Any]] = ()) -> bool:
-        """STARTED -> FINISHED with the result's last pushes, the cache entry's expiry, counters and event."""
-        return self._end(rec, (STARTED,), FINISHED, fields, run_s, event, before=pushes, after=then)
+        """STARTED -> FINISHED with the result's last pushes, the cache entry's expiry, counters and event,
+        and the result's bytes in its client's storage count (jobs.store.quota)."""
+        meta = orjson.loads(fields["result_meta"]) if fields.get("result_meta") else {}
+        stored = count_commands(rec.extra.get("client"), rec.id, int(meta.get("bytes") or meta.get("json_bytes") or 0))
+        return self._end(rec, (STARTED,), FINISHED, fields, run_s, event, before=pushes, after=[*then, *stored])
 
     def fail(self, rec: JobRecord, error: dict[str, Any], run_ms: str | None = None,
              from_: Sequence[JobStatus] = (STARTED,)) -> bool:

@@ -23,6 +23,7 @@ from infra.embedded_redis import redact_url
 from jobs.settings import process_settings
 from jobs.store.connection import redis_from_url
 from jobs.store.queues import QUEUES, JsonJob
+from jobs.store.quota import SWEEP_STORED_LUA, sweep_args
 from jobs.worker.rq_worker import CrunchWorker, WorkerQueue, on_horse_killed
 
 log = logging.getLogger("crunch.worker")
@@ -67,6 +68,9 @@ def run_worker(url: str, queues: list[str], burst: bool = False) -> None:
     worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
 
 
+sweep_keys, sweep_argv = sweep_args()
+
+
 def reap(conn: Redis) -> None:
     """Re-queue jobs whose worker died (SIGKILL, lost host), from their last checkpoint."""
     from jobs.worker.runner import _lifecycle
@@ -77,6 +81,7 @@ def reap(conn: Redis) -> None:
     if fixed := life.heal_dispatch():
         log.warning("dispatch: %d running entries of runs that no longer run were fixed", fixed)
     life.sweep_index()
+    conn.eval(SWEEP_STORED_LUA, 2, *sweep_keys, *sweep_argv)  # expired jobs leave their client's storage count
 
 
 def spawn_deliverer(ctx: Any, url: str) -> multiprocessing.process.BaseProcess:
