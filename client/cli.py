@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("submit", "submit a job of any type the server offers (crunch types lists them)", cmd_submit)
     p.add_argument("type", metavar="TYPE")
-    p.add_argument("fields", nargs="*", metavar="NAME=VALUE", help="the job's fields, e.g. n=1000")
+    p.add_argument("fields", nargs="*", metavar="NAME=VALUE", help="the job's fields, e.g. n=1000 (before the options)")
     p.add_argument("-f", "--file", metavar="FILE", help="upload FILE (- for stdin), for types that take one")
     job_options(p)
 

@@ -10,6 +10,7 @@ It lives in Redis database 9, where no worker of the session's real worker proce
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -157,7 +158,7 @@ def test_a_type_registered_in_the_test_is_served_by_the_api_the_pages_openapi_an
     assert {j["id"] for j in api_list} >= {job["id"], from_form, from_link}
 
 
-def test_the_cli_submits_any_type_from_the_servers_description(square_app, capsys) -> None:
+def test_the_cli_submits_any_type_from_the_servers_description(square_app, capsys, tmp_path) -> None:
     app, url = square_app
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -177,6 +178,17 @@ def test_the_cli_submits_any_type_from_the_servers_description(square_app, capsy
         job_id = capsys.readouterr().out.strip()
         assert re.fullmatch(r"[0-9a-f]{32}", job_id)
 
+        # The built-in types through the same command: typed JSON fields, and a multipart upload.
+        assert crunch(["--url", base, "submit", "primes", "start=0", f"end={10**6 + 7}", "output=count",
+                       "--no-wait", "--json"]) == 0
+        primes = json.loads(capsys.readouterr().out)
+        assert primes["params"] == {"start": 0, "end": 1_000_007, "output": "count"}
+        sales = tmp_path / "sales.csv"
+        sales.write_text("date,amount\n2024-01-02,5\n2024-03-04,7\n")
+        assert crunch(["--url", base, "submit", "csv", "sort_by=amount", "--file", str(sales), "--no-wait",
+                       "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["params"]["sort_by"] == "amount"
+
         run_fast_queue(url)
         assert crunch(["--url", base, "status", job_id]) == 0
         status = capsys.readouterr().out
@@ -195,6 +207,7 @@ def test_outside_the_registration_the_type_is_unknown(redis_url: str) -> None:
     assert client.post("/api/v1/square", json={"x": 1}).status_code == 404
     assert client.get("/square?x=1").status_code == 404
     assert "/api/v1/square" not in client.get("/openapi.json").get_json()["paths"]
+    assert client.post("/api/v1/jobs").status_code == 405, "the API's own segments are not type names"
 
 
 @pytest.mark.parametrize("change, words", [
