@@ -26,6 +26,20 @@ client c is dispatched in the order of the key (running(c) + i, since(run), c), 
 takes the client with the smallest (running, since of its first run, name) and then that client's
 running count grows by one. So a run's position is its own index plus, for each other client, how
 many of its runs have a smaller key: O(clients), one script (POSITION_LUA).
+
+Why the waiting clients are scored by time and not by running count: a running count changes at
+every run's end, in many scripts (finish, fail, cancel, pause, requeue, recover), and each would have
+to re-score the client in every lane; scored by time, only the lane's own steps touch the zset, and
+DISPATCH scans it in time order and stops at the first client that runs nothing (the common case),
+else takes the least-running one it saw (O(waiting clients), pages of 64).
+
+A split job's parts: enqueue each part as its own run (Lifecycle._enqueue_commands with the part's
+run id, or join_commands), so parts wait in their client's line and dispatch one by one, and ride
+ended_commands(client, part run id) along with each part's end; the reaper's check (heal_dispatch)
+leaves run ids it does not recognise (not RUN_ID_RE) to their owner.
+
+Cost: the worker's one more round trip per job (BLPOP, then DISPATCH), 16 more Redis commands inside
+scripts; the trivial-job throughput stayed within its run-to-run spread (README "Dispatch").
 """
 
 from __future__ import annotations
