@@ -278,3 +278,49 @@ def test_the_reaper_puts_back_a_run_whose_worker_died_between_dispatch_and_start
         assert svc.resource(again)["position"] == 0 and svc.queue_job_ids("default") == [recs[0].id]
         assert conn.zcard(running) == 0 and conn.llen(rq_list("default")) == 1
     conn.flushdb()
+
+
+def test_a_preempted_csv_sort_gives_the_same_file(api: Api, tmp_path: Path) -> None:
+    """CSV checkpoints too: with both workers on Alice's jobs (a CSV sort and a count) and Bob's jobs
+    waiting, her runs are preempted in turn; the CSV result is then compared, byte for byte, with the
+    same sort run without preemption (a date filter that keeps every row makes it a distinct request)."""
+    import hashlib
+
+    from tests.test_csv_job import write_big_csv
+
+    path = tmp_path / "big.csv"
+    write_big_csv(path, 40 << 20, int(RUN, 16))
+
+    def csv_job(headers: dict[str, str], **fields: str) -> str:
+        with open(path, "rb") as fh:
+            r = api.post("/api/v1/csv", files={"file": ("big.csv", fh, "text/csv")}, data=fields, headers=headers,
+                         timeout=300)
+        assert r.status_code in (200, 202), r.text
+        return r.json()["id"]
+
+    def finished(headers: dict[str, str], i: str, timeout: float = 300) -> dict[str, Any]:
+        return wait_for("a job to finish", lambda: (j := job(api, headers, i))["status"] == "finished" and j, timeout)
+
+    sort = csv_job(AS_ALICE, sort_by="amount")
+    count = count_job(api, AS_ALICE, *fresh_range(40 * 10**9))
+    wait_for("Alice's jobs to start", lambda: started(api, AS_ALICE, [sort, count]))
+    bobs = [count_job(api, AS_BOB, *fresh_range(2 * 10**9)) for _ in range(4)]
+    preempted = finished(AS_ALICE, sort)
+    for i in bobs:
+        finished(AS_BOB, i)
+    api.post(f"/api/v1/jobs/{count}/cancel", headers=AS_ALICE)
+    plain = finished(AS_ALICE, csv_job(AS_ALICE, sort_by="amount", date_column="day", **{"from": "1900-01-01",
+                                                                                        "till": "2999-12-31"}))
+    assert plain["preemptions"] == 0 and plain["result"]["skipped"] == 0
+
+    def digest(j: dict[str, Any]) -> str:
+        r = api.get(j["result_url"], headers=AS_ALICE, timeout=300)
+        assert r.status_code == 200
+        return hashlib.sha256(r.content).hexdigest()
+
+    assert preempted["result"]["rows"] == plain["result"]["rows"]
+    assert digest(preempted) == digest(plain)
+    counted = job(api, AS_ALICE, count)
+    print(f"\nCSV sort preempted {preempted['preemptions']} time(s), the count {counted['preemptions']}; "
+          "the sorted file is identical to the unpreempted one")
+    assert preempted["preemptions"] + counted["preemptions"] >= 1
