@@ -24,12 +24,15 @@ from werkzeug.datastructures import MultiDict
 from jobs.errors import InvalidParams
 from jobs.service import Conflict
 from jobs.sharing import submit_owned
+from jobs.store import quota
+from jobs.store.admission import Rejected
 from jobs.store.record import JobRecord, rfc3339
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES, summary_of
 from jobs.types.spec import JobSpec, Limits, Submission
 from rest import auth, presenting
 from rest.extensions import service
+from rest.ratelimit import client_id
 
 bp = Blueprint("web", __name__)
 
@@ -241,6 +244,16 @@ def _submit_or_home(job_type: str, parse: Any, values: Mapping[str, str], link: 
         return _home({job_type: values}, {job_type: field_errors(exc)}, 422)
     if link and _cross_site_link():
         return _home({job_type: values}, confirm=job_type)
+    # The same client and storage quota as the API's submissions (jobs.store.quota).
+    sub.extra["client"] = client_id()
+    stored = quota.input_bytes(sub)
+    if stored:
+        sub.extra["input_bytes"] = stored
+    try:
+        quota.check(service().conn, sub.extra["client"], stored,
+                    current_app.config["SETTINGS"].max_stored_bytes_per_client)
+    except Rejected as r:
+        abort(429, description=r.detail)
     rec, _ = submit_owned(service(), sub, auth.current_owner())
     return _to_job(rec.id)
 

@@ -288,3 +288,48 @@ def test_peak_memory_of_web_and_redis_for_four_concurrent_big_sorts(tmp_path: Pa
         w.stop()
         workers.stop()
         redis.stop()
+
+
+def test_the_storage_quota_counts_inputs_and_results_and_is_released(tmp_path: Path) -> None:
+    """Real workers: each finished sort holds its input and its result; past MAX_STORED_BYTES_PER_CLIENT
+    the next submission is 429 with nothing queued; deleting the jobs gives the room back."""
+    from redis import Redis
+
+    from infra.embedded_redis import EmbeddedRedis
+    from infra.processes import Workers
+    from jobs.store.quota import STORED_TOTAL_KEY
+
+    redis = EmbeddedRedis(tmp_path / "redis").start()
+    workers = Workers(redis.url, tmp_path, count=1).start()
+    w = Web(redis.url, tmp_path, WEB_PROCESSES=1, MAX_STORED_BYTES_PER_CLIENT=100_000).start()
+    conn = Redis.from_url(redis.url)
+    total = STORED_TOTAL_KEY.format(client="127.0.0.1")
+    try:
+        ids, held, refused = [], [], None
+        for k in range(20):
+            r = requests.post(w.url + "/api/v1/sort", json={"numbers": list(range(k * 10**6 + 2000, k * 10**6, -1))},
+                              headers={"Prefer": "wait=30"}, timeout=60)
+            if r.status_code == 429:
+                refused = r
+                break
+            assert r.status_code == 200 and r.json()["status"] == "finished", r.text
+            ids.append(r.json()["id"])
+            held.append(int(conn.get(total) or 0))
+        print(f"\nstorage quota 100,000 bytes: {len(ids)} sorts of 2,000 numbers held {held} bytes, then "
+              f"{refused.status_code if refused is not None else 'none refused'}")
+        assert refused is not None and refused.json()["type"].endswith("storage-quota"), held
+        per = held[0]
+        assert per > 16_000 + 8_000, per  # the 16 KB input and the result both count
+        jobs_before = conn.zcard("crunch:jobs")
+        probe = {"numbers": list(range(99 * 10**6 + 2000, 99 * 10**6, -1))}
+        assert requests.post(w.url + "/api/v1/sort", json=probe, timeout=30).status_code == 429
+        assert conn.zcard("crunch:jobs") == jobs_before  # nothing created, nothing queued
+        for job_id in ids:
+            assert requests.delete(f"{w.url}/api/v1/jobs/{job_id}", timeout=30).status_code == 204
+        assert int(conn.get(total) or 0) == 0
+        again = requests.post(w.url + "/api/v1/sort", json=probe, timeout=30)
+        assert again.status_code in (200, 202), again.text
+    finally:
+        w.stop()
+        workers.stop()
+        redis.stop()
