@@ -157,6 +157,14 @@
       });
   }
 
+  // A queued job's "Waiting: N ahead" line changes with other jobs' dispatch, which sends this job no
+  // event: read the details again every few seconds while it waits.
+  setInterval(function () {
+    if (state.status === "queued" && !document.hidden) {
+      refreshDetails();
+    }
+  }, 3000);
+
   function apply(job) {
     state.events += 1;
     var changed = job.status !== state.status;
