@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.command import send_stop_job_command
 from rq.queue import Queue
 from rq.worker import Worker, WorkerStatus
@@ -333,14 +334,23 @@ class JobService:
             # Stream the blob in bounded pieces first; the record appears only once it is whole.
             pipe = self.conn.pipeline(transaction=False)
             pushed = 0
-            for chunk in _rechunk(sub.iter_input(), INPUT_CHUNK_BYTES):
-                pipe.rpush(ikey, chunk)
-                pushed += 1
-                if len(pipe) >= 8:
-                    pipe.execute()
-            if not pushed:
-                pipe.rpush(ikey, b"")
-            pipe.execute()
+            try:
+                for chunk in _rechunk(sub.iter_input(), INPUT_CHUNK_BYTES):
+                    pipe.rpush(ikey, chunk)
+                    pushed += 1
+                    if len(pipe) >= 8:
+                        pipe.execute()
+                if not pushed:
+                    pipe.rpush(ikey, b"")
+                pipe.execute()
+            except RedisError:
+                # Redis refused part of the input (OOM at maxmemory, a failover): drop what was stored, so a
+                # refused submission leaves nothing behind (DEL is allowed even at maxmemory).
+                try:
+                    self.conn.delete(ikey)
+                except RedisError:
+                    pass
+                raise
         return rec
 
     def _discard(self, job_id: str, rec: JobRecord | None = None) -> None:

@@ -373,3 +373,25 @@ def test_the_storage_quota_is_reached_refused_and_released(redis_url: str, redis
             break
     assert int(redis_conn.get(total)) == per
     c.delete(f"/api/v1/jobs/{again.get_json()['id']}")
+
+
+def test_a_full_store_keeps_no_part_of_a_refused_upload(redis_url: str, redis_conn: Redis) -> None:
+    """A 16 MB sort input that passes maxmemory halfway (its first pipeline of chunks stored, the next
+    refused): 503 store-full, and none of its chunks are left behind."""
+    from dataclasses import replace
+
+    from tests.test_auth import nonce
+
+    limits = replace(TEST_LIMITS, max_sort_length=2 * 10**6, max_body_bytes=64 << 20)
+    app = create_app(settings=Settings(redis_url=redis_url, limits=limits, wait_slots=8, **TEST_RATE_LIMITS))
+    body = b'{"numbers": [' + b",".join(b"%d" % (nonce() * 10**7 + i) for i in range(2 * 10**6)) + b"]}"
+    before = set(redis_conn.keys("crunch:job:*:input"))
+    used = int(redis_conn.info("memory")["used_memory"])
+    redis_conn.config_set("maxmemory-policy", "noeviction")
+    redis_conn.config_set("maxmemory", str(used + 10 * 1024 * 1024))  # room for about half the input
+    try:
+        r = app.test_client().post("/api/v1/sort", data=body, content_type="application/json")
+    finally:
+        redis_conn.config_set("maxmemory", "0")
+    assert r.status_code == 503 and r.get_json()["type"].endswith("store-full"), r.get_data()[:300]
+    assert set(redis_conn.keys("crunch:job:*:input")) == before
