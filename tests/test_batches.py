@@ -322,3 +322,24 @@ def test_the_cli_sends_a_fib_range_and_a_jsonl_file_as_batches(api: Api, tmp_pat
     out = subprocess.run([sys.executable, "-m", "client", "--url", api.base, "batch", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "jobs[0].params.n" in out.stderr, out.stderr
+
+
+def test_with_tokens_a_batch_is_its_owners_alone(url: str) -> None:
+    from rest.auth import hash_token
+
+    tokens = {"alice": "alice-token-" + "a" * 20, "bob": "bob-token-" + "b" * 20}
+    app = make_app(url, api_tokens=",".join(f"{o}:{hash_token(t)}" for o, t in tokens.items()))
+    c = app.test_client()
+    alice = {"Authorization": f"Bearer {tokens['alice']}"}
+    bob = {"Authorization": f"Bearer {tokens['bob']}"}
+    r = c.post("/api/v1/batches", json={"jobs": [{"type": "fibonacci", "params": {"n": 77}}]}, headers=alice)
+    assert r.status_code == 202, r.text
+    batch_id = r.get_json()["id"]
+    assert c.get(f"/api/v1/batches/{batch_id}", headers=alice).status_code == 200
+    for path in ("", "/jobs"):
+        assert c.get(f"/api/v1/batches/{batch_id}{path}", headers=bob).status_code == 404
+    assert c.post(f"/api/v1/batches/{batch_id}/cancel", headers=bob).status_code == 404
+    assert c.get(f"/api/v1/batches/{batch_id}").status_code == 401
+    job = c.get(f"/api/v1/batches/{batch_id}/jobs", headers=alice).get_json()["jobs"][0]
+    assert c.get(f"/api/v1/jobs/{job['id']}", headers=alice).status_code == 200
+    assert c.get(f"/api/v1/jobs/{job['id']}", headers=bob).status_code == 404
