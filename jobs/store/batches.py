@@ -41,13 +41,14 @@ local function hook_now()
   local t = redis.call('TIME')
   return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 end
-local function batch_end_check(bid, now)
+local function batch_end_check(bid)
   local bk = '""" + _BATCH_PREFIX + """' .. bid
   local f = redis.call('HMGET', bk, 'total', 'added', 'queued', 'started', 'paused', 'ended_at', 'ttl')
   local live = tonumber(f[3] or '0') + tonumber(f[4] or '0') + tonumber(f[5] or '0')
   local ended = f[6] and f[6] ~= ''
   if f[1] == f[2] and live == 0 then
     if not ended then
+      local now = hook_now()
       redis.call('HSET', bk, 'ended_at', now)
       local ttl = tonumber(f[7] or '86400')
       for _, k in ipairs({bk, bk .. ':jobs', bk .. ':webhooks'}) do redis.call('EXPIRE', k, ttl) end
@@ -64,9 +65,8 @@ local function on_status(job_key, from, to)
   if from == to then return end
   local f = redis.call('HMGET', job_key, 'batches', 'webhooks')
   if not f[1] and not f[2] then return end
-  local now = hook_now()
   local terminal = to == 'finished' or to == 'failed' or to == 'canceled'
-  if f[2] and terminal then webhooks_due(job_key .. ':webhooks', 'job.' .. to, now) end
+  if f[2] and terminal then webhooks_due(job_key .. ':webhooks', 'job.' .. to, hook_now()) end
   if not f[1] or f[1] == '' then return end
   for bid in string.gmatch(f[1], '%S+') do
     local bk = '""" + _BATCH_PREFIX + """' .. bid
@@ -74,7 +74,7 @@ local function on_status(job_key, from, to)
       redis.call('HINCRBY', bk, from, -1)
       redis.call('HINCRBY', bk, to, 1)
       if terminal or from == 'finished' or from == 'failed' or from == 'canceled' then
-        batch_end_check(bid, now)
+        batch_end_check(bid)
       end
     end
   end
@@ -140,7 +140,7 @@ while i <= #ARGV do
 end
 for s, c in pairs(counts) do redis.call('HINCRBY', bk, s, c) end
 redis.call('HINCRBY', bk, 'added', #out / 2)
-batch_end_check(bid, now)
+batch_end_check(bid)
 return out
 """
 
