@@ -42,7 +42,7 @@ def take_from_form(form: Any) -> Any:
 
 
 def _check(url: Any) -> None:
-    if url is None:
+    if url is None:  # null: no webhook, as if the key were absent (the document allows it)
         return
     try:
         check_url(url, current_app.config["SETTINGS"].webhook_allow_private)
