@@ -343,3 +343,34 @@ def test_with_tokens_a_batch_is_its_owners_alone(url: str) -> None:
     job = c.get(f"/api/v1/batches/{batch_id}/jobs", headers=alice).get_json()["jobs"][0]
     assert c.get(f"/api/v1/jobs/{job['id']}", headers=alice).status_code == 200
     assert c.get(f"/api/v1/jobs/{job['id']}", headers=bob).status_code == 404
+
+
+def test_concurrent_batches_sharing_items_make_one_job_each_and_exact_counts(api: Api) -> None:
+    import threading
+
+    base = 80_000 + random.randrange(10**5)
+    # Four batches over overlapping ranges of n, sent at the same moment: shared items are one job.
+    ranges = [range(base + 50 * k, base + 50 * k + 200) for k in range(4)]
+    ids: list[str] = [""] * 4
+    barrier = threading.Barrier(4)
+
+    def send(k: int) -> None:
+        barrier.wait()
+        r = Api(api.base).post("/api/v1/batches",
+                               json={"jobs": [{"type": "fibonacci", "params": {"n": n % 90_000}} for n in ranges[k]]})
+        assert r.status_code in (200, 202), r.text
+        ids[k] = r.json()["id"]
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    by_n: dict[int, set[str]] = {}
+    for k, batch_id in enumerate(ids):
+        batch = wait_batch(api, batch_id)
+        assert batch["total"] == 200 and batch["counts"]["finished"] == 200, batch
+        for n, job in zip(ranges[k], all_items(api, batch_id), strict=True):
+            assert job["result"]["n"] == n % 90_000
+            by_n.setdefault(n % 90_000, set()).add(job["id"])
+    assert all(len(jobs) == 1 for jobs in by_n.values()), "an n ran as more than one job"
