@@ -259,6 +259,7 @@ class BatchService:
             before: list[tuple[Any, ...]] = []
             if rec.has_input:
                 blob = b"".join(sub.iter_input())
+                rec.extra["input_bytes"] = str(len(blob))  # counted in the client's storage (jobs.store.quota)
                 ikey = JOB_INPUT_KEY.format(id=rec.id)
                 before = [("RPUSH", ikey, blob[i:i + INPUT_CHUNK_BYTES])
                           for i in range(0, len(blob), INPUT_CHUNK_BYTES)] or [("RPUSH", ikey, b"")]

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from jobs.batches import Batch, BatchRequest, BatchService, decode_batch_body, parse_batch
 from jobs.errors import InvalidParams
+from jobs.store import quota
 from jobs.store.admission import Rejected
 from rest import auth
 from rest.api import MAX_WAIT, json_response, prefer_wait, query_int, read_body
@@ -76,7 +77,9 @@ def submit_batch() -> Response:
             raise rejected(r) from None
         raise
     wait = prefer_wait()
-    try:
+    try:  # the batch's inputs together against the client's storage quota, before anything is stored
+        quota.check(svc.jobs.conn, client_id(), sum(quota.input_bytes(item) for item in req.items),
+                    current_app.config["SETTINGS"].max_stored_bytes_per_client)
         sub = svc.submit(req, admission(), auth.current_owner(), {"request_id": request_id() or ""})
     except Rejected as r:
         raise rejected(r) from None
