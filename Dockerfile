@@ -7,6 +7,8 @@
 # Compose passes it as PYTHON_IMAGE (see infra/images/).
 ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE}
+# Names Crunch's builds, so a rebuild's superseded images can be pruned by this label alone.
+LABEL org.opencontainers.image.title="crunch"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

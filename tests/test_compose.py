@@ -350,6 +350,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                 saved.write_text(s.compose("logs", "--no-color", "--timestamps", timeout=120, check=False).stdout)
                 timings.note(f"container logs: {saved}")
             s.compose("down", "-v", "--remove-orphans", "--timeout", "10", timeout=300, check=False)
+            # Earlier builds of the image, untagged by this one (the Dockerfile's label names them only).
+            run(["docker", "image", "prune", "-f", "--filter", "label=org.opencontainers.image.title=crunch"],
+                timeout=300, check=False)
             timings.summary()
 
 

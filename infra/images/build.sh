@@ -34,7 +34,10 @@ command -v docker >/dev/null || { log "no docker client on PATH (apt-get install
 docker info >/dev/null 2>&1 || { log "no Docker engine answers (start dockerd)"; exit 1; }
 
 # --- the Debian base ---------------------------------------------------------------
-base_hash="$(printf '%s\n' minbase bookworm "$mirror" | cat - "$here/build.sh" | sha256sum | cut -c1-16)"
+# The base's recipe is the block below; bump base_recipe when it changes (editing the rest of
+# this script does not rebuild anything).
+base_recipe="debootstrap minbase bookworm; sources: main, updates, security; no recommends, no docs; v1"
+base_hash="$(printf '%s\n' "$base_recipe" "$mirror" | sha256sum | cut -c1-16)"
 if have_recipe "$base" "$base_hash"; then
   log "$base is up to date"
 else
@@ -86,6 +89,9 @@ cafile=()
 build "$prefix/python:3.11" python.Dockerfile "${cafile[@]}"
 build "$prefix/valkey:8" valkey.Dockerfile "$here/valkey-server.sh"
 build "$prefix/nginx:1.22" nginx.Dockerfile
+
+# A rebuilt stand-in leaves its predecessor untagged: drop those (only images with our label).
+docker image prune -f --filter label=crunch.recipe >/dev/null
 
 # --- tell Compose ------------------------------------------------------------------
 if [ -n "$env_file" ]; then
