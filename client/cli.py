@@ -78,6 +78,14 @@ def int_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
+def submit_wait_arg(text: str) -> int:
+    """Seconds for the submit's `Prefer: wait`: 0 to 30, the server's own cap."""
+    t = text.strip()
+    if len(t) > 3 or not t.isdigit() or int(t) > 30:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds from 0 to 30")
+    return int(t)
+
+
 def number_json(token: str) -> str:
     """A command-line number as exact JSON: integers keep every digit, floats stay floats."""
     t = token.strip()
@@ -372,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     def job_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--no-wait", action="store_true", help="print the job id (or resource with --json) and exit")
         p.add_argument("--poll", action="store_true", help="long-poll instead of the event stream")
+        p.add_argument("--submit-wait", type=submit_wait_arg, default=SUBMIT_WAIT, metavar="SECONDS",
+                       help=f"how long the submit itself waits for the job to end, 0-30 (default {SUBMIT_WAIT}); "
+                            "a job that ends within it prints its result with no progress display")
         p.add_argument("-o", "--output", metavar="FILE", help="write the result to FILE instead of stdout")
 
     p = command("primes", "the primes in [START, END] (both inclusive), or how many there are", cmd_primes)

@@ -73,7 +73,7 @@ class Session:
         """Submit (retrying: identical submissions join one job), then wait and print, or not."""
         args = self.args
         try:
-            job = self.call(submit, 0 if args.no_wait else SUBMIT_WAIT)
+            job = self.call(submit, 0 if args.no_wait else getattr(args, "submit_wait", SUBMIT_WAIT))
         except ApiError as exc:
             if exc.status in (404, 405):
                 raise ApiError(exc.status, {"title": exc.title, "detail": f"this server has no {kind} jobs "
