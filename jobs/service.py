@@ -378,12 +378,14 @@ class JobService:
         self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "cancel", ex=3600)
         rec = self.wait_until(job_id, TERMINAL, wait * 0.6) or self._require(job_id)
         if rec.status is JobStatus.STARTED and rec.queue != FAST_QUEUE and rec.rq_id:
-            # ...and if a long uncheckpointed step holds it, kill the work horse instead.
-            try:
-                send_stop_job_command(self.conn, rec.rq_id)
-            except Exception:  # noqa: BLE001 - the horse may have just finished
-                pass
-            self.life.cancel(rec, (JobStatus.STARTED,))
+            # ...and if a long uncheckpointed step holds it, end the job here and kill the work horse. The
+            # state goes first: the worker's main process drops the job's scratch lists once the horse is
+            # gone only if it finds the job ended (jobs.worker.runner.drop_scratch_after_horse).
+            if self.life.cancel(rec, (JobStatus.STARTED,)):
+                try:
+                    send_stop_job_command(self.conn, rec.rq_id)
+                except Exception:  # noqa: BLE001 - the horse may have just finished
+                    pass
             rec = self.wait_until(job_id, TERMINAL, wait * 0.4) or self._require(job_id)
         return rec
 

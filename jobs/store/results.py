@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from redis import Redis
+from redis.exceptions import WatchError
 
 from jobs.store.keys import PREFIX, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY
 
@@ -385,3 +386,25 @@ class RedisScratch:
     def clear(self) -> None:
         names = [n.decode() for n in self.conn.smembers(self.names_key)]
         self.conn.delete(self.names_key, *[self._key(n) for n in names])
+
+    def clear_if_ended(self, job_key: str, ended: Iterable[bytes]) -> bool:
+        """Drop the lists if the job (its hash at job_key) is gone or its status is in `ended`, checked and
+        dropped under WATCH: a job re-queued, resumed or retried in between keeps its runs (another run
+        may be reading them). For a work horse that was killed (a cancel's stop command): it could not
+        drop them itself. False when the job can still resume, nothing was stored, or the check raced."""
+        ended = frozenset(ended)
+        with self.conn.pipeline() as pipe:
+            try:
+                pipe.watch(job_key, self.names_key)
+                status = pipe.hget(job_key, "status")
+                if status is not None and status not in ended:
+                    return False
+                names = [n.decode() for n in pipe.smembers(self.names_key)]
+                if not names:
+                    return False
+                pipe.multi()
+                pipe.delete(self.names_key, *[self._key(n) for n in names])
+                pipe.execute()
+                return True
+            except WatchError:
+                return False

@@ -102,6 +102,18 @@ class CrunchWorker(QuietState, Worker):
     #: The Crunch job this worker runs inline right now (read by request_stop, a signal handler).
     _inline_job_id: str | None = None
 
+    def handle_job_failure(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> None:
+        """rq's bookkeeping of a failed run; in the main process (a horse stopped by a cancel, or killed) it
+        then drops the scratch lists of the Crunch job if it has ended: the horse could not."""
+        try:
+            super().handle_job_failure(job, queue, *args, **kwargs)
+        finally:
+            m = None if self.is_horse else _RUN_ID.match(job.id or "")
+            if m is not None:
+                from jobs.worker.runner import drop_scratch_after_horse
+
+                drop_scratch_after_horse(self.connection, m.group(1))
+
     def execute_job(self, job: Any, queue: Any) -> None:
         """A fast-queue run inline; anything else (the default queue) in rq's forked work horse."""
         if isinstance(job, InlineRun):

@@ -176,6 +176,10 @@ class RedisContext:
         control, status = pipe.execute()
         if status is None:
             self.stop_reason = "deleted"
+        elif JobStatus(status.decode()).terminal:
+            # Ended by someone else (the web cancels a run that did not stop within its wait, and that
+            # also deletes the control key): stop as for a cancel, which drops the scratch lists.
+            self.stop_reason = "cancel"
         elif control:
             self.stop_reason = control.decode()
         elif self._yield_at is not None and now >= self._yield_at:
@@ -365,6 +369,20 @@ def _drop_scratch(ctx: RedisContext) -> None:
             ctx.scratch.clear()
         except Exception:
             log.warning("could not drop the scratch lists of job %s (they expire)", ctx.job_id, exc_info=True)
+
+
+def drop_scratch_after_horse(conn: Redis, job_id: str) -> None:
+    """In the worker's main process, after its work horse ended without finishing its run (stopped by a
+    cancel's stop command, or killed): the horse could not drop its job's scratch lists (sort runs of
+    up to a few hundred MB), so they go here unless the job can still resume from them."""
+    try:
+        if RedisScratch(conn, job_id, 0).clear_if_ended(JOB_KEY.format(id=job_id), _ENDED):
+            log.info("job %s: dropped the scratch lists its stopped work horse left", job_id)
+    except Exception:
+        log.warning("could not drop the scratch lists of job %s (they expire)", job_id, exc_info=True)
+
+
+_ENDED = tuple(s.value.encode() for s in JobStatus if s.terminal)
 
 
 def _stopped(life: Lifecycle, rec: JobRecord, ctx: RedisContext, run_ms: str) -> dict[str, Any]:
