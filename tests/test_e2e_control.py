@@ -233,3 +233,31 @@ def test_job_timeouts_setting_is_checked() -> None:
     for bad in ("primes", "prime=5", "primes=0", "primes=-1", "primes=1.5"):
         with pytest.raises(ValueError, match="JOB_TIMEOUTS"):
             parse_timeouts(bad)
+
+
+def test_a_requeued_run_whose_queue_entry_was_lost_still_runs(api: Api, workers, redis_conn: Redis) -> None:
+    """`docker compose stop` SIGTERMs every worker process at once: the one mid-job re-queues its job from
+    the checkpoint, and an idle neighbour's BLPOP can pop that new entry just as its own SIGTERM lands, so
+    it stops before its DISPATCH. The run still waits in its client's line, but rq's list has no entry
+    for it, and no worker ever pops for it (test_compose once saw such a job queued for 300 s). Here the
+    lost pop is made by hand, after a real SIGTERM mid-job; the reaper of the new workers puts it back."""
+    from jobs.store.dispatch import rq_list
+    from jobs.store.keys import JOB_KEY
+    from primes import count_primes
+
+    body = long_count_body(6 * 10**9)
+    job = submit(api, "primes", body)
+    wait_for(api, job["id"], lambda j: j["status"] == "started" and (j["progress"] or {}).get("percent", 0) > 1,
+             timeout=120)
+    workers.stop()  # SIGTERM: the horse stops at its next checkpoint and re-queues the job on a new run
+    try:
+        fields = wait_for(api, job["id"], lambda j: j["status"] == "queued", timeout=30)
+        assert fields["progress"]["percent"] > 0, fields
+        rq_id, lane = (v.decode() for v in redis_conn.hmget(JOB_KEY.format(id=job["id"]), "rq_id", "queue"))
+        assert rq_id != f"{job['id']}-1", "a new run"
+        assert redis_conn.lrem(rq_list(lane), 1, rq_id) == 1  # the neighbour's pop, lost with it
+    finally:
+        workers.start()
+    done = api.wait_done(job["id"], timeout=240)
+    assert done["status"] == "finished", done
+    assert done["result"]["count"] == count_primes(body["start"], body["end"])

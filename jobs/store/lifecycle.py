@@ -38,6 +38,7 @@ from jobs.store.dispatch import (
     lane_args,
     lane_keys,
     leave_commands,
+    rq_list,
 )
 from jobs.store.events import publish
 from jobs.store.keys import (
@@ -53,7 +54,9 @@ from jobs.store.keys import (
     JOBS_INDEX_KEY,
     LANE_CLIENTS_KEY,
     LANE_PREEMPT_KEY,
+    LANE_SINCE_KEY,
     QUEUE_STATS_KEY,
+    QUEUES,
     RESULT_CHUNKS_KEY,
     RESULT_COUNTS_KEY,
     RUNNING_CLIENTS_KEY,
@@ -69,6 +72,7 @@ from jobs.store.scripts import (
     BEGIN_LUA,
     CLAIM_LUA,
     DISPATCH_LUA,
+    HEAL_LANE_LUA,
     SWEEP_INDEX_LUA,
     TRANSITION_LUA,
     YIELD_LUA,
@@ -121,6 +125,9 @@ class Lifecycle:
         self._claim = LuaScript(conn, CLAIM_LUA)
         self._begin = LuaScript(conn, BEGIN_LUA)
         self._dispatch = LuaScript(conn, DISPATCH_LUA)
+        self._heal_lane = LuaScript(conn, HEAL_LANE_LUA)
+        #: Per lane, the waiting runs the previous heal_lanes found without an entry on rq's list.
+        self._missing: dict[str, list[str]] = {}
         self._yield = LuaScript(conn, YIELD_LUA)
         self._sweep = LuaScript(conn, SWEEP_INDEX_LUA)
 
@@ -450,6 +457,20 @@ class Lifecycle:
                     self._back_on_queue(rec, (QUEUED,), {}, front=True)
                 self.conn.zrem(key, run)
                 fixed += 1
+        return fixed
+
+
+    def heal_lanes(self, lanes: Sequence[str] = QUEUES) -> int:
+        """The reaper's check of rq's lists against the lanes: a waiting run whose entry a worker popped
+        and lost (it stopped between BLPOP and DISPATCH) would wait forever, as no worker pops for it;
+        found missing on two checks in a row, it gets its entry back (HEAL_LANE_LUA). Returns how many
+        entries it put back. Costs two commands per lane when the counts agree."""
+        fixed = 0
+        for lane in lanes:
+            got = self._heal_lane(keys=[LANE_SINCE_KEY.format(lane=lane), rq_list(lane)],
+                                  args=self._missing.get(lane, []))
+            fixed += int(got[0])
+            self._missing[lane] = [r.decode() if isinstance(r, bytes) else str(r) for r in got[1:]]
         return fixed
 
 

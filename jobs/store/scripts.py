@@ -232,6 +232,35 @@ end
 return {run, client}
 """
 
+#: HEAL_LANE: put back on rq's list of a lane the waiting runs that have no entry there. An entry is lost
+#: when a worker pops it (BLPOP) and stops before its DISPATCH (a SIGTERM landing on an idle worker as
+#: a shutting-down neighbour re-queues its job): the run still waits in its client's line, but no
+#: worker ever pops for it. A run is put back only if it was found missing by the previous check too
+#: (seconds earlier), so a worker's pop-to-dispatch moment (milliseconds) is never mistaken for a loss.
+#: KEYS[1] = the lane's join times (hash: waiting run id -> ms), KEYS[2] = rq's list of the lane.
+#: ARGV = the runs found missing by the previous check.
+#: Returns {how many entries were pushed, the runs missing now that were not missing before...}.
+HEAL_LANE_LUA = """
+local waiting = redis.call('HLEN', KEYS[1])
+if waiting == 0 or (#ARGV == 0 and redis.call('LLEN', KEYS[2]) >= waiting) then return {0} end
+local listed = {}
+for _, e in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do listed[e] = true end
+local before = {}
+for i = 1, #ARGV do before[ARGV[i]] = true end
+local out = {0}
+for _, run in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if not listed[run] then
+    if before[run] then
+      redis.call('RPUSH', KEYS[2], run)
+      out[1] = out[1] + 1
+    else
+      out[#out + 1] = run
+    end
+  end
+end
+return out
+"""
+
 #: POSITION: how many runs of a lane DISPATCH would take before one waiting run if no new work arrived.
 #: KEYS[1] = the lane's waiting clients, KEYS[2] = the lane's join times (as DISPATCH).
 #: ARGV[1] = prefix of a client's line in this lane, ARGV[2], ARGV[3] = prefix and suffix of a client's

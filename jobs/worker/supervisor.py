@@ -80,6 +80,8 @@ def reap(conn: Redis) -> None:
         log.warning("job %s lost its worker; recovered", job_id)
     if fixed := life.heal_dispatch():
         log.warning("dispatch: %d running entries of runs that no longer run were fixed", fixed)
+    if fixed := life.heal_lanes():
+        log.warning("dispatch: %d waiting runs had lost their queue entry; put back", fixed)
     life.sweep_index()
     conn.eval(SWEEP_STORED_LUA, 2, *sweep_keys, *sweep_argv)  # expired jobs leave their client's storage count
 
