@@ -245,19 +245,17 @@ def test_a_requeued_run_whose_queue_entry_was_lost_still_runs(api: Api, workers,
     from jobs.store.keys import JOB_KEY
     from primes import count_primes
 
-    body = long_count_body(6 * 10**9)
+    body = long_count_body(12 * 10**9)  # seconds idle, so the SIGTERM lands mid-run
     job = submit(api, "primes", body)
-    wait_for(api, job["id"], lambda j: j["status"] == "started" and (j["progress"] or {}).get("percent", 0) > 1,
-             timeout=120)
+    wait_for(api, job["id"], lambda j: j["status"] == "started", timeout=120)
     workers.stop()  # SIGTERM: the horse stops at its next checkpoint and re-queues the job on a new run
     try:
-        fields = wait_for(api, job["id"], lambda j: j["status"] == "queued", timeout=30)
-        assert fields["progress"]["percent"] > 0, fields
+        wait_for(api, job["id"], lambda j: j["status"] == "queued", timeout=30)
         rq_id, lane = (v.decode() for v in redis_conn.hmget(JOB_KEY.format(id=job["id"]), "rq_id", "queue"))
         assert rq_id != f"{job['id']}-1", "a new run"
         assert redis_conn.lrem(rq_list(lane), 1, rq_id) == 1  # the neighbour's pop, lost with it
     finally:
         workers.start()
-    done = api.wait_done(job["id"], timeout=240)
+    done = api.wait_done(job["id"], timeout=200)
     assert done["status"] == "finished", done
     assert done["result"]["count"] == count_primes(body["start"], body["end"])
