@@ -162,12 +162,18 @@ def test_faults_under_load_lose_nothing_and_recover_in_seconds(stack: tuple[Embe
         # 2. A worker: the supervisor starts another; the dead one leaves /workers within HEARTBEAT.
         load.phase = "worker"
         names = {w["name"] for w in api.get(f"{web.url}/api/v1/workers").json()}
-        victim = children(workers.proc.pid)[0]
+        # The supervisor's children are its two workers and the webhook deliverer: count the others.
+        others = {c.pid for c in children(workers.proc.pid)} - {int(n.rsplit(".", 1)[1]) for n in names}
+        victim = next(c for c in children(workers.proc.pid) if c.pid not in others)
         dead = next(n for n in names if n.endswith(f".{victim.pid}"))
         os.kill(victim.pid, signal.SIGKILL)
         t_kill = time.monotonic()
-        took = until(lambda: len(children(workers.proc.pid)) == 2 and victim.pid not in
-                     [c.pid for c in children(workers.proc.pid)], 30)
+
+        def replaced() -> bool:
+            pids = [c.pid for c in children(workers.proc.pid) if c.pid not in others]
+            return len(pids) == 2 and victim.pid not in pids
+
+        took = until(replaced, 30)
         gone = until(lambda: dead not in {w["name"] for w in api.get(f"{web.url}/api/v1/workers").json()},
                      HEARTBEAT * 3) + took
         gone = time.monotonic() - t_kill
