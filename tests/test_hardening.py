@@ -332,13 +332,19 @@ def test_the_index_sweep_drops_entries_of_expired_jobs_only(app, client, redis_c
 # -- storage quota ---------------------------------------------------------------------------------
 
 
-def test_the_storage_quota_is_reached_refused_and_released(redis_url: str, redis_conn: Redis) -> None:
+def test_the_storage_quota_is_reached_refused_and_released(redis_url: str) -> None:
     """Three sorts of 1,000 numbers store 8,000 bytes of input each: a 20,000-byte quota takes two, the
-    third gets 429 with nothing queued; a delete and an expiry (the sweep) give the room back."""
+    third gets 429 with nothing queued; a delete and an expiry (the sweep) give the room back.
+
+    In a database of its own: in the session's, the session workers ran these sorts (their inputs
+    released, results counted) and swept earlier tests' jobs of 127.0.0.1 while the counts were read."""
     from jobs.store.quota import STORED_TOTAL_KEY, SWEEP_STORED_LUA, sweep_args
     from tests.test_auth import nonce
 
-    app = create_app(settings=Settings(redis_url=redis_url, limits=TEST_LIMITS, wait_slots=8,
+    url = f"{redis_url.rpartition('/')[0]}/14"
+    redis_conn = Redis.from_url(url)
+    redis_conn.flushdb()
+    app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=8,
                                        max_stored_bytes_per_client=20_000, **TEST_RATE_LIMITS))
     c = app.test_client()  # the client is 127.0.0.1, whose count this test resets first
 
