@@ -266,7 +266,7 @@ class JobService:
         key = sub.cache_key
         for _ in range(8):
             reply = self._lookup(key, admission)
-            if reply[0] in (b"limited", b"busy"):
+            if reply[0] in (b"limited", b"busy", b"quota"):
                 raise admission.rejection(reply)  # type: ignore[union-attr]
             admission = None  # spent once, whatever happens next
             if reply[0] == b"taken":

@@ -44,11 +44,15 @@ class Admission:
     live_bound: int = 0
     scope: str = "submit"
     now: float = field(default_factory=time.time)
+    #: The storage quota (MAX_STORED_BYTES_PER_CLIENT, 0: none) and the bytes this submission would add:
+    #: checked in the same script, first (jobs.store.quota), so the quota costs no round trip of its own.
+    stored_limit: int = 0
+    stored_adding: int = 0
 
     @property
     def checks(self) -> bool:
         """Whether there is anything to check (else the scripts skip it)."""
-        return bool(self.limits) or self.live_bound > 0
+        return bool(self.limits) or self.live_bound > 0 or self.stored_limit > 0
 
     def script_keys(self) -> list[str]:
         """Live-count key, then each limit's current and previous window."""
@@ -58,6 +62,10 @@ class Admission:
             for i in (index, index - 1):
                 keys.append(RATE_LIMIT_KEY.format(scope=self.scope, client=self.client, amount=lim.amount,
                                                   window=lim.window, index=i))
+        if self.stored_limit > 0:
+            from jobs.store.quota import STORED_TOTAL_KEY  # quota imports Rejected from here
+
+            keys.append(STORED_TOTAL_KEY.format(client=self.client))
         return keys
 
     def script_args(self) -> list[Any]:
@@ -65,7 +73,7 @@ class Admission:
         args: list[Any] = [self.live_bound, len(self.limits)]
         for lim in self.limits:
             args += [lim.amount, lim.window, repr((self.now % lim.window) / lim.window)]
-        return args
+        return [*args, self.stored_limit, self.stored_adding]
 
     def peek(self, conn: Any) -> Rejected | None:
         """The rate rejection this request would get, read without spending anything (one MGET).
@@ -83,7 +91,12 @@ class Admission:
         return None
 
     def rejection(self, reply: list[Any]) -> Rejected:
-        """The 429 for a script reply of b'limited' (with the limit's index) or b'busy' (with the live count)."""
+        """The 429 for a script reply of b'limited' (with the limit's index), b'busy' (with the live count)
+        or b'quota' (with the bytes the client holds)."""
+        if reply[0] == b"quota":
+            from jobs.store.quota import rejection
+
+            return rejection(int(reply[1]), self.stored_adding, self.stored_limit)
         if reply[0] == b"limited":
             lim = self.limits[int(reply[1]) - 1]
             retry = max(1, math.ceil(lim.window - self.now % lim.window))

@@ -108,12 +108,18 @@ def input_bytes(sub: Any) -> int:
 
 
 def check(conn: Any, client: str, adding: int, limit: int) -> None:
-    """Raise the quota's Rejected (429) when the client holds `limit` bytes, or would with `adding` more."""
+    """Raise the quota's Rejected (429) when the client holds `limit` bytes, or would with `adding` more.
+    (The API's single submit checks it inside its lookup script instead: Admission.stored_limit.)"""
     if limit <= 0:
         return
     held = int(conn.get(STORED_TOTAL_KEY.format(client=client)) or 0)
     if held + adding > limit:
-        raise Rejected("quota", 60, f"this client holds {held} bytes of inputs and results; with this request's "
-                                    f"{adding} it would pass MAX_STORED_BYTES_PER_CLIENT ({limit} bytes). Delete "
-                                    "jobs you no longer need (DELETE /api/v1/jobs/{id}), or wait for results to "
-                                    f"expire (retry in {math.ceil(60)} s or later)")
+        raise rejection(held, adding, limit)
+
+
+def rejection(held: int, adding: int, limit: int) -> Rejected:
+    """The quota's 429 for a client holding `held` bytes that asked to store `adding` more."""
+    return Rejected("quota", 60, f"this client holds {held} bytes of inputs and results; with this request's "
+                                 f"{adding} it would pass MAX_STORED_BYTES_PER_CLIENT ({limit} bytes). Delete "
+                                 "jobs you no longer need (DELETE /api/v1/jobs/{id}), or wait for results to "
+                                 f"expire (retry in {math.ceil(60)} s or later)")

@@ -46,11 +46,17 @@ end
 
 #: ADMIT (a function; see jobs.store.admission): the checks, as the opening of a script: KEYS[first] is the
 #: live count, then two keys per limit
-#: (Admission.script_keys); ARGV from `a` on as Admission.script_args. Returns a rejection reply, or
-#: counts the submission in every limit and falls through.
+#: (Admission.script_keys), then the client's stored-bytes total when a quota applies; ARGV from `a` on as
+#: Admission.script_args (ending with the quota and the bytes to add). Returns a rejection reply (the quota
+#: first, so a refused submission spends no budget), or counts the submission in every limit and falls through.
 ADMIT_LUA = """
 local function admit(first, a)
   local bound, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local quota = tonumber(ARGV[a + 3 * n + 2] or '0')
+  if quota > 0 then
+    local held = tonumber(redis.call('GET', KEYS[first + 2 * n + 1]) or '0')
+    if held + tonumber(ARGV[a + 3 * n + 3]) > quota then return {'quota', held} end
+  end
   for i = 1, n do
     local amount, share = tonumber(ARGV[a + 3 * i - 1]), tonumber(ARGV[a + 3 * i + 1])
     local cur = tonumber(redis.call('GET', KEYS[first + 2 * i - 1]) or '0')
