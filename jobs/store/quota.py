@@ -10,7 +10,9 @@ one client's hash a slice at a time and drops the entries whose job hash is gone
 heals whatever happened (a crash between two steps included) within a pass.
 
 Checking. A submission is refused with 429 before anything is stored when the client's total plus
-the new input would pass the limit (check()). The check reads the total once; submissions of one
+the new input would pass the limit: for the API's submit inside its admission script (Admission.stored_limit,
+ADMIT_LUA; a separate GET was one more round trip per job, 7 instead of 6 for a trivial job), elsewhere
+(pages, batches) with check(). The check reads the total once; submissions of one
 client racing each other can overshoot by what they store at once (at most a few uploads), which
 the next check then refuses. The bytes counted are the stored payload (input blob, result items
 or text), not Redis's per-key overhead.
