@@ -30,7 +30,9 @@ from jobs.store.batches import FORGET_LUA
 from jobs.store.deliveries import DeliveryStore
 from jobs.store.dispatch import Schedule, job_ids
 from jobs.store.events import EventHub, Watch, publish
+from jobs.store.fanout import Fanout, plan
 from jobs.store.keys import (
+    FANOUT_LIVE_KEY,
     FAST_QUEUE,
     INPUT_CHUNK_BYTES,
     JOB_CONTROL_KEY,
@@ -97,6 +99,7 @@ class JobService:
         self.settings = settings or Settings()
         self.life = Lifecycle(conn, cache, self.settings, queue_factory)
         self.schedule = Schedule(conn)
+        self.fanout = Fanout(self.life)
         self._hub = hub
         self._deliveries: DeliveryStore | None = None
         self._read_script = LuaScript(conn, READ_WITH_RESULT_LUA)
@@ -128,7 +131,7 @@ class JobService:
         if not JOB_ID_RE.match(job_id):
             return None
         h = self.conn.hgetall(JOB_KEY.format(id=job_id))
-        return JobRecord.from_hash(h) if h else None
+        return self.fanout.with_progress(JobRecord.from_hash(h)) if h else None
 
     def reader(self, rec: JobRecord) -> ResultReader | None:
         """Result reader of a finished job, None if it has no result (yet)."""
@@ -212,7 +215,7 @@ class JobService:
         rec = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
         if rec is not None and rec.status is JobStatus.FINISHED and chunks:
             rec.prefetched = chunks
-        return rec
+        return None if rec is None else self.fanout.with_progress(rec)
 
     def list(self, status: str | None = None, type_: str | None = None, limit: int = 50,
              cursor: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], str | None]:
@@ -281,8 +284,11 @@ class JobService:
                 self.cache.release(key, existing)
                 continue
             rec = self._create(sub)
+            # A wide primes job runs as parts on every idle worker (jobs.store.fanout).
+            parts = plan(rec, JOB_TYPES[rec.type], self.settings.fanout_min_seconds, self.settings.fanout_max_parts)
             fresh = self.hub.watch(rec.id) if watch else None
-            if self.life.claim(self.cache.full_key(key), rec):
+            if self.life.claim(self.cache.full_key(key), rec, parts,
+                               then=[("SADD", FANOUT_LIVE_KEY, rec.id)] if parts else ()):
                 return Submitted(rec, Outcome.CREATED, fresh)
             if fresh is not None:
                 self.hub.unwatch(fresh)
@@ -372,6 +378,9 @@ class JobService:
         rec = self._require(job_id)
         if rec.status.terminal:
             raise Conflict(f"job is already {rec.status.value}")
+        if rec.extra.get("parts"):
+            self.fanout.cancel(rec)
+            return self._require(job_id)
         if self.life.cancel(rec, (JobStatus.QUEUED, JobStatus.PAUSED)):
             return self._require(job_id)
         # Running: ask the worker to stop at its next checkpoint...
@@ -397,6 +406,9 @@ class JobService:
             return rec
         if rec.status.terminal:
             raise Conflict(f"job is already {rec.status.value}")
+        if rec.extra.get("parts"):
+            self.fanout.pause(rec)
+            return self._require(job_id)
         if self.life.pause(rec, (JobStatus.QUEUED,)):
             return self._require(job_id)
         self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "pause", ex=3600)
@@ -406,7 +418,7 @@ class JobService:
         rec = self._require(job_id)
         if rec.status is not JobStatus.PAUSED:
             raise Conflict(f"only paused jobs can be resumed; this one is {rec.status.value}")
-        if not self.life.resume(rec):
+        if not (self.fanout.resume(rec) if rec.extra.get("parts") else self.life.resume(rec)):
             raise Conflict("job changed state; try again")
         return self._require(job_id)
 
@@ -414,12 +426,19 @@ class JobService:
         rec = self._require(job_id)
         if rec.status not in (JobStatus.FAILED, JobStatus.CANCELED):
             raise Conflict(f"only failed or canceled jobs can be retried; this one is {rec.status.value}")
-        if not self.life.retry(rec):
+        if not (self.fanout.retry(rec) if rec.extra.get("parts") else self.life.retry(rec)):
             raise Conflict("job changed state; try again")
         return self._require(job_id)
 
     def delete(self, job_id: str) -> None:
         rec = self._require(job_id)
+        if rec.extra.get("parts"):  # a split job's parts go first (a running one stops at its next checkpoint)
+            self.conn.srem(FANOUT_LIVE_KEY, job_id)
+            for pid in rec.extra["parts"].split(","):
+                try:
+                    self.delete(pid)
+                except KeyError:
+                    pass
         if rec.status.live:
             self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "cancel", ex=3600)
             # Its batches count it canceled and its webhooks are called, before it is forgotten.

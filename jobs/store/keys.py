@@ -39,6 +39,9 @@ LANE_PREEMPT_KEY = PREFIX + "lane:{lane}:preempting"
 CLIENT_RUNNING_KEY = PREFIX + "client:{client}:running"
 #: Set: clients that may have entries in CLIENT_RUNNING_KEY (the reaper checks them).
 RUNNING_CLIENTS_KEY = PREFIX + "clients:running"
+#: Set: split jobs (jobs.store.fanout) not yet ended, which the reaper settles (a part that ended just
+#: before its worker died still ends its whole job).
+FANOUT_LIVE_KEY = PREFIX + "fanout:live"
 #: Hash: cumulative finished/failed/canceled counts per queue.
 QUEUE_STATS_KEY = PREFIX + "queue:{name}:stats"
 #: Hash: cumulative finished/failed/canceled counts per job type (read by /metrics).

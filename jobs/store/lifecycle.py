@@ -155,19 +155,28 @@ class Lifecycle:
 
     # -- creation and queueing -----------------------------------------------------
 
-    def claim(self, full_cache_key: str, rec: JobRecord) -> bool:
+    def claim(self, full_cache_key: str, rec: JobRecord, parts: Sequence[JobRecord] = (),
+              then: Sequence[Sequence[Any]] = ()) -> bool:
         """Claim the request-cache entry, write the new record and enqueue it: one atomic round trip.
+        parts: a split job's parts (jobs.store.fanout), written and enqueued instead of the job itself.
         False: someone else's job holds the entry (nothing was written)."""
-        taken = self._claim(keys=[full_cache_key], args=[self.cache.serializer.dumps(rec.id),
-                                                         *self.creation_commands(rec)])
+        cmds = self.creation_commands(rec, enqueue=not parts)
+        for part in parts:
+            pipe = Commands()
+            self._enqueue_commands(part, pipe)
+            pipe.hset(JOB_KEY.format(id=part.id), mapping=part.to_hash())
+            cmds += packed(recorded(pipe))
+        taken = self._claim(keys=[full_cache_key], args=[self.cache.serializer.dumps(rec.id), *cmds, *packed(then)])
         return not taken
 
-    def creation_commands(self, rec: JobRecord, before: Sequence[Sequence[Any]] = ()) -> list[Any]:
+    def creation_commands(self, rec: JobRecord, before: Sequence[Sequence[Any]] = (),
+                          enqueue: bool = True) -> list[Any]:
         """A new job's writes as packed commands: `before` (a batch item's input), rq's enqueue, the record,
         the index and the client's live count. claim() replays them once it holds the cache entry; a batch
         replays each item's inside its own script (jobs.store.batches)."""
         pipe = Commands()
-        self._enqueue_commands(rec, pipe)
+        if enqueue:
+            self._enqueue_commands(rec, pipe)
         pipe.hset(JOB_KEY.format(id=rec.id), mapping=rec.to_hash())
         pipe.zadd(JOBS_INDEX_KEY, {rec.id: rec.created_at * 1000})
         count_live(pipe, rec, 1)
@@ -246,12 +255,15 @@ class Lifecycle:
         return self.transition(rec.id, from_, to, fields, then=then) is not None
 
     def finish(self, rec: JobRecord, fields: dict[str, Any], run_s: float, event: dict[str, Any],
-               pushes: Sequence[Sequence[Any]] = (), then: Sequence[Sequence[Any]] = ()) -> bool:
+               pushes: Sequence[Sequence[Any]] = (), then: Sequence[Sequence[Any]] = (),
+               from_: Sequence[JobStatus] = (STARTED,)) -> bool:
         """STARTED -> FINISHED with the result's last pushes, the cache entry's expiry, counters and event,
-        and the result's bytes in its client's storage count (jobs.store.quota)."""
+        and the result's bytes in its client's storage count (jobs.store.quota; a split job's part is not
+        counted: its whole job's result is)."""
         meta = orjson.loads(fields["result_meta"]) if fields.get("result_meta") else {}
-        stored = count_commands(rec.extra.get("client"), rec.id, int(meta.get("bytes") or meta.get("json_bytes") or 0))
-        return self._end(rec, (STARTED,), FINISHED, fields, run_s, event, before=pushes, after=[*then, *stored])
+        stored = [] if rec.extra.get("parent") else count_commands(
+            rec.extra.get("client"), rec.id, int(meta.get("bytes") or meta.get("json_bytes") or 0))
+        return self._end(rec, from_, FINISHED, fields, run_s, event, before=pushes, after=[*then, *stored])
 
     def fail(self, rec: JobRecord, error: dict[str, Any], run_ms: str | None = None,
              from_: Sequence[JobStatus] = (STARTED,)) -> bool:
@@ -475,9 +487,10 @@ class Lifecycle:
 
 
 def count_live(pipe: Any, rec: JobRecord, delta: int) -> None:
-    """Add delta to the live-job count of the job's client (a no-op for jobs without one)."""
+    """Add delta to the live-job count of the job's client (a no-op for jobs without one, and for a split
+    job's parts: the whole job counts once)."""
     client = rec.extra.get("client")
-    if client:
+    if client and not rec.extra.get("parent"):
         key = CLIENT_LIVE_KEY.format(client=client)
         pipe.incrby(key, delta)
         pipe.expire(key, CLIENT_LIVE_TTL)

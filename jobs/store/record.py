@@ -18,8 +18,9 @@ _FLOAT_FIELDS = ("created_at", "started_at", "ended_at", "run_ms")
 _INT_FIELDS = ("attempt", "runs", "preemptions")
 #: Optional string fields kept in `extra`: who submitted the job (rate-limit client, and the token
 #: owner when API_TOKENS is on), the request that created it, and "1" once a webhook delivery is registered
-#: on it (jobs.store.deliveries; set by that registration's script).
-EXTRA_FIELDS = ("client", "request_id", "owner", "webhooks")
+#: on it (jobs.store.deliveries; set by that registration's script); a split job's part ids (`parts`,
+#: comma-joined, in range order) and a part's whole job (`parent`) (jobs.store.fanout).
+EXTRA_FIELDS = ("client", "request_id", "owner", "webhooks", "parts", "parent")
 
 
 def rfc3339(ts: float | None) -> str | None:

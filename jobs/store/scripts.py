@@ -343,6 +343,29 @@ end
 return removed
 """
 
+#: FANOUT_COPY: a split list job's result, made of its parts' results in range order (jobs.store.fanout),
+#: copied inside Redis so no prime crosses the network twice. KEYS[1] = the whole job's hash, KEYS[2], KEYS[3]
+#: = its result chunks and counts, then each part's result chunks and counts (two keys per part, in order).
+#: Only while the whole job is queued or started (a copy racing the end that already ran does nothing);
+#: it starts from empty lists, so running it twice gives the same lists. Returns the chunks copied, or -1.
+FANOUT_COPY_LUA = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'queued' and st ~= 'started' then return -1 end
+redis.call('DEL', KEYS[2], KEYS[3])
+local n = 0
+for i = 4, #KEYS, 2 do
+  local len = redis.call('LLEN', KEYS[i])
+  for a = 0, len - 1, 64 do
+    local chunks = redis.call('LRANGE', KEYS[i], a, a + 63)
+    local counts = redis.call('LRANGE', KEYS[i + 1], a, a + 63)
+    redis.call('RPUSH', KEYS[2], unpack(chunks))
+    redis.call('RPUSH', KEYS[3], unpack(counts))
+    n = n + #chunks
+  end
+end
+return n
+"""
+
 
 class LuaScript:
     """redis-py's Script minus its per-call `isinstance(client, Pipeline)`: Pipeline derives from a

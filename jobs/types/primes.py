@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, ClassVar, Literal, NoReturn
 
@@ -24,6 +25,17 @@ FAST_WIDTH = 2_000_000
 #: Rough single-core throughput of the sieve (numbers per second) and of listing (primes per second).
 SIEVE_RATE = 3e9
 LIST_RATE = 2e7
+#: The sieve's segment grid (primes.SEGMENT_SPAN, 30 * 2^20 numbers; the web does not import the sieve, and
+#: tests/test_fanout.py checks the two agree). Parts start on it, so each part sieves (and stores, and
+#: reuses from the segment store) whole grid segments, as an unsplit run of the same range would.
+SEGMENT_SPAN = 30 << 20
+#: Aim for parts of about this many seconds of one worker: short enough that fair share can hand a worker
+#: to another client between parts (a part is a dispatched run), long enough that a part's own overhead
+#: (dispatch, start, finish: a few ms) is under 1 %.
+PART_SECONDS = 2.0
+#: A split job has at least this many parts, so that every worker of a small cluster gets one, and one
+#: slow worker (a busy host) holds back only a quarter of the job.
+MIN_PARTS = 4
 
 
 class PrimesParams(BaseModel):
@@ -126,9 +138,34 @@ class PrimesJob(JobSpec):
         return FAST_QUEUE if params["end"] - params["start"] <= FAST_WIDTH else DEFAULT_QUEUE
 
     def expected_seconds(self, params: dict[str, Any]) -> float:
+        return max(1.0, self._work_seconds(params))
+
+    @staticmethod
+    def _work_seconds(params: dict[str, Any]) -> float:
         start, end = params["start"], params["end"]
         width = end - start + 1
         seconds = width / SIEVE_RATE
         if params.get("output", "list") == "list":
             seconds += width / max(math.log(max(end, 3)), 1.0) / LIST_RATE  # ~width/ln(end) primes
-        return max(1.0, seconds)
+        return seconds
+
+    def split(self, params: dict[str, Any], min_seconds: float, max_parts: int) -> list[tuple[int, int]]:
+        """The sub-ranges a wide job runs as (jobs.store.fanout), in order, covering [start, end] exactly;
+        [] when the job runs whole (under min_seconds of one worker's work). Inner bounds lie on the
+        sieve's segment grid; parts of about PART_SECONDS, at least MIN_PARTS, at most max_parts."""
+        start, end = int(params["start"]), int(params["end"])
+        seconds = self._work_seconds(params)
+        if min_seconds <= 0 or seconds <= min_seconds or max_parts < 2:
+            return []
+        n = max(MIN_PARTS, min(max_parts, math.ceil(seconds / PART_SECONDS)))
+        width = end - start + 1
+        step = max(1, -(-width // n) // SEGMENT_SPAN) * SEGMENT_SPAN  # whole segments per part, rounded down
+        cuts = [start]
+        b = (start // SEGMENT_SPAN + 1) * SEGMENT_SPAN + step - SEGMENT_SPAN  # first cut on the grid
+        while b <= end and len(cuts) < max_parts:
+            cuts.append(b)
+            b += step
+        if len(cuts) < 2:
+            return []
+        bounds = [*cuts, end + 1]
+        return [(lo, hi - 1) for lo, hi in itertools.pairwise(bounds)]

@@ -26,6 +26,7 @@ from jobs.context import Stop
 from jobs.settings import Settings, process_settings
 from jobs.store.dispatch import client_of
 from jobs.store.events import publish
+from jobs.store.fanout import Fanout
 from jobs.store.keys import (
     CLIENT_RUNNING_KEY,
     FAST_QUEUE,
@@ -300,6 +301,8 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         ctx.output.reset_commands(reset)
         if not life.start_resumed(rec, fields, reset, then=start_then):
             return None
+    if rec.extra.get("parent"):  # a part of a split job: the whole job is started once a part is
+        Fanout(life).started(rec.extra["parent"])
     if time_limit is None and rec.pausable and rec.queue != FAST_QUEUE and life.settings.preempt_quantum > 0:
         ctx.preemptible(rq_id, life.settings.preempt_quantum)  # a horse's checkpointing run (not an inline one)
     _heartbeats.add(conn, job_id, life.settings.heartbeat_timeout)
@@ -330,6 +333,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         event = _finish_event({**known, **fields, "status": JobStatus.FINISHED.value}, meta, pushes,
                               ctx.output.chunks_key)
         life.finish(rec, fields, float(fields["run_ms"]) / 1000, event, pushes=pushes, then=finish_then)
+        _settle_parent(life, rec)
         # A fast job's success is a DEBUG line: at a thousand a second, INFO lines would be most of the log
         # and a tenth of the worker's CPU (the web's request line already names the job).
         (log.debug if rec.queue == FAST_QUEUE else log.info)(
@@ -342,9 +346,19 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         log.error("job %s failed request_id=%s: %s", job_id, _rid(rec), "".join(traceback.format_exception(exc)))
         _drop_scratch(ctx)
         life.fail(rec, error, run_ms())
+        _settle_parent(life, rec)
         raise
     finally:
         _heartbeats.remove(job_id)
+
+
+def _settle_parent(life: Lifecycle, rec: JobRecord) -> None:
+    """A part of a split job ended (or paused): its whole job follows (jobs.store.fanout.Fanout.settle)."""
+    if rec.extra.get("parent"):
+        try:
+            Fanout(life).settle(rec.extra["parent"])
+        except Exception:  # the reaper settles it again (FANOUT_LIVE_KEY)
+            log.warning("job %s: settling its whole job failed", rec.id, exc_info=True)
 
 
 def _finish_event(job: dict[str, str], meta: dict[str, Any], pushes: list[tuple[Any, ...]],
@@ -398,9 +412,11 @@ def _stopped(life: Lifecycle, rec: JobRecord, ctx: RedisContext, run_ms: str) ->
         return {"job": job_id, "status": "deleted"}
     if reason == "cancel":
         life.cancel(rec, (JobStatus.STARTED,), run_ms)
+        _settle_parent(life, rec)
         return {"job": job_id, "status": "canceled"}
     if reason == "pause":
         life.pause(rec, (JobStatus.STARTED,), run_ms)
+        _settle_parent(life, rec)
         return {"job": job_id, "status": "paused"}
     if reason == "preempt":  # another client's work waits: continue from the checkpoint on a later run
         life.preempt(rec, run_ms)

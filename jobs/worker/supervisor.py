@@ -73,6 +73,7 @@ sweep_keys, sweep_argv = sweep_args()
 
 def reap(conn: Redis) -> None:
     """Re-queue jobs whose worker died (SIGKILL, lost host), from their last checkpoint."""
+    from jobs.store.fanout import Fanout
     from jobs.worker.runner import _lifecycle
 
     life = _lifecycle(conn)
@@ -83,6 +84,7 @@ def reap(conn: Redis) -> None:
     if fixed := life.heal_lanes():
         log.warning("dispatch: %d waiting runs had lost their queue entry; put back", fixed)
     life.sweep_index()
+    Fanout(life).sweep()  # a split job whose last part ended just before its worker died
     conn.eval(SWEEP_STORED_LUA, 2, *sweep_keys, *sweep_argv)  # expired jobs leave their client's storage count
 
 

@@ -1,0 +1,267 @@
+"""Fan-out: a wide primes job runs as parts on every idle worker at once, and is still one job.
+
+A job whose spec splits it (jobs.types.primes.PrimesJob.split: more than FANOUT_MIN_SECONDS of one
+worker's work) is written at claim as a *whole job* that no worker runs (no rq run, `parts` lists its
+parts' ids in range order) and its parts: ordinary primes jobs over consecutive sub-ranges, with the
+same client, owner and request id and a `parent` field, enqueued in the same claim script. So a part
+is a run of the job's own client in fair-share dispatch (jobs.store.dispatch), runs, checkpoints,
+is preempted and is recovered from its own checkpoint by the reaper exactly as any job; parts are
+in neither the jobs index nor the request cache, and count neither as live jobs nor as stored bytes
+(the whole job does).
+
+The whole job follows its parts:
+    queued ─(a part starts: started)─► started ─(the last part finishes: settle)─► finished
+    a part fails or is canceled ─► the whole job fails, its other parts are canceled
+and pause, resume, cancel, retry and delete of the whole job act on every part (JobService calls
+this module). Its progress is the sum of its parts' (read with it). Its result is built by `settle`
+from its parts' results: a count is their sum; a list is their chunks copied, in range order, into
+its own result lists inside Redis (FANOUT_COPY_LUA), so /result paging stays exact and the inline rules
+apply unchanged. The parts' results are dropped in the same step that finishes the whole job.
+
+`settle` runs after every part's end (in the runner) and from the reaper (FANOUT_LIVE_KEY), and is
+idempotent: the copy starts from empty lists and the ending is the lifecycle's compare-and-set.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from jobs.store.events import publish
+from jobs.store.keys import (
+    FANOUT_LIVE_KEY,
+    JOB_CONTROL_KEY,
+    JOB_KEY,
+    RESULT_CHUNKS_KEY,
+    RESULT_COUNTS_KEY,
+    job_keys,
+)
+from jobs.store.lifecycle import _RETRY_FIELDS, Lifecycle, count_live
+from jobs.store.record import JobRecord
+from jobs.store.scripts import FANOUT_COPY_LUA, Commands, LuaScript, packed, recorded
+from jobs.store.status import JobStatus
+
+QUEUED, STARTED, PAUSED = JobStatus.QUEUED, JobStatus.STARTED, JobStatus.PAUSED
+FINISHED, FAILED, CANCELED = JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED
+
+
+def plan(rec: JobRecord, spec: Any, min_seconds: float, max_parts: int) -> list[JobRecord]:
+    """The parts of a new job (none when it runs whole); marks `rec` as their whole job."""
+    split = getattr(spec, "split", None)
+    if split is None or rec.has_input:
+        return []
+    ranges = split(rec.params, min_seconds, max_parts)
+    if not ranges:
+        return []
+    parts = []
+    for lo, hi in ranges:
+        params = {**rec.params, "start": lo, "end": hi}
+        pid = uuid.uuid4().hex
+        extra = {k: v for k, v in rec.extra.items() if k in ("client", "owner", "request_id")}
+        parts.append(JobRecord(
+            id=pid, type=rec.type, params=params, queue=spec.queue_for(params), cache_key=rec.cache_key,
+            pausable=rec.pausable, created_at=rec.created_at, runs=1, rq_id=f"{pid}-1",
+            progress={"done": 0, "total": hi - lo + 1, "percent": 0.0}, extra={**extra, "parent": rec.id}))
+    rec.extra["parts"] = ",".join(p.id for p in parts)
+    rec.rq_id, rec.runs = "", 0
+    return parts
+
+
+class Fanout:
+    """The whole job's side of a split job: its start, its end, its progress and its steering."""
+
+    def __init__(self, life: Lifecycle) -> None:
+        self.life = life
+        self.conn = life.conn
+        self._copy = LuaScript(life.conn, FANOUT_COPY_LUA)
+
+    # -- reading --------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        h = self.conn.hgetall(JOB_KEY.format(id=job_id))
+        return JobRecord.from_hash(h) if h else None
+
+    def parts(self, rec: JobRecord) -> list[JobRecord | None]:
+        """The parts' records, in range order (None for one that is gone)."""
+        ids = [p for p in rec.extra.get("parts", "").split(",") if p]
+        pipe = self.conn.pipeline(transaction=False)
+        for pid in ids:
+            pipe.hgetall(JOB_KEY.format(id=pid))
+        return [JobRecord.from_hash(h) if h else None for h in pipe.execute()]
+
+    def with_progress(self, rec: JobRecord) -> JobRecord:
+        """The whole job with its progress summed over its parts (while it is live)."""
+        if not rec.extra.get("parts") or not rec.status.live:
+            return rec
+        ids = rec.extra["parts"].split(",")
+        pipe = self.conn.pipeline(transaction=False)
+        for pid in ids:
+            pipe.hget(JOB_KEY.format(id=pid), "progress")
+        done = 0
+        for raw in pipe.execute():
+            if raw:
+                done += int(orjson.loads(raw).get("done") or 0)
+        total = int(rec.params["end"]) - int(rec.params["start"]) + 1
+        rec.progress = {"done": done, "total": total, "percent": round(100.0 * done / total, 2) if total else 0.0}
+        return rec
+
+    # -- the runner's hooks ---------------------------------------------------------------
+
+    def started(self, parent_id: str) -> None:
+        """A part started: the whole job is `started` (once; a no-op after)."""
+        pipe = Commands()
+        publish(pipe, parent_id, STARTED.value)
+        fields = {}
+        if not self.conn.hget(JOB_KEY.format(id=parent_id), "started_at"):
+            fields["started_at"] = repr(time.time())
+        self.life.transition(parent_id, (QUEUED,), STARTED, fields, then=packed(recorded(pipe)))
+
+    def settle(self, parent_id: str) -> JobStatus | None:
+        """Bring the whole job in line with its parts: end it when every part finished (or one failed),
+        resume a part left paused while the whole job runs. Returns the whole job's status."""
+        rec = self.get(parent_id)
+        if rec is None or not rec.status.live:
+            self.conn.srem(FANOUT_LIVE_KEY, parent_id)
+            return None if rec is None else rec.status
+        if rec.status is PAUSED:
+            return rec.status
+        parts = self.parts(rec)
+        bad = next((p for p in parts if p is None or p.status in (FAILED, CANCELED)), False)
+        if bad is not False:
+            error = {"type": "PartFailed", "message": "a part of this job is gone"}
+            if bad is not None:
+                error = {"type": "PartFailed", "message": f"part [{bad.params['start']}, {bad.params['end']}] "
+                         f"{bad.status.value}", **({"part": bad.error} if bad.error else {})}
+            if self.life.fail(rec, error, from_=(QUEUED, STARTED)):
+                self.conn.srem(FANOUT_LIVE_KEY, parent_id)
+                self.stop_parts(rec, "cancel")
+            return self.get(parent_id).status if self.get(parent_id) else None
+        for p in parts:
+            if p is not None and p.status is PAUSED:
+                self.life.resume(p)
+        if not all(p is not None and p.status is FINISHED for p in parts):
+            return rec.status
+        return self._finish(rec, [p for p in parts if p is not None])
+
+    def _finish(self, rec: JobRecord, parts: list[JobRecord]) -> JobStatus | None:
+        metas = [p.result_meta or {} for p in parts]
+        pushes: list[tuple[Any, ...]] = []
+        chunks_key, counts_key = RESULT_CHUNKS_KEY.format(id=rec.id), RESULT_COUNTS_KEY.format(id=rec.id)
+        if rec.params.get("output") == "count":
+            pipe = self.conn.pipeline(transaction=False)
+            for p in parts:
+                pipe.lrange(RESULT_CHUNKS_KEY.format(id=p.id), 0, -1)
+            total = sum(int(orjson.loads(b"".join(chunks))["count"]) for chunks in pipe.execute())
+            data = orjson.dumps({"count": total})
+            pushes = [("DEL", chunks_key, counts_key), ("RPUSH", chunks_key, data), ("RPUSH", counts_key, 0)]
+            meta = {"kind": "value", "chunks": 1, "items": 1, "bytes": len(data), "nonempty": 1,
+                    "json_bytes": len(data)}
+        else:
+            keys = [JOB_KEY.format(id=rec.id), chunks_key, counts_key]
+            for p in parts:
+                keys += [RESULT_CHUNKS_KEY.format(id=p.id), RESULT_COUNTS_KEY.format(id=p.id)]
+            if int(self._copy(keys=keys)) < 0:
+                return self.get(rec.id).status if self.get(rec.id) else None
+            meta = {"kind": "array"}
+            for name in ("chunks", "items", "bytes", "nonempty"):
+                meta[name] = sum(int(m.get(name) or 0) for m in metas)
+            meta["json_bytes"] = meta["bytes"] + max(meta["nonempty"] - 1, 0) + 2
+        stats: dict[str, int] = {}
+        for p in parts:
+            for k, v in (p.stats or {}).items():
+                if isinstance(v, int):
+                    stats[k] = stats.get(k, 0) + v
+        run_ms = sum(p.run_ms for p in parts)
+        total_n = int(rec.params["end"]) - int(rec.params["start"]) + 1
+        fields = {"result_meta": orjson.dumps(meta).decode(), "ended_at": repr(time.time()), "run_ms": repr(run_ms),
+                  "progress": orjson.dumps({"done": total_n, "total": total_n, "percent": 100.0}).decode(),
+                  "stats": orjson.dumps({**stats, "parts": len(parts)}).decode()}
+        drop = [("DEL", RESULT_CHUNKS_KEY.format(id=p.id), RESULT_COUNTS_KEY.format(id=p.id)) for p in parts]
+        drop.append(("SREM", FANOUT_LIVE_KEY, rec.id))
+        self.life.finish(rec, fields, run_ms / 1000, {}, pushes=pushes, then=drop, from_=(QUEUED, STARTED))
+        got = self.get(rec.id)
+        return got.status if got else None
+
+    def sweep(self) -> int:
+        """The reaper's pass over split jobs not yet ended (a part's end whose settle a crash cut short)."""
+        n = 0
+        for raw in self.conn.smembers(FANOUT_LIVE_KEY):
+            self.settle(raw.decode())
+            n += 1
+        return n
+
+    # -- steering (JobService) ---------------------------------------------------------------
+
+    def stop_parts(self, rec: JobRecord, action: str) -> None:
+        """Cancel or pause every live part: a waiting one at once, a running one at its next checkpoint."""
+        for p in self.parts(rec):
+            if p is None or not p.status.live:
+                continue
+            if p.status is PAUSED and action == "pause":
+                continue
+            if action == "cancel" and self.life.cancel(p, (QUEUED, PAUSED)):
+                continue
+            if action == "pause" and p.status is QUEUED and self.life.pause(p, (QUEUED,)):
+                continue
+            self.conn.set(JOB_CONTROL_KEY.format(id=p.id), action, ex=3600)
+
+    def cancel(self, rec: JobRecord) -> bool:
+        if not self.life.cancel(rec, (QUEUED, STARTED, PAUSED)):
+            return False
+        self.conn.srem(FANOUT_LIVE_KEY, rec.id)
+        self.stop_parts(rec, "cancel")
+        return True
+
+    def pause(self, rec: JobRecord) -> bool:
+        if not self.life.pause(rec, (QUEUED, STARTED)):
+            return False
+        self.stop_parts(rec, "pause")
+        return True
+
+    def resume(self, rec: JobRecord) -> bool:
+        """PAUSED -> QUEUED (STARTED once a part runs), every paused part back on its queue."""
+        pipe = Commands()
+        for key in job_keys(rec.id):
+            pipe.persist(key)
+        publish(pipe, rec.id, QUEUED.value)
+        if self.life.transition(rec.id, (PAUSED,), QUEUED, then=packed(recorded(pipe))) is None:
+            return False
+        running = False
+        for p in self.parts(rec):
+            if p is None:
+                continue
+            if p.status is STARTED:
+                # Told to pause, not there yet: let it run on (one that pauses anyway is resumed by settle).
+                self.conn.delete(JOB_CONTROL_KEY.format(id=p.id))
+                running = True
+            elif p.status is PAUSED:
+                self.life.resume(p)
+        if running:
+            self.started(rec.id)
+        self.settle(rec.id)
+        return True
+
+    def retry(self, rec: JobRecord) -> bool:
+        """FAILED or CANCELED -> QUEUED: the parts that did not finish run again, the finished ones stay."""
+        live = Commands()
+        count_live(live, rec, 1)
+        then: list[tuple[Any, ...]] = [("DEL", RESULT_CHUNKS_KEY.format(id=rec.id), RESULT_COUNTS_KEY.format(id=rec.id),
+                                        JOB_CONTROL_KEY.format(id=rec.id))]
+        then += [("PERSIST", key) for key in job_keys(rec.id)]
+        then += recorded(live)
+        then.append(("SET", self.life.cache.full_key(rec.cache_key), self.life.cache.serializer.dumps(rec.id), "NX"))
+        then.append(("SADD", FANOUT_LIVE_KEY, rec.id))
+        pub = Commands()
+        publish(pub, rec.id, QUEUED.value)
+        then += recorded(pub)
+        if self.life.transition(rec.id, (FAILED, CANCELED), QUEUED, _RETRY_FIELDS, then=packed(then)) is None:
+            return False
+        for p in self.parts(rec):
+            if p is not None and p.status in (FAILED, CANCELED):
+                self.life.retry(replace(p))
+        self.settle(rec.id)
+        return True

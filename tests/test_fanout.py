@@ -1,0 +1,239 @@
+"""Fan-out end to end: a wide primes job runs as parts on both workers at once, and is still one job.
+
+A real gunicorn and a real `worker.py` with two workers on their own Redis database. FANOUT_MIN_SECONDS
+is 0.05 here, so lists of a few segments split too and the list checks stay quick; counts use known
+values of pi(x) (OEIS A006880) and, for grid-aligned bounds, the sieve library run in this process
+on the whole range at once (one run, no parts).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infra.processes import Api, Web, Workers
+from jobs.types.primes import SEGMENT_SPAN, PrimesJob
+
+WORKERS = 2
+PI_1E10, PI_1E9 = 455_052_511, 50_847_534
+S = SEGMENT_SPAN
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, log_dir: Path) -> Iterator[Api]:
+    url = f"{redis_url.rpartition('/')[0]}/11"
+    workers = Workers(url, log_dir, count=WORKERS, name="workers-fanout", HEARTBEAT_TIMEOUT=5).start()
+    web = Web(url, log_dir, FANOUT_MIN_SECONDS=0.05).start()
+    api = Api(web.url)
+    try:
+        wait_for("the workers", lambda: len(api.get("/api/v1/workers").json()) >= WORKERS, 60)
+        api.workers = workers  # type: ignore[attr-defined]
+        yield api
+    finally:
+        web.stop()
+        workers.stop()
+
+
+def wait_for(what: str, pred: Any, timeout: float = 120, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+def submit(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    r = api.post("/api/v1/primes", json=body)
+    assert r.status_code in (200, 202), r.text
+    return r.json()
+
+
+def job(api: Api, job_id: str) -> dict[str, Any]:
+    r = api.get(f"/api/v1/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def done(api: Api, job_id: str, timeout: float = 240) -> dict[str, Any]:
+    return wait_for(f"job {job_id} to finish",
+                    lambda: (j := job(api, job_id))["status"] in ("finished", "failed", "canceled") and j, timeout, 0.3)
+
+
+def reference_primes(lo: int, hi: int) -> np.ndarray:
+    """The primes in [lo, hi] by a plain numpy sieve of Eratosthenes over the range (independent of the kernel)."""
+    root = int(hi ** 0.5) + 1
+    small = np.ones(root + 1, dtype=bool)
+    small[:2] = False
+    for i in range(2, int(root ** 0.5) + 1):
+        if small[i]:
+            small[i * i::i] = False
+    mark = np.ones(hi - lo + 1, dtype=bool)
+    for p in np.flatnonzero(small):
+        first = max(p * p, -(-lo // p) * p)
+        mark[first - lo::p] = False
+    if lo < 2:
+        mark[:2 - lo] = False
+    return np.flatnonzero(mark) + lo
+
+
+def all_result(api: Api, job_id: str) -> list[int]:
+    r = api.get(f"/api/v1/jobs/{job_id}/result")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["result"] if isinstance(body, dict) and "result" in body else body
+
+
+def test_the_split_covers_the_range_on_the_segment_grid() -> None:
+    import primes
+
+    assert SEGMENT_SPAN == primes.SEGMENT_SPAN
+    spec = PrimesJob()
+    assert spec.split({"start": 0, "end": 10**6, "output": "count"}, 0.5, 64) == []  # trivial: whole
+    rng = np.random.default_rng(15)
+    for _ in range(200):
+        start = int(rng.integers(0, 10**12))
+        width = int(rng.choice([S - 1, S, 5 * S, 10**10, 2 * 10**11, int(rng.integers(1, 10**11))]))
+        params = {"start": start, "end": start + width, "output": "count"}
+        parts = spec.split(params, 0.5, 64)
+        if width >= 10**10:
+            assert len(parts) >= 4  # a 10^10-wide count splits
+        if not parts:
+            continue
+        assert parts[0][0] == start and parts[-1][1] == start + width and len(parts) <= 64
+        for (_, hi), (lo, _) in itertools.pairwise(parts):
+            assert hi + 1 == lo and lo % S == 0
+
+
+def test_a_split_count_equals_pi_and_runs_on_both_workers(stack: Api) -> None:
+    j = submit(stack, {"start": 0, "end": 10**10, "output": "count"})
+    seen: set[str] = set()
+
+    def both_busy() -> bool:
+        busy = [w for w in stack.get("/api/v1/workers").json() if w.get("current_job")]
+        seen.update(w["name"] for w in busy)
+        return len(busy) >= WORKERS
+
+    wait_for("both workers busy with parts of the job", both_busy, 120, 0.05)
+    mid = wait_for("the job started", lambda: (m := job(stack, j["id"]))["status"] in ("started", "finished") and m,
+                   60)
+    assert mid["progress"]["total"] == 10**10 + 1
+    got = done(stack, j["id"])
+    assert got["status"] == "finished", got
+    assert got["result"] == {"count": PI_1E10}
+    assert got["progress"]["percent"] == 100.0
+    assert got["stats"]["parts"] >= 4
+    print(f"\nsplit count of [0, 10^10]: {got['stats']['parts']} parts, {got['duration_ms']:.0f} ms of work, "
+          f"workers seen busy: {len(seen)}")
+
+
+def test_split_counts_with_bounds_on_part_boundaries(stack: Api) -> None:
+    import primes
+
+    for lo, hi in ((3 * S, 40 * S - 1), (3 * S + 1, 40 * S), (10**9, 10**9 + 37 * S)):
+        parts = PrimesJob().split({"start": lo, "end": hi, "output": "count"}, 0.05, 64)
+        assert len(parts) >= 2
+        got = done(stack, submit(stack, {"start": lo, "end": hi, "output": "count"})["id"])
+        assert got["status"] == "finished", got
+        assert got["result"]["count"] == primes.count_primes(lo, hi), (lo, hi)
+    got = done(stack, submit(stack, {"start": 10**9, "end": 10**10, "output": "count"})["id"])
+    assert got["result"]["count"] == PI_1E10 - PI_1E9
+
+
+def test_a_split_list_equals_a_plain_sieve_and_pages_exactly(stack: Api) -> None:
+    lo, hi = 2 * S, 5 * S - 1  # bounds on the grid: three one-segment parts
+    assert len(PrimesJob().split({"start": lo, "end": hi, "output": "list"}, 0.05, 64)) >= 2
+    want = reference_primes(lo, hi)
+    got = done(stack, submit(stack, {"start": lo, "end": hi, "output": "list"})["id"])
+    assert got["status"] == "finished", got
+    assert got["result_inline"] is False
+    result = all_result(stack, got["id"])
+    assert len(result) == len(want) and result == want.tolist()
+    # A page straddling the first part boundary.
+    first = int(np.searchsorted(want, 3 * S)) - 5
+    r = stack.get(f"/api/v1/jobs/{got['id']}/result?offset={first}&limit=10")
+    assert r.status_code == 200, r.text
+    page = r.json()
+    items = page["result"] if isinstance(page, dict) else page
+    assert items == want[first:first + 10].tolist()
+    # Off the grid too.
+    lo2, hi2 = 7 * S + 12345, 9 * S + 777
+    got2 = done(stack, submit(stack, {"start": lo2, "end": hi2, "output": "list"})["id"])
+    assert all_result(stack, got2["id"]) == reference_primes(lo2, hi2).tolist()
+
+
+def test_pause_resume_and_cancel_of_a_split_job(stack: Api) -> None:
+    start = 3 * 10**11
+    j = submit(stack, {"start": start, "end": start + 4 * 10**10, "output": "count"})
+    wait_for("a part to start", lambda: job(stack, j["id"])["status"] == "started", 120)
+    r = stack.post(f"/api/v1/jobs/{j['id']}/pause")
+    assert r.status_code == 200, r.text
+    wait_for("the job paused", lambda: job(stack, j["id"])["status"] == "paused", 30)
+    wait_for("no worker on it", lambda: not any(w.get("current_job") for w in stack.get("/api/v1/workers").json()),
+             60, 0.2)
+    before = job(stack, j["id"])["progress"]["done"]
+    time.sleep(1.0)
+    assert job(stack, j["id"])["progress"]["done"] == before  # nothing runs while paused
+    r = stack.post(f"/api/v1/jobs/{j['id']}/resume")
+    assert r.status_code in (200, 202), r.text
+    wait_for("the job running again", lambda: job(stack, j["id"])["status"] == "started", 60)
+    wait_for("progress past the pause", lambda: job(stack, j["id"])["progress"]["done"] > before, 60)
+    r = stack.post(f"/api/v1/jobs/{j['id']}/cancel")
+    assert r.status_code == 200, r.text
+    assert wait_for("canceled", lambda: job(stack, j["id"])["status"] == "canceled", 30)
+    wait_for("every part stopped", lambda: not any(w.get("current_job") for w in stack.get("/api/v1/workers").json()),
+             60, 0.2)
+
+
+def _kill_worker_of_a_part(api: Api) -> str:
+    busy = wait_for("a worker busy", lambda: [w for w in api.get("/api/v1/workers").json() if w.get("current_job")],
+                    120, 0.05)
+    pid = int(busy[0]["name"].rsplit(".", 1)[1])
+    children = [int(p) for p in os.popen(f"pgrep -P {pid}").read().split()]
+    for p in [pid, *children]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return busy[0]["current_job"]
+
+
+def test_a_worker_killed_while_it_runs_a_part_leaves_the_job_right(stack: Api) -> None:
+    j = submit(stack, {"start": 0, "end": 10**10 + 12345, "output": "count"})
+    wait_for("a part to start", lambda: job(stack, j["id"])["status"] == "started", 120)
+    time.sleep(0.5)
+    _kill_worker_of_a_part(stack)
+    got = done(stack, j["id"], 300)
+    assert got["status"] == "finished", got
+    assert got["result"]["count"] == PI_1E10 + count_small(10**10 + 1, 10**10 + 12345)
+
+
+def count_small(lo: int, hi: int) -> int:
+    return int(reference_primes(lo, hi).size)
+
+
+def test_workers_list_shows_both_busy_with_parts_of_one_job(stack: Api) -> None:
+    start = 5 * 10**11
+    j = submit(stack, {"start": start, "end": start + 4 * 10**10, "output": "count"})
+    try:
+        def parents() -> list[dict[str, Any]]:
+            r = stack.get("/api/v1/workers")
+            assert r.status_code == 200, r.text
+            busy = [w["current_job"] for w in r.json() if w.get("current_job")]
+            if len(busy) < WORKERS:
+                return []
+            return [job(stack, b) for b in busy]
+        got = wait_for("both workers busy with parts", parents, 120, 0.05)
+        assert len({g["id"] for g in got}) == WORKERS
+        assert all(g["params"]["output"] == "count" and start <= g["params"]["start"] for g in got)
+    finally:
+        stack.post(f"/api/v1/jobs/{j['id']}/cancel")
