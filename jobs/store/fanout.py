@@ -16,7 +16,8 @@ and pause, resume, cancel, retry and delete of the whole job act on every part (
 this module). Its progress is the sum of its parts' (read with it). Its result is built by `settle`
 from its parts' results: a count is their sum; a list is their chunks copied, in range order, into
 its own result lists inside Redis (FANOUT_COPY_LUA), so /result paging stays exact and the inline rules
-apply unchanged. The parts' results are dropped in the same step that finishes the whole job.
+apply unchanged; a list's parts drop theirs in the step that finishes the whole job (a part's resource
+then says `finished` with no result).
 
 `settle` runs after every part's end (in the runner) and from the reaper (FANOUT_LIVE_KEY), and is
 idempotent: the copy starts from empty lists and the ending is the lifecycle's compare-and-set.
@@ -180,8 +181,11 @@ class Fanout:
         fields = {"result_meta": orjson.dumps(meta).decode(), "ended_at": repr(time.time()), "run_ms": repr(run_ms),
                   "progress": orjson.dumps({"done": total_n, "total": total_n, "percent": 100.0}).decode(),
                   "stats": orjson.dumps({**stats, "parts": len(parts)}).decode()}
-        drop = [("DEL", RESULT_CHUNKS_KEY.format(id=p.id), RESULT_COUNTS_KEY.format(id=p.id)) for p in parts]
-        drop.append(("SREM", FANOUT_LIVE_KEY, rec.id))
+        drop: list[tuple[Any, ...]] = [("SREM", FANOUT_LIVE_KEY, rec.id)]
+        if meta["kind"] == "array":  # the primes now live in the whole job's lists; a count's parts keep theirs
+            for p in parts:
+                drop += [("DEL", RESULT_CHUNKS_KEY.format(id=p.id), RESULT_COUNTS_KEY.format(id=p.id)),
+                         ("HSET", JOB_KEY.format(id=p.id), "result_meta", "")]
         self.life.finish(rec, fields, run_ms / 1000, {}, pushes=pushes, then=drop, from_=(QUEUED, STARTED))
         got = self.get(rec.id)
         return got.status if got else None
