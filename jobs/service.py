@@ -527,6 +527,8 @@ class JobService:
                 if w.last_heartbeat is None or (now - w.last_heartbeat).total_seconds() <= limit]
 
     def workers(self) -> list[dict[str, Any]]:
+        """Live workers; a worker running a part of a split job names the whole job (jobs.store.fanout),
+        the one resource its client knows, so every worker on a wide job shows that job."""
         out = []
         for w in self.live_workers():
             current = w.get_current_job_id()
@@ -538,6 +540,14 @@ class JobService:
                 "current_job": current.rsplit("-", 1)[0] if current else None,
                 "last_heartbeat": hb.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if hb else None,
             })
+        busy = [o for o in out if o["current_job"]]
+        if busy:
+            pipe = self.conn.pipeline(transaction=False)
+            for o in busy:
+                pipe.hget(JOB_KEY.format(id=o["current_job"]), "parent")
+            for o, parent in zip(busy, pipe.execute(), strict=True):
+                if parent:
+                    o["current_job"] = parent.decode()
         return out
 
 
