@@ -48,7 +48,9 @@ def url(redis_url: str) -> str:
 def stack(url: str, log_dir: Path) -> Iterator[tuple[Web, Workers]]:
     workers = Workers(url, log_dir, count=WORKERS, name="workers-scheduling", HEARTBEAT_TIMEOUT=5,
                       PREEMPT_QUANTUM=1).start()
-    web = Web(url, log_dir, API_TOKENS=API_TOKENS).start()
+    # Whole jobs here (FANOUT_MIN_SECONDS=0): these tests are about dispatching runs; split jobs are
+    # tests/test_fanout.py's.
+    web = Web(url, log_dir, API_TOKENS=API_TOKENS, FANOUT_MIN_SECONDS=0).start()
     try:
         deadline = time.monotonic() + 60
         while len(requests.get(web.url + "/api/v1/workers", headers=AS_ALICE, timeout=10).json()) < WORKERS:

@@ -134,9 +134,10 @@ class Fanout:
         bad = next((p for p in parts if p is None or p.status in (FAILED, CANCELED)), False)
         if bad is not False:
             error = {"type": "PartFailed", "message": "a part of this job is gone"}
-            if bad is not None:
-                error = {"type": "PartFailed", "message": f"part [{bad.params['start']}, {bad.params['end']}] "
-                         f"{bad.status.value}", **({"part": bad.error} if bad.error else {})}
+            if bad is not None:  # the part's own error (a timeout stays a JobTimeoutException), naming the part
+                where = f"part [{bad.params['start']}, {bad.params['end']}]"
+                error = {"type": (bad.error or {}).get("type") or "PartFailed",
+                         "message": f"{where}: {(bad.error or {}).get('message') or bad.status.value}"}
             if self.life.fail(rec, error, from_=(QUEUED, STARTED)):
                 self.conn.srem(FANOUT_LIVE_KEY, parent_id)
                 self.stop_parts(rec, "cancel")
