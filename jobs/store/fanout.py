@@ -95,19 +95,26 @@ class Fanout:
         return [JobRecord.from_hash(h) if h else None for h in pipe.execute()]
 
     def with_progress(self, rec: JobRecord) -> JobRecord:
-        """The whole job with its progress summed over its parts (while it is live)."""
+        """The whole job as its client sees it while it is live: progress summed over its parts, `started`
+        while a part runs and `queued` while none does (all waiting, or sent back by a worker's shutdown),
+        and `attempt` / `runs` the most of any part's (a part recovered from a lost worker shows)."""
         if not rec.extra.get("parts") or not rec.status.live:
             return rec
         ids = rec.extra["parts"].split(",")
         pipe = self.conn.pipeline(transaction=False)
         for pid in ids:
-            pipe.hget(JOB_KEY.format(id=pid), "progress")
-        done = 0
-        for raw in pipe.execute():
+            pipe.hmget(JOB_KEY.format(id=pid), "progress", "status", "attempt", "runs")
+        done, running = 0, False
+        for raw, status, attempt, runs in pipe.execute():
             if raw:
                 done += int(orjson.loads(raw).get("done") or 0)
+            running = running or status == b"started"
+            rec.attempt = max(rec.attempt, int(attempt or 0))
+            rec.runs = max(rec.runs, int(runs or 0))
         total = int(rec.params["end"]) - int(rec.params["start"]) + 1
         rec.progress = {"done": done, "total": total, "percent": round(100.0 * done / total, 2) if total else 0.0}
+        if rec.status in (QUEUED, STARTED):
+            rec.status = STARTED if running else QUEUED
         return rec
 
     # -- the runner's hooks ---------------------------------------------------------------
@@ -181,7 +188,8 @@ class Fanout:
         total_n = int(rec.params["end"]) - int(rec.params["start"]) + 1
         fields = {"result_meta": orjson.dumps(meta).decode(), "ended_at": repr(time.time()), "run_ms": repr(run_ms),
                   "progress": orjson.dumps({"done": total_n, "total": total_n, "percent": 100.0}).decode(),
-                  "stats": orjson.dumps({**stats, "parts": len(parts)}).decode()}
+                  "stats": orjson.dumps({**stats, "parts": len(parts)}).decode(),
+                  "runs": str(max(p.runs for p in parts)), "attempt": str(max(p.attempt for p in parts))}
         drop: list[tuple[Any, ...]] = [("SREM", FANOUT_LIVE_KEY, rec.id)]
         if meta["kind"] == "array":  # the primes now live in the whole job's lists; a count's parts keep theirs
             for p in parts:
