@@ -408,6 +408,12 @@ class JobService:
             raise Conflict(f"job is already {rec.status.value}")
         if rec.extra.get("parts"):
             self.fanout.pause(rec)
+            # As for one run, the answer comes once the work stands still: each running part pauses at
+            # its next checkpoint (well within the contract's 2 s), so a paused job's progress holds.
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and any(
+                    p is not None and p.status is JobStatus.STARTED for p in self.fanout.parts(rec)):
+                time.sleep(0.05)
             return self._require(job_id)
         if self.life.pause(rec, (JobStatus.QUEUED,)):
             return self._require(job_id)

@@ -111,6 +111,10 @@ class RedisContext:
         #: When this run next asks whether to yield its worker (monotonic s; None: never, see preemptible()).
         self._yield_at: float | None = None
         self._run_id = ""
+        #: A part of a split job names its whole job: the job's page and event streams follow the whole
+        #: job, whose progress is the sum of its parts' (read on each event), so a part's progress
+        #: announces the whole job too, or the page's bar would jump from 0 to 100.
+        self._parent: str | None = rec.extra.get("parent") or None
         # The extras its type declares (JobSpec.needs, jobs.context.CONTEXT_EXTRAS); None for the rest.
         self.segments: Any = None
         if "segments" in JOB_TYPES[rec.type].needs:
@@ -152,6 +156,8 @@ class RedisContext:
         pipe.hset(JOB_KEY.format(id=self.job_id), "progress",
                   orjson.dumps({"done": done, "total": total, "percent": percent}))
         publish(pipe, self.job_id, JobStatus.STARTED.value, kind="progress")
+        if self._parent:
+            publish(pipe, self._parent, JobStatus.STARTED.value, kind="progress")
         pipe.execute()
 
     def save_checkpoint(self, state: dict[str, Any] | None) -> None:
