@@ -611,7 +611,7 @@ def test_jobs_spread_over_worker_hosts_and_survive_losing_one(lab: Lab) -> None:
         lab.spawn("web", "web", [sys.executable, "-m", "gunicorn", "-c", "python:rest.gunicorn_conf",
                                  "rest.wsgi:app"],
                   REDIS_URL=redis_url, HOST=lab.addr("web"), PORT=5000, WEB_PROCESSES=1, WEB_THREADS=32,
-                  ACCESS_LOG=0, HEARTBEAT_TIMEOUT=5)
+                  ACCESS_LOG=0, HEARTBEAT_TIMEOUT=5, FANOUT_MIN_SECONDS=0)  # whole jobs: one host runs each
         for host in ("w1", "w2"):
             lab.spawn(host, host, [sys.executable, "worker.py", "--workers", "1", "--url", redis_url],
                       HEARTBEAT_TIMEOUT=5)
@@ -719,7 +719,8 @@ def test_scheduling_holds_across_two_worker_hosts(lab: Lab) -> None:
         lab.spawn("web", "web", [sys.executable, "-m", "gunicorn", "-c", "python:rest.gunicorn_conf",
                                  "rest.wsgi:app"],
                   REDIS_URL=redis_url, HOST=lab.addr("web"), PORT=5000, WEB_PROCESSES=1, WEB_THREADS=32,
-                  ACCESS_LOG=0, API_TOKENS=",".join(f"{o}:{hash_token(t)}" for o, t in tokens.items()))
+                  ACCESS_LOG=0, API_TOKENS=",".join(f"{o}:{hash_token(t)}" for o, t in tokens.items()),
+                  FANOUT_MIN_SECONDS=0)  # whole jobs: this test checks the order whole runs start in
         for host in ("w1", "w2"):  # no preemption here: the order checked below must hold still
             lab.spawn(host, host, [sys.executable, "worker.py", "--workers", "1", "--url", redis_url],
                       PREEMPT_QUANTUM=0)
