@@ -324,6 +324,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             "NGINX_IMAGE": "crunch-offline/nginx:1.22", "CRUNCH_IMAGE": TEST_IMAGE,
             "PUBLISH_ADDRESS": "127.0.0.1", "PORT": str(port), "WORKERS": "1", "HEARTBEAT_TIMEOUT": "10",
             "MAX_BODY_BYTES": str(8 << 20), "REDIS_MAXMEMORY": "1gb",
+            # Whole jobs: the scenarios below kill, scale and stop around one job's run (split jobs are
+            # tests/test_fanout.py's).
+            "FANOUT_MIN_SECONDS": "0",
             # docker-compose 1.29 gives up on a slow engine after 60 s; builds under load take longer.
             "COMPOSE_HTTP_TIMEOUT": "600", "DOCKER_CLIENT_TIMEOUT": "600",
         })
