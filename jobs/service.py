@@ -238,16 +238,17 @@ class JobService:
             for jid, _ in ids:
                 pipe.hgetall(JOB_KEY.format(id=jid))
             stale = []
-            for (jid, score), h in zip(ids, pipe.execute(), strict=True):
+            # A split job as GET /jobs/{id} shows it (progress summed over its parts): one round trip per page.
+            recs = self.fanout.with_progress_all([JobRecord.from_hash(h) if h else None for h in pipe.execute()])
+            for (jid, score), rec in zip(ids, recs, strict=True):
                 if len(out) >= limit:
                     more = True
                     break
                 scanned += 1
                 last = (score, jid)
-                if not h:
+                if rec is None:
                     stale.append(jid)
                     continue
-                rec = JobRecord.from_hash(h)
                 if (status and rec.status.value != status) or (type_ and rec.type != type_) or (
                         owner is not None and rec.extra.get("owner") != owner):
                     continue

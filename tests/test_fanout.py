@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from redis import Redis
 from rq.worker import Worker
@@ -260,3 +261,30 @@ def test_workers_list_shows_both_busy_with_one_split_job(stack: Api, conn: Redis
         assert len(runs) == WORKERS and all(r and not r.startswith(j["id"]) for r in runs), runs
     finally:
         stack.post(f"/api/v1/jobs/{j['id']}/cancel")
+
+
+def test_the_job_list_shows_a_split_jobs_summed_progress(stack: Api, conn: Redis) -> None:
+    """GET /api/v1/jobs shows a split job as GET /api/v1/jobs/{id} does: its parts' progress summed and
+    `started` while a part runs (its own stored hash keeps the 0 of its claim: no worker runs it)."""
+    start = 7 * 10**11
+    j = submit(stack, {"start": start, "end": start + 4 * 10**10, "output": "count"})
+    try:
+        def listed() -> dict[str, Any] | None:
+            r = stack.get("/api/v1/jobs?type=primes&status=started&limit=50")
+            assert r.status_code == 200, r.text
+            row = next((x for x in r.json()["jobs"] if x["id"] == j["id"]), None)
+            return row if row and row["progress"]["done"] > 0 else None
+
+        row = wait_for("the job listed as started with progress", listed, 120, 0.1)
+        stored = orjson.loads(conn.hget(f"crunch:job:{j['id']}", "progress") or b"{}")
+        assert stored.get("done", 0) == 0, stored  # what the list showed before: the whole job's own field
+        assert row["status"] == "started"
+        assert row["progress"]["total"] == 4 * 10**10 + 1
+        assert 0 < row["progress"]["done"] <= job(stack, j["id"])["progress"]["done"]
+        assert row["progress"]["percent"] == round(100.0 * row["progress"]["done"] / (4 * 10**10 + 1), 2)
+    finally:
+        stack.post(f"/api/v1/jobs/{j['id']}/cancel")
+    got = wait_for("canceled", lambda: (m := job(stack, j["id"]))["status"] == "canceled" and m, 30)
+    r = stack.get("/api/v1/jobs?type=primes&limit=50")
+    row = next(x for x in r.json()["jobs"] if x["id"] == j["id"])
+    assert row["status"] == "canceled" and row["progress"] == got["progress"]

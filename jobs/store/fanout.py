@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -48,6 +48,7 @@ from jobs.store.status import JobStatus
 
 QUEUED, STARTED, PAUSED = JobStatus.QUEUED, JobStatus.STARTED, JobStatus.PAUSED
 FINISHED, FAILED, CANCELED = JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED
+R = TypeVar("R", JobRecord, JobRecord | None)
 
 
 def plan(rec: JobRecord, spec: Any, min_seconds: float, max_parts: int) -> list[JobRecord]:
@@ -98,24 +99,34 @@ class Fanout:
         """The whole job as its client sees it while it is live: progress summed over its parts, `started`
         while a part runs and `queued` while none does (all waiting, or sent back by a worker's shutdown),
         and `attempt` / `runs` the most of any part's (a part recovered from a lost worker shows)."""
-        if not rec.extra.get("parts") or not rec.status.live:
-            return rec
-        ids = rec.extra["parts"].split(",")
+        return self.with_progress_all([rec])[0]
+
+    def with_progress_all(self, recs: list[R]) -> list[R]:
+        """with_progress() of many records (a page of the job list) in one round trip; a record that is
+        not a live split job (or None, a job gone) is returned as it is, and costs nothing."""
+        split = [r for r in recs if r is not None and r.extra.get("parts") and r.status.live]
+        if not split:
+            return recs
         pipe = self.conn.pipeline(transaction=False)
-        for pid in ids:
-            pipe.hmget(JOB_KEY.format(id=pid), "progress", "status", "attempt", "runs")
-        done, running = 0, False
-        for raw, status, attempt, runs in pipe.execute():
-            if raw:
-                done += int(orjson.loads(raw).get("done") or 0)
-            running = running or status == b"started"
-            rec.attempt = max(rec.attempt, int(attempt or 0))
-            rec.runs = max(rec.runs, int(runs or 0))
-        total = int(rec.params["end"]) - int(rec.params["start"]) + 1
-        rec.progress = {"done": done, "total": total, "percent": round(100.0 * done / total, 2) if total else 0.0}
-        if rec.status in (QUEUED, STARTED):
-            rec.status = STARTED if running else QUEUED
-        return rec
+        for rec in split:
+            for pid in rec.extra["parts"].split(","):
+                pipe.hmget(JOB_KEY.format(id=pid), "progress", "status", "attempt", "runs")
+        replies = iter(pipe.execute())
+        for rec in split:
+            done, running = 0, False
+            for _ in rec.extra["parts"].split(","):
+                raw, status, attempt, runs = next(replies)
+                if raw:
+                    done += int(orjson.loads(raw).get("done") or 0)
+                running = running or status == b"started"
+                rec.attempt = max(rec.attempt, int(attempt or 0))
+                rec.runs = max(rec.runs, int(runs or 0))
+            total = int(rec.params["end"]) - int(rec.params["start"]) + 1
+            rec.progress = {"done": done, "total": total,
+                            "percent": round(100.0 * done / total, 2) if total else 0.0}
+            if rec.status in (QUEUED, STARTED):
+                rec.status = STARTED if running else QUEUED
+        return recs
 
     # -- the runner's hooks ---------------------------------------------------------------
 
