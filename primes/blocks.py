@@ -106,12 +106,11 @@ class BlockSieve:
             ring = _bucket.ring_size(root)
             self.reserve = ring + 4
             nb = 2 * self.reserve + _expected_entries(30 * (self.end - b0), root) // _bucket.BUCKET
-            self.head = np.full(ring, -1, dtype=np.int32)
-            self.fill = np.zeros(ring, dtype=np.int32)
-            self.bnext = np.full(nb, -1, dtype=np.int32)
+            self.wp = np.zeros(ring, dtype=np.uint64)
+            self.bnext = np.zeros(nb, dtype=np.uint64)
             self.pool = np.empty(nb * _bucket.BUCKET, dtype=np.uint64)
-            self.free = np.arange(nb, dtype=np.int32)
-            self.meta = np.array([nb, 0], dtype=np.int64)  # free buckets, current ring slot
+            self.free = np.arange(nb - 1, 0, -1, dtype=np.uint64)  # bucket 0 is never handed out
+            self.meta = np.array([nb - 1], dtype=np.int64)  # free buckets
             # The big sieving primes themselves come from a second, small sieve over
             # [BIG_MIN, root] (root <= 2^32, so it needs no bucket sieve of its own).
             g0, g1 = BIG_MIN // 30, root // 30
@@ -128,12 +127,12 @@ class BlockSieve:
         """Double the bucket pool (entries never move: bucket ids stay valid)."""
         old = self.bnext.size
         nb = 2 * old
-        self.bnext = np.concatenate((self.bnext, np.full(nb - old, -1, dtype=np.int32)))
+        self.bnext = np.concatenate((self.bnext, np.zeros(nb - old, dtype=np.uint64)))
         self.pool = np.concatenate((self.pool, np.empty((nb - old) * _bucket.BUCKET, dtype=np.uint64)))
         nfree = int(self.meta[0])
-        free = np.empty(nb, dtype=np.int32)
+        free = np.empty(nb, dtype=np.uint64)
         free[:nfree] = self.free[:nfree]
-        free[nfree:nfree + nb - old] = np.arange(old, nb, dtype=np.int32)
+        free[nfree:nfree + nb - old] = np.arange(old, nb, dtype=np.uint64)
         self.free = free
         self.meta[0] = nfree + nb - old
 
@@ -152,7 +151,7 @@ class BlockSieve:
                     self.gbuf[self.gn - 1] &= m1
                 self.gcur[0], self.gcur[1] = 0, int(self.gbuf[0])
             if _bucket.add_primes(self.gbuf, self.gn, self.gpos, self.gcur, self.pos, end_byte, self.hi_lim,
-                                  self.head, self.fill, self.bnext, self.pool, self.free, self.meta, self.reserve):
+                                  self.wp, self.bnext, self.pool, self.free, self.meta, self.reserve):
                 continue  # this block of primes is used up: sieve the next
             if self.meta[0] < self.reserve:
                 self._grow()
@@ -175,8 +174,7 @@ class BlockSieve:
         self.active = _wheel.sieve_block(buf, n, self.pos, self.primes, self.bases, self.wis, self.active, *_PAT)
         if self.big:
             blocks_left = (self.end - (self.pos + n) + BLOCK - 1) // BLOCK
-            _bucket.cross_off_big(buf, self.head, self.fill, self.bnext, self.pool, self.free, self.meta,
-                                  blocks_left)
+            _bucket.cross_off_big(buf, self.wp, self.bnext, self.pool, self.free, self.meta, blocks_left)
         pos = self.pos
         if pos + n > TOP_BYTE:
             t = TOP_BYTE - pos
