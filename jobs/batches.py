@@ -27,6 +27,7 @@ from redis.exceptions import NoScriptError
 from jobs.errors import InvalidParams
 from jobs.service import JobService
 from jobs.settings import Settings
+from jobs.sharing import share_many
 from jobs.store.admission import Admission, Rejected
 from jobs.store.batches import COUNTED, ITEMS_LUA
 from jobs.store.deliveries import DeliveryStore
@@ -55,8 +56,8 @@ CHUNK = 250
 MAX_ERRORS = 100
 #: Seconds a batch waits for its running items to stop on a cancel before killing their work horses.
 CANCEL_GRACE = 2.0
-#: The keys an item may have.
-_ITEM_KEYS = frozenset({"type", "params"})
+#: The keys an item may have: a single submit's body is its params plus an optional webhook, so an item is too.
+_ITEM_KEYS = frozenset({"type", "params", "webhook"})
 _CURSOR = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -76,25 +77,38 @@ def decode_batch_body(raw: bytes) -> Any:
 
 @dataclass
 class BatchRequest:
-    """A validated batch: its items as submissions, in order, and the batch's own webhook."""
+    """A validated batch: its items as submissions, in order, the batch's own webhook (batch.finished), and
+    each item's webhook (job.*, as its own POST's `webhook`), None where an item named none."""
 
     items: list[Submission]
     webhook: str | None = None
+    item_webhooks: list[str | None] = field(default_factory=list)
 
 
 def parse_batch(body: Any, limits: Limits, settings: Settings) -> BatchRequest:
-    """`{"jobs": [{"type", "params"}, ...], "webhook"?}` with every item parsed exactly as its own POST would
-    be; InvalidParams with every error located at ["jobs", index, ...] (so a client fixes its batch in one go)."""
+    """`{"jobs": [{"type", "params", "webhook"?}, ...], "webhook"?}` with every item parsed exactly as its own
+    POST would be (its webhook checked as that POST's would be); InvalidParams with every error located at
+    ["jobs", index, ...] (so a client fixes its batch in one go)."""
     if not isinstance(body, dict):
         raise InvalidParams([{"loc": ["body"], "msg": "must be a JSON object with a jobs array"}])
     errors: list[dict[str, Any]] = [{"loc": [key], "msg": "unknown field; a batch has jobs and webhook"}
                                     for key in body if key not in ("jobs", "webhook")]
+    checked: dict[str, str | None] = {}  # URL -> why it is refused; each distinct URL is resolved once
+
+    def check(url: Any, loc: list[Any]) -> None:
+        key = url if isinstance(url, str) else repr(url)
+        if key not in checked:
+            try:
+                check_url(url, settings.webhook_allow_private)
+                checked[key] = None
+            except WebhookURLError as exc:
+                checked[key] = str(exc)
+        if checked[key] is not None:
+            errors.append({"loc": loc, "msg": checked[key]})
+
     webhook = body.get("webhook")
     if webhook is not None:  # null: no webhook, as if the key were absent
-        try:
-            check_url(webhook, settings.webhook_allow_private)
-        except WebhookURLError as exc:
-            errors.append({"loc": ["webhook"], "msg": str(exc)})
+        check(webhook, ["webhook"])
     items = body.get("jobs")
     if not isinstance(items, list) or not items or len(items) > settings.max_batch_jobs:
         msg = ("must be an array of {type, params} objects" if not isinstance(items, list) else
@@ -103,6 +117,7 @@ def parse_batch(body: Any, limits: Limits, settings: Settings) -> BatchRequest:
         raise InvalidParams([*errors, {"loc": ["jobs"], "msg": msg}])
     types = json_types()
     subs: list[Submission] = []
+    hooks: list[str | None] = []
     for i, item in enumerate(items):
         where: list[Any] = ["jobs", i]
         if not isinstance(item, dict):
@@ -110,9 +125,10 @@ def parse_batch(body: Any, limits: Limits, settings: Settings) -> BatchRequest:
             continue
         for key in item:
             if key not in _ITEM_KEYS:
-                msg = ("a batch's webhook goes next to jobs, for the whole batch" if key == "webhook"
-                       else "unknown field; an item has type and params")
-                errors.append({"loc": [*where, key], "msg": msg})
+                errors.append({"loc": [*where, key], "msg": "unknown field; an item has type, params and webhook"})
+        hook = item.get("webhook")
+        if hook is not None:
+            check(hook, [*where, "webhook"])
         job_type = item.get("type")
         if not isinstance(job_type, str) or job_type not in types:
             errors.append({"loc": [*where, "type"], "msg": f"must be one of {', '.join(types)}"})
@@ -123,6 +139,7 @@ def parse_batch(body: Any, limits: Limits, settings: Settings) -> BatchRequest:
             continue
         try:
             subs.append(JOB_TYPES[job_type].parse_json(params, limits))
+            hooks.append(hook)
         except InvalidParams as exc:
             for e in exc.errors:
                 loc = list(e.get("loc") or [])
@@ -136,7 +153,7 @@ def parse_batch(body: Any, limits: Limits, settings: Settings) -> BatchRequest:
         if len(errors) > MAX_ERRORS:
             shown.append({"loc": ["jobs"], "msg": f"{len(errors) - MAX_ERRORS} more errors not listed"})
         raise InvalidParams(shown, detail)
-    return BatchRequest(subs, webhook)
+    return BatchRequest(subs, webhook, hooks)
 
 
 @dataclass
@@ -218,6 +235,11 @@ class BatchService:
             base_extra["owner"] = owner
         meta = {"client": admission.client, "owner": owner or "", "webhooks": "1" if req.webhook else ""}
         outcomes = {"created": 0, "deduplicated": 0, "cached": 0}
+        if owner:
+            for sub in req.items:
+                sub.scope = owner
+            # Another owner's finished result is copied in first, as a single POST would (jobs.sharing).
+            share_many(self.jobs, req.items, base_extra)
         chunks = [req.items[i:i + CHUNK] for i in range(0, total, CHUNK)]
         keys = [BATCH_KEY.format(id=batch_id), BATCH_JOBS_KEY.format(id=batch_id)]
         head = [batch_id, repr(now)]
@@ -230,12 +252,29 @@ class BatchService:
                 pipe.evalsha(self._items_script.sha, len(keys), *keys, *head, 0, total, self.settings.result_ttl,
                              0, *self._item_args(chunk, owner, base_extra, now))
             replies += pipe.execute()
-        for reply in replies:
-            for outcome in reply[1::2]:
+        written: list[tuple[Submission, str | None, str, str]] = []  # per item: sub, webhook, job id, outcome
+        hooks_of = req.item_webhooks or [None] * total
+        for k, reply in enumerate(replies):
+            if len(reply) < 2:  # {'gone'}: the batch vanished under a later chunk (deleted, or RESULT_TTL tiny)
+                continue
+            start = k * CHUNK
+            for j, (job_id, outcome) in enumerate(zip(reply[0::2], reply[1::2], strict=True)):
                 name = outcome.decode()
                 outcomes["deduplicated" if name == "joined" else name] += 1
+                written.append((req.items[start + j], hooks_of[start + j], job_id.decode(), name))
+        after = self.conn.pipeline(transaction=False)
+        if owner:  # a new job of an owner is offered to other owners once finished, as submit_owned does
+            cache, ttl = self.jobs.cache, self.settings.result_ttl
+            for sub, _hook, job_id, name in written:
+                if name == "created" and not JOB_TYPES[sub.type].private_input:
+                    after.set(cache.full_key(sub.shared_key), cache.serializer.dumps(job_id), nx=True, ex=ttl)
+        if len(after):
+            after.execute()
+        hooks = [("job", job_id, url, admission.client) for _sub, url, job_id, _name in written if url]
         if req.webhook:
-            self.deliveries.register("batch", batch_id, req.webhook, admission.client)
+            hooks.append(("batch", batch_id, req.webhook, admission.client))
+        if hooks:  # each item's own delivery (job.*), and the batch's (batch.finished)
+            self.deliveries.register_many(hooks)
         batch = self.get(batch_id)
         if batch is None:  # expired already (RESULT_TTL tiny) or deleted: answer what was written
             batch = Batch(batch_id, total, dict.fromkeys(COUNTED, 0), now, now, admission.client, owner or "")
@@ -243,12 +282,11 @@ class BatchService:
 
     def _item_args(self, subs: Sequence[Submission], owner: str | None, extra: dict[str, str],
                    now: float) -> list[Any]:
-        """Per item: its request-cache key, the id a new job would get, and the packed commands creating it."""
+        """Per item: its request-cache key, the id a new job would get, and the packed commands creating it
+        (subs are scoped to their owner already, see submit)."""
         life = self.jobs.life
         args: list[Any] = []
         for sub in subs:
-            if owner:
-                sub.scope = owner
             spec = JOB_TYPES[sub.type]
             rec = JobRecord(id=uuid.uuid4().hex, type=sub.type, params=sub.params, queue=sub.queue,
                             cache_key=sub.cache_key, pausable=spec.pausable, created_at=now,

@@ -301,7 +301,10 @@ def extend_openapi(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
         model = JOB_TYPES[name].params_model.__name__
         required = ["type", "params"] if schemas.get(model, {}).get("required") else ["type"]
         return {"type": "object", "required": required, "additionalProperties": False,
-                "properties": {"type": {"const": name}, "params": ref(model)}}
+                "properties": {"type": {"const": name}, "params": ref(model),
+                               "webhook": {"type": ["string", "null"], "format": "uri",
+                                           "description": "Called (signed, Standard Webhooks) when this item's "
+                                                          "job ends, as its own POST's `webhook` would be."}}}
 
     schemas["BatchRequest"] = {
         "type": "object", "required": ["jobs"], "additionalProperties": False,

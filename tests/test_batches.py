@@ -376,3 +376,74 @@ def test_concurrent_batches_sharing_items_make_one_job_each_and_exact_counts(api
             assert job["result"]["n"] == n % 90_000
             by_n.setdefault(n % 90_000, set()).add(job["id"])
     assert all(len(jobs) == 1 for jobs in by_n.values()), "an n ran as more than one job"
+
+
+# -- owners (API_TOKENS on, a real gunicorn): batch items share finished results across owners as single POSTs do --
+
+
+OWNER_TOKENS = {"dora": "dora-token-" + "d" * 24, "emil": "emil-token-" + "e" * 24}
+
+
+@pytest.fixture(scope="module")
+def owners_web(redis_url: str, log_dir, workers):
+    from infra.processes import Web
+    from rest.auth import hash_token
+
+    w = Web(redis_url, log_dir, WEB_PROCESSES=1,
+            API_TOKENS=",".join(f"{o}:{hash_token(t)}" for o, t in OWNER_TOKENS.items()))
+    w.log_path = log_dir / "web-batch-owners.log"
+    w.start()
+    yield w
+    w.stop()
+
+
+def as_owner(web, owner: str) -> Api:
+    api = Api(web.url)
+    api.s.headers["Authorization"] = f"Bearer {OWNER_TOKENS[owner]}"
+    return api
+
+
+def finished(api: Api, job_id: str) -> dict:
+    job = api.wait_done(job_id)
+    assert job["status"] == "finished", job
+    return job
+
+
+def test_batch_items_get_another_owners_finished_result_as_a_copy_as_single_posts_do(owners_web) -> None:
+    dora, emil = as_owner(owners_web, "dora"), as_owner(owners_web, "emil")
+    salt = uuid.uuid4().int
+    fib = {"n": 10_000 + salt % 50_000}
+    lo = 10**8 + salt % 10**8
+    count = {"start": lo, "end": lo + 100_000, "output": "count"}
+    numbers = {"numbers": [salt % 10**15, 5, -3]}
+    # Dora's own single POSTs, finished: fibonacci and a primes count (public inputs), a sort (her own data).
+    mine = {name: finished(dora, dora.post(f"/api/v1/{name}", json=body).json()["id"])
+            for name, body in (("fibonacci", fib), ("primes", count), ("sort", numbers))}
+    fresh = {"n": 60_000 + salt % 30_000}
+    items = [{"type": "fibonacci", "params": fib}, {"type": "primes", "params": count},
+             {"type": "sort", "params": numbers}, {"type": "fibonacci", "params": fresh}]
+    r = emil.post("/api/v1/batches", json={"jobs": items})
+    assert r.status_code == 202, r.text
+    # Shared as Emil's own POSTs would be: the two public results are copies (cached, ids of his own); the
+    # sort carries Dora's data and is never answered from her job; the fresh item is a new job.
+    assert r.json()["submitted"] == {"created": 2, "deduplicated": 0, "cached": 2}, r.json()
+    batch = wait_batch(emil, r.json()["id"])
+    assert batch["counts"]["finished"] == 4, batch
+    jobs = all_items(emil, batch["id"])
+    assert [j["result"] for j in jobs[:3]] == [mine["fibonacci"]["result"], mine["primes"]["result"],
+                                              [-3, 5, salt % 10**15]]
+    assert not {j["id"] for j in jobs} & {m["id"] for m in mine.values()}, "Emil never sees Dora's ids"
+    assert all(dora.get(f"/api/v1/jobs/{j['id']}").status_code == 404 for j in jobs), "and she never sees his"
+    assert all(emil.get(f"/api/v1/jobs/{j['id']}").status_code == 200 for j in jobs)
+    # The other way: the job Emil's batch created is offered to Dora once finished, as a single POST's is.
+    r = dora.post("/api/v1/fibonacci", json=fresh)
+    assert r.status_code == 200 and r.json()["cached"] is True, r.text
+    assert r.json()["id"] != jobs[3]["id"] and r.json()["result"] == jobs[3]["result"]
+    # A batch of public items all finished by another owner answers 200 at once, all cached.
+    r = dora.post("/api/v1/batches", json={"jobs": [items[3], items[0]]})
+    assert r.status_code == 200, r.text
+    assert r.json()["submitted"] == {"created": 0, "deduplicated": 0, "cached": 2}
+    assert r.json()["status"] == "finished"
+    again = all_items(dora, r.json()["id"])
+    assert [j["result"] for j in again] == [jobs[3]["result"], mine["fibonacci"]["result"]]
+    assert again[1]["id"] == mine["fibonacci"]["id"], "her own finished job answers her own item, not a copy"

@@ -209,6 +209,54 @@ def test_a_batch_calls_once_when_it_finishes(hapi: Api, receiver: Receiver) -> N
     assert len(receiver.calls_to(path)) == 1
 
 
+def delivered(hapi: Api, job_id: str, timeout: float = 10) -> list[dict]:
+    """The job's webhooks (as this client registered them) once every one of them is delivered."""
+    deadline = time.monotonic() + timeout
+    while True:
+        hooks = hapi.get(f"/api/v1/jobs/{job_id}").json()["webhooks"]
+        if hooks and all(h["status"] == "delivered" for h in hooks):
+            return hooks
+        assert time.monotonic() < deadline, hooks
+        time.sleep(0.1)
+
+
+def test_each_batch_item_with_a_webhook_gets_its_own_signed_call(hapi: Api, receiver: Receiver) -> None:
+    salt = random.randrange(10**6)
+    n1, n2, n3 = 20_000 + salt % 5000, 30_000 + salt % 5000, 40_000 + salt % 5000
+    r = hapi.post("/api/v1/fibonacci", json={"n": n3}, headers={"Prefer": "wait=20"})
+    assert r.status_code == 200, r.text  # finished before the batch: its item is answered from cache
+    cached_id = r.json()["id"]
+    first, again, cached, whole = receiver.path(), receiver.path(), receiver.path(), receiver.path()
+    items = [{"type": "fibonacci", "params": {"n": n1}, "webhook": receiver.url(first)},
+             {"type": "fibonacci", "params": {"n": n1}, "webhook": receiver.url(again)},  # joins the item above
+             {"type": "fibonacci", "params": {"n": n2}},
+             {"type": "fibonacci", "params": {"n": n3}, "webhook": receiver.url(cached)}]
+    r = hapi.post("/api/v1/batches", json={"jobs": items, "webhook": receiver.url(whole)})
+    assert r.status_code == 202, r.text
+    assert r.json()["submitted"] == {"created": 2, "deduplicated": 1, "cached": 1}
+    batch_id = r.json()["id"]
+    jobs = hapi.get(f"/api/v1/batches/{batch_id}/jobs").json()["jobs"]
+    assert jobs[0]["id"] == jobs[1]["id"] and jobs[3]["id"] == cached_id
+    for path, item in ((first, 0), (again, 1), (cached, 3)):
+        calls = receiver.wait_for(path)
+        payload = Webhook(SECRET).verify(calls[0]["body"], calls[0]["headers"])
+        assert payload["type"] == "job.finished", payload
+        assert payload["data"]["id"] == jobs[item]["id"], payload
+        assert payload["data"]["result"]["n"] == items[item]["params"]["n"]
+    payload = Webhook(SECRET).verify(receiver.wait_for(whole)[0]["body"], receiver.wait_for(whole)[0]["headers"])
+    assert payload["type"] == "batch.finished" and payload["data"]["counts"]["finished"] == 4
+    ids = {receiver.calls_to(p)[0]["headers"]["webhook-id"] for p in (first, again, cached, whole)}
+    assert len(ids) == 4, "one job, two items: two deliveries of their own"
+    # Each job lists the deliveries its items registered (this client's), with their state.
+    assert delivered(hapi, jobs[0]["id"]) == [
+        {"url": receiver.url(p), "status": "delivered", "attempts": 1, "last_error": None} for p in (first, again)]
+    assert delivered(hapi, jobs[3]["id"]) == [
+        {"url": receiver.url(cached), "status": "delivered", "attempts": 1, "last_error": None}]
+    assert hapi.get(f"/api/v1/jobs/{jobs[2]['id']}").json()["webhooks"] == []
+    time.sleep(1.5)
+    assert [len(receiver.calls_to(p)) for p in (first, again, cached, whole)] == [1, 1, 1, 1]
+
+
 def test_csv_takes_the_webhook_as_a_form_field(hapi: Api, receiver: Receiver) -> None:
     path = receiver.path()
     csv = f"date,amount\n2024-01-0{random.randrange(1, 9)},{random.randrange(10**6)}\n".encode()
@@ -254,6 +302,9 @@ def test_a_private_address_is_refused(url: str, target: str) -> None:
     assert r.get_json()["errors"][0]["loc"] == ["body", "webhook"]
     r = c.post("/api/v1/batches", json={"jobs": [{"type": "fibonacci", "params": {"n": 5}}], "webhook": target})
     assert r.status_code == 422 and r.get_json()["errors"][0]["loc"] == ["webhook"], r.text
+    items = [{"type": "fibonacci", "params": {"n": 5}}, {"type": "fibonacci", "params": {"n": 6}, "webhook": target}]
+    r = c.post("/api/v1/batches", json={"jobs": items})
+    assert r.status_code == 422 and [e["loc"] for e in r.get_json()["errors"]] == [["jobs", 1, "webhook"]], r.text
     assert Redis.from_url(url).zcard(JOBS_INDEX_KEY) == 0
 
 
@@ -278,6 +329,24 @@ def test_the_job_lists_only_the_asking_clients_webhooks(url: str) -> None:
     assert [h["url"] for h in seen_b] == ["http://127.0.0.1:9/b"]
     assert seen_c == []
     assert seen_a[0]["status"] == "waiting" and seen_a[0]["attempts"] == 0
+
+
+def test_a_batch_items_webhooks_are_listed_only_for_the_client_that_registered_them(url: str) -> None:
+    c = make_app(url, webhook_allow_private=True).test_client()
+    items = [{"type": "fibonacci", "params": {"n": 8}, "webhook": "http://127.0.0.1:9/item"},
+             {"type": "fibonacci", "params": {"n": 9}, "webhook": None}]
+    r = c.post("/api/v1/batches", json={"jobs": items}, environ_base={"REMOTE_ADDR": "10.9.0.1"})
+    assert r.status_code == 202, r.text
+    jobs = c.get(f"/api/v1/batches/{r.get_json()['id']}/jobs", environ_base={"REMOTE_ADDR": "10.9.0.1"}).get_json()
+    first, second = (j["id"] for j in jobs["jobs"])
+    mine = c.get(f"/api/v1/jobs/{first}", environ_base={"REMOTE_ADDR": "10.9.0.1"}).get_json()["webhooks"]
+    assert mine == [{"url": "http://127.0.0.1:9/item", "status": "waiting", "attempts": 0, "last_error": None}]
+    assert c.get(f"/api/v1/jobs/{first}", environ_base={"REMOTE_ADDR": "10.9.0.2"}).get_json()["webhooks"] == []
+    assert c.get(f"/api/v1/jobs/{second}", environ_base={"REMOTE_ADDR": "10.9.0.1"}).get_json()["webhooks"] == []
+    bad = [{"type": "fibonacci", "params": {"n": 1}, "webhook": w} for w in ("ftp://x/", 5, "http://x/#f")]
+    r = c.post("/api/v1/batches", json={"jobs": bad})
+    assert r.status_code == 422 and [e["loc"] for e in r.get_json()["errors"]] == [
+        ["jobs", i, "webhook"] for i in range(3)], r.text
 
 
 def test_the_generated_secret_is_shared_through_redis(url: str) -> None:
