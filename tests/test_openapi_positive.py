@@ -257,6 +257,8 @@ def prepare(case: Any, env: Env) -> Flask:
         if "webhook" in body:
             body["webhook"] = WEBHOOK
         for item in body.get("jobs", []) if path == "/api/v1/batches" else []:
+            if isinstance(item, dict) and item.get("webhook") is not None:  # an item's own webhook, as the batch's
+                item["webhook"] = WEBHOOK
             if isinstance(item.get("params"), dict):  # each item is its type's own body
                 item_schema = _resolve(DOC["components"]["schemas"][JOB_TYPES[item["type"]].params_model.__name__])
                 _integral_floats_as_ints(item["params"], item_schema.get("properties", {}))
