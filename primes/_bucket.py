@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numba import njit
 
-from primes._wheel import BIT_OF, WHEEL, WHEEL_U, trailing_zeros
+from primes._wheel import BIT_OF, WHEEL, trailing_zeros
 
 #: log2 of the block size in bytes; the block is what primes.engine sieves at a time.
 LOG_BLOCK = 20
@@ -85,6 +85,8 @@ T_PACK = (T_MASK.astype(np.uint64) | (T_FAC.astype(np.uint64) << 8) | (T_COR.ast
           | (T_NXT.astype(np.uint64) << (32 + IDX_BITS))).astype(np.uint64)
 #: Largest step factor: bounds how many blocks ahead a next multiple can land.
 MAX_FAC = int(T_FAC.max())
+#: Offset from 30 * (first byte of a uint64 word) of the number of each of the word's 64 bits.
+OFF64 = np.array([30 * (t >> 3) + int(WHEEL[t & 7]) for t in range(64)], dtype=np.uint64)
 #: log2 of BUCKET.
 LOG_BUCKET = BUCKET.bit_length() - 1
 
@@ -94,6 +96,7 @@ U1 = np.uint64(1)
 U8 = np.uint64(8)
 U16 = np.uint64(16)
 U30 = np.uint64(30)
+U240 = np.uint64(240)
 U210 = np.uint64(210)
 U255 = np.uint64(255)
 U32 = np.uint64(32)
@@ -115,15 +118,19 @@ def ring_size(max_prime: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def add_primes(gbuf: np.ndarray, gn: int, gbyte0: int, gcur: np.ndarray, pos: int, end_byte: int,
-               hi_lim: np.uint64, wp: np.ndarray, bnext: np.ndarray, pool: np.ndarray, free: np.ndarray,
-               meta: np.ndarray, reserve: int) -> bool:
-    """Enter the big primes, read straight off a sieved block of them, whose square lies below byte end_byte.
+def add_primes(gwords: np.ndarray, gbyte0: int, gcur: np.ndarray, pos: int, pmax: np.uint64, hi_lim: np.uint64,
+               wp: np.ndarray, bnext: np.ndarray, pool: np.ndarray, free: np.ndarray, meta: np.ndarray,
+               reserve: int) -> bool:
+    """Enter the big primes up to pmax, read straight off a sieved block of them.
 
-    gbuf[:gn] is a wheel bitmap of absolute bytes from gbyte0 holding exactly the big
-    sieving primes (its edges masked); gcur = [byte index, bits of that byte not yet
-    entered] is the cursor, kept between calls. Reading the bitmap here instead of a
-    listed array saves writing and reading 1.6 GB of primes on the way to 2^64.
+    gwords is a wheel bitmap, as uint64 words, of absolute bytes from gbyte0 holding
+    exactly the big sieving primes (its edges masked, its tail zeroed); gcur = [word
+    index, bits of that word not yet entered] is the cursor, kept between calls. Reading
+    the bitmap here instead of a listed array saves writing and reading 1.6 GB of primes
+    on the way to 2^64; reading it a word at a time (not a byte) leaves one hard-to-predict
+    loop exit per ~11 primes instead of one per prime (near 2^64 each prime is dropped
+    after a few dozen instructions, so that branch was a large share of the time).
+    pmax is the largest p with p*p below the block end (computed exactly by the caller).
     pos is the absolute byte of the block about to be sieved (ring slot 0).
     Each prime starts at its first multiple >= max(p*p, 30*pos) coprime to 210; one with
     no such multiple <= hi_lim is dropped, so a narrow range near 2^64 keeps only the
@@ -133,33 +140,28 @@ def add_primes(gbuf: np.ndarray, gn: int, gbyte0: int, gcur: np.ndarray, pos: in
     """
     lo = U30 * np.uint64(pos)
     nfree = meta[0]
-    ub = np.uint64(end_byte)
+    nw = np.uint64(gwords.size)
     i = gcur[0]
-    bits = np.uint64(gcur[1])
+    bits = gcur[1]
+    base = U30 * (np.uint64(gbyte0) + U8 * i)
     while True:
         while bits == 0:
-            i += 1
-            if i >= gn:
+            i += U1
+            if i >= nw:
                 gcur[0] = i
                 gcur[1] = 0
                 meta[0] = nfree
                 return True
-            bits = np.uint64(gbuf[i])
+            bits = gwords[i]
+            base += U240
         if nfree < reserve:
             break
-        p = U30 * np.uint64(gbyte0 + i) + WHEEL_U[trailing_zeros(bits)]
-        pp = p * p
-        if pp // U30 >= ub:
+        p = base + OFF64[trailing_zeros(bits)]
+        if p > pmax:
             break
         bits &= bits - U1
+        pp = p * p
         s = pp if pp > lo else lo
-        # The first multiple m*p >= s with m coprime to 210, as (s-1) - r0 + step with no
-        # product that could pass 2^64: s-1 = q0*p + r0, m = q0 + 1 + d. q0 is estimated by
-        # a float division (pipelined; a 64-bit integer division per prime was 70% of the
-        # time near 2^64) and then made exact in integers: the estimate is off by at most
-        # a few units (53-bit mantissa, p >= 2^20), r = (s-1) - q0*p computed mod 2^64 is
-        # then that small signed error times p plus the true remainder, and the loops move
-        # q0 until 0 <= r < p. No result depends on float rounding.
         sm1 = s - U1
         q0 = np.uint64(np.float64(sm1) / np.float64(p))
         r = np.int64(sm1 - q0 * p)
@@ -192,7 +194,7 @@ def add_primes(gbuf: np.ndarray, gn: int, gbyte0: int, gcur: np.ndarray, pos: in
         pool[w] = ((p // U30) << U32) | (off & U_BLOCK_MASK) | (wi << U_IDX_BITS)
         wp[slot] = w + U1
     gcur[0] = i
-    gcur[1] = np.int64(bits)
+    gcur[1] = bits
     meta[0] = nfree
     return False
 

@@ -116,8 +116,8 @@ class BlockSieve:
             g0, g1 = BIG_MIN // 30, root // 30
             self.gen: BlockSieve | None = BlockSieve(g0, g1)
             self.gen_masks = (g0, _mask_from(BIG_MIN, g0), g1, _mask_upto(root, g1))
-            self.gbuf, self.gn, self.gpos = self.buf, 0, 0
-            self.gcur = np.zeros(2, dtype=np.int64)
+            self.gwords, self.gpos = np.zeros(0, dtype=np.uint64), 0
+            self.gcur = np.zeros(2, dtype=np.uint64)
 
     @property
     def done(self) -> bool:
@@ -138,19 +138,23 @@ class BlockSieve:
 
     def _add_big(self, end_byte: int) -> None:
         """Enter the big primes whose square lies below end_byte (before sieving the block ending there)."""
+        pmax = np.uint64(min(math.isqrt(30 * end_byte - 1), MAX_N))  # p*p // 30 < end_byte, exactly
         while True:
-            if self.gcur[0] >= self.gn:
+            if self.gcur[0] >= self.gwords.size:
                 if self.gen is None or self.gen.done:
                     self.gen = None
                     return
-                self.gbuf, self.gn, self.gpos = self.gen.next_block()
+                gbuf, gn, self.gpos = self.gen.next_block()
                 g0, m0, g1, m1 = self.gen_masks
                 if self.gpos == g0:
-                    self.gbuf[0] &= m0
-                if self.gpos + self.gn - 1 == g1:
-                    self.gbuf[self.gn - 1] &= m1
-                self.gcur[0], self.gcur[1] = 0, int(self.gbuf[0])
-            if _bucket.add_primes(self.gbuf, self.gn, self.gpos, self.gcur, self.pos, end_byte, self.hi_lim,
+                    gbuf[0] &= m0
+                if self.gpos + gn - 1 == g1:
+                    gbuf[gn - 1] &= m1
+                nw = (gn + 7) // 8
+                gbuf[gn:8 * nw] = 0  # gbuf is the generator's own BLOCK-byte buffer, and it is done with it
+                self.gwords = gbuf[:8 * nw].view(np.uint64)
+                self.gcur[0], self.gcur[1] = 0, self.gwords[0]
+            if _bucket.add_primes(self.gwords, self.gpos, self.gcur, self.pos, pmax, self.hi_lim,
                                   self.wp, self.bnext, self.pool, self.free, self.meta, self.reserve):
                 continue  # this block of primes is used up: sieve the next
             if self.meta[0] < self.reserve:
