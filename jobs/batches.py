@@ -31,9 +31,11 @@ from jobs.sharing import share_many
 from jobs.store.admission import Admission, Rejected
 from jobs.store.batches import COUNTED, ITEMS_LUA
 from jobs.store.deliveries import DeliveryStore
+from jobs.store.fanout import plan
 from jobs.store.keys import (
     BATCH_JOBS_KEY,
     BATCH_KEY,
+    FANOUT_LIVE_KEY,
     INPUT_CHUNK_BYTES,
     JOB_CONTROL_KEY,
     JOB_INPUT_KEY,
@@ -42,7 +44,7 @@ from jobs.store.keys import (
     RESULT_CHUNKS_KEY,
 )
 from jobs.store.record import JobRecord, rfc3339
-from jobs.store.scripts import READ_WITH_RESULT_LUA, LuaScript
+from jobs.store.scripts import READ_WITH_RESULT_LUA, LuaScript, packed
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES
 from jobs.types.spec import Limits, Submission, decode_json
@@ -240,7 +242,7 @@ class BatchService:
                 sub.scope = owner
             # Another owner's finished result is copied in first, as a single POST would (jobs.sharing).
             share_many(self.jobs, req.items, base_extra)
-        chunks = [req.items[i:i + CHUNK] for i in range(0, total, CHUNK)]
+        chunks = self._chunks(req.items)
         keys = [BATCH_KEY.format(id=batch_id), BATCH_JOBS_KEY.format(id=batch_id)]
         head = [batch_id, repr(now)]
         fields = [x for kv in meta.items() for x in kv]
@@ -257,7 +259,7 @@ class BatchService:
         for k, reply in enumerate(replies):
             if len(reply) < 2:  # {'gone'}: the batch vanished under a later chunk (deleted, or RESULT_TTL tiny)
                 continue
-            start = k * CHUNK
+            start = sum(len(c) for c in chunks[:k])  # chunks vary in length (see _chunks)
             for j, (job_id, outcome) in enumerate(zip(reply[0::2], reply[1::2], strict=True)):
                 name = outcome.decode()
                 outcomes["deduplicated" if name == "joined" else name] += 1
@@ -280,6 +282,22 @@ class BatchService:
             batch = Batch(batch_id, total, dict.fromkeys(COUNTED, 0), now, now, admission.client, owner or "")
         return BatchSubmitted(batch, outcomes)
 
+    def _chunks(self, subs: list[Submission]) -> list[list[Submission]]:
+        """The items in script-sized chunks: CHUNK runs' writes each, where a wide primes item that splits
+        (jobs.store.fanout) weighs one run per part plus its whole job, so no script holds Redis much longer."""
+        chunks: list[list[Submission]] = [[]]
+        weight = 0
+        for sub in subs:
+            split = getattr(JOB_TYPES[sub.type], "split", None)
+            w = 1 + (len(split(sub.params, self.settings.fanout_min_seconds, self.settings.fanout_max_parts))
+                     if split is not None and sub.input is None and sub.input_chunks is None else 0)
+            if chunks[-1] and weight + w > CHUNK:
+                chunks.append([])
+                weight = 0
+            chunks[-1].append(sub)
+            weight += w
+        return chunks
+
     def _item_args(self, subs: Sequence[Submission], owner: str | None, extra: dict[str, str],
                    now: float) -> list[Any]:
         """Per item: its request-cache key, the id a new job would get, and the packed commands creating it
@@ -301,7 +319,12 @@ class BatchService:
                 ikey = JOB_INPUT_KEY.format(id=rec.id)
                 before = [("RPUSH", ikey, blob[i:i + INPUT_CHUNK_BYTES])
                           for i in range(0, len(blob), INPUT_CHUNK_BYTES)] or [("RPUSH", ikey, b"")]
-            cmds = life.creation_commands(rec, before)
+            # A wide primes item splits exactly as its own POST would (JobService.submit): the whole job
+            # and its parts are written and enqueued by this item's commands, once the script claims it.
+            parts = plan(rec, spec, self.settings.fanout_min_seconds, self.settings.fanout_max_parts)
+            cmds = life.creation_commands(rec, before, enqueue=not parts)
+            if parts:
+                cmds += life.parts_commands(parts) + packed([("SADD", FANOUT_LIVE_KEY, rec.id)])
             args += [self.jobs.cache.full_key(sub.cache_key), rec.id, len(cmds), *cmds]
         return args
 
@@ -375,7 +398,7 @@ class BatchService:
             if not h:
                 out.append({"id": job_id, "status": None, "expired": True})
                 continue
-            rec = JobRecord.from_hash(h)
+            rec = self.jobs.fanout.with_progress(JobRecord.from_hash(h))  # a live split item: its parts' sum
             if chunks and rec.status is JobStatus.FINISHED:
                 rec.prefetched = chunks
             out.append(self.jobs.resource(rec, inline=inline))
@@ -404,7 +427,9 @@ class BatchService:
         recs = self._records(ids)
         running = []
         for rec in recs:
-            if rec.status in (JobStatus.QUEUED, JobStatus.PAUSED):
+            if rec.extra.get("parts") and rec.status.live:  # a split item: the whole job and every part
+                self.jobs.fanout.cancel(rec)
+            elif rec.status in (JobStatus.QUEUED, JobStatus.PAUSED):
                 if not self.jobs.life.cancel(rec, (JobStatus.QUEUED, JobStatus.PAUSED)):
                     running.append(rec.id)  # it just started: stop it below
             elif rec.status is JobStatus.STARTED:

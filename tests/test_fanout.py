@@ -3,19 +3,24 @@
 A real gunicorn and a real `worker.py` with two workers on their own Redis database. FANOUT_MIN_SECONDS
 is 0.05 here, so lists of a few segments split too and the list checks stay quick; counts use known
 values of pi(x) (OEIS A006880) and, for grid-aligned bounds, the sieve library run in this process
-on the whole range at once (one run, no parts).
+on the whole range at once (one run, no parts). MAX_PRIMES_END is 2^64 - 1, and jobs at the top of
+the range are checked against Debian's `primesieve` (or, without it, a gmpy2.next_prime walk).
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gmpy2
 import numpy as np
 import orjson
 import pytest
@@ -29,13 +34,15 @@ WORKERS = 2
 PI_1E10, PI_1E9 = 455_052_511, 50_847_534
 PI_3E10 = 1_300_005_926  # `primesieve 0 3e10 -c` (Debian's primesieve 12)
 S = SEGMENT_SPAN
+TOP = 2**64 - 1  # MAX_PRIMES_END here, so the top of the 64-bit range splits too
 
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, log_dir: Path) -> Iterator[Api]:
     url = f"{redis_url.rpartition('/')[0]}/11"
-    workers = Workers(url, log_dir, count=WORKERS, name="workers-fanout", HEARTBEAT_TIMEOUT=5).start()
-    web = Web(url, log_dir, FANOUT_MIN_SECONDS=0.05).start()
+    workers = Workers(url, log_dir, count=WORKERS, name="workers-fanout", HEARTBEAT_TIMEOUT=5,
+                      MAX_PRIMES_END=TOP).start()
+    web = Web(url, log_dir, FANOUT_MIN_SECONDS=0.05, MAX_PRIMES_END=TOP).start()
     api = Api(web.url)
     try:
         wait_for("the workers", lambda: len(api.get("/api/v1/workers").json()) >= WORKERS, 60)
@@ -288,3 +295,94 @@ def test_the_job_list_shows_a_split_jobs_summed_progress(stack: Api, conn: Redis
     r = stack.get("/api/v1/jobs?type=primes&limit=50")
     row = next(x for x in r.json()["jobs"] if x["id"] == j["id"])
     assert row["status"] == "canceled" and row["progress"] == got["progress"]
+
+
+def independent_primes(lo: int, hi: int) -> list[int]:
+    """The primes in [lo, hi] by Debian's primesieve CLI when installed, else by walking gmpy2.next_prime
+    (GMP's BPSW test: no known counterexample below 2^64, where it is proven exact); neither is our sieve."""
+    exe = shutil.which("primesieve")
+    if exe is not None:
+        out = subprocess.run([exe, str(lo), str(hi), "--print"], capture_output=True, text=True, check=True,
+                             timeout=300).stdout
+        return [int(x) for x in out.split()]
+    got, p = [], int(gmpy2.next_prime(lo - 1)) if lo > 0 else 2
+    while p <= hi:
+        got.append(p)
+        p = int(gmpy2.next_prime(p))
+    return got
+
+
+def test_split_jobs_at_the_top_of_the_64_bit_range(stack: Api) -> None:
+    """A count and a list ending at 2^64 - 1 split into parts; their results equal an independent sieve's,
+    and every integer in params, result and pages is exact (JSON integers up to 2^64 - 1)."""
+    lo, hi = TOP - 5 * S - 12345, TOP  # off the grid at the start, the last integer at the end
+    parts = PrimesJob().split({"start": lo, "end": hi, "output": "count"}, 0.05, 64)
+    assert len(parts) >= 4 and parts[-1][1] == TOP
+    want = independent_primes(lo, hi)
+    got = done(stack, submit(stack, {"start": lo, "end": hi, "output": "count"})["id"], 600)
+    assert got["status"] == "finished", got
+    assert got["stats"]["parts"] == len(parts)
+    assert got["params"] == {"start": lo, "end": hi, "output": "count"}
+    assert got["result"] == {"count": len(want)}
+    # A list over the top two segments and a bit.
+    llo = TOP - 2 * S - 777
+    lparts = PrimesJob().split({"start": llo, "end": TOP, "output": "list"}, 0.05, 64)
+    assert len(lparts) >= 2
+    got = done(stack, submit(stack, {"start": llo, "end": TOP, "output": "list"})["id"], 600)
+    assert got["status"] == "finished", got
+    assert got["stats"]["parts"] == len(lparts)
+    lwant = [p for p in want if p >= llo]
+    r = stack.get(f"/api/v1/jobs/{got['id']}/result")
+    assert r.status_code == 200, r.text
+    assert int(r.headers["X-Total-Count"]) == len(lwant)
+    body = orjson.loads(r.content)  # orjson: exact integers up to 2^64 - 1
+    assert (body["result"] if isinstance(body, dict) else body) == lwant
+    # Pages across each part boundary, and the last page ending at the largest prime below 2^64.
+    for _, bound in lparts[:-1]:
+        at = bisect.bisect_right(lwant, bound) - 3
+        r = stack.get(f"/api/v1/jobs/{got['id']}/result?offset={at}&limit=6")
+        page = orjson.loads(r.content)
+        assert (page["result"] if isinstance(page, dict) else page) == lwant[at:at + 6]
+    assert lwant[-1] == 2**64 - 59  # the largest prime below 2^64
+
+
+def test_a_wide_batch_item_splits_as_its_own_post_would(stack: Api) -> None:
+    """POST /api/v1/batches submits each item "exactly as its own POST would": a wide count splits into
+    parts on both workers, a small one runs whole; the batch counts the whole job, not its parts."""
+    lo, hi = 10**9 + 1, 10**10  # not a range another test submits: this one must be created by the batch
+    body = {"jobs": [{"type": "primes", "params": {"start": lo, "end": hi, "output": "count"}},
+                     {"type": "primes", "params": {"start": 0, "end": 10**6, "output": "count"}}]}
+    r = stack.post("/api/v1/batches", json=body)
+    assert r.status_code in (200, 202), r.text
+    batch = r.json()
+    assert batch["total"] == 2
+    ids = [j["id"] for j in stack.get(f"/api/v1/batches/{batch['id']}/jobs").json()["jobs"]]
+    wide, small = (done(stack, i) for i in ids)
+    assert wide["status"] == small["status"] == "finished", (wide, small)
+    assert wide["result"] == {"count": PI_1E10 - PI_1E9}
+    assert wide["stats"]["parts"] == len(PrimesJob().split(body["jobs"][0]["params"], 0.05, 64)) >= 4
+    assert small["result"] == {"count": 78_498} and "parts" not in (small["stats"] or {})
+    b = wait_for("the batch finished", lambda: (x := stack.get(f"/api/v1/batches/{batch['id']}").json())["status"]
+                 == "finished" and x, 30)
+    assert b["counts"]["finished"] == 2 and sum(b["counts"].values()) == 2, b  # parts are not items
+
+
+def test_canceling_a_batch_stops_every_part_of_its_split_item(stack: Api) -> None:
+    start = 9 * 10**11
+    body = {"jobs": [{"type": "primes", "params": {"start": start, "end": start + 4 * 10**10, "output": "count"}}]}
+    r = stack.post("/api/v1/batches", json=body)
+    assert r.status_code == 202, r.text
+    batch = r.json()
+    job_id = stack.get(f"/api/v1/batches/{batch['id']}/jobs").json()["jobs"][0]["id"]
+    wait_for("both workers on the item's parts",
+             lambda: sum(w["current_job"] == job_id for w in stack.get("/api/v1/workers").json()) >= WORKERS, 120, 0.05)
+    listed = stack.get(f"/api/v1/batches/{batch['id']}/jobs").json()["jobs"][0]
+    assert listed["status"] == "started" and listed["progress"]["total"] == 4 * 10**10 + 1
+    r = stack.post(f"/api/v1/batches/{batch['id']}/cancel")
+    assert r.status_code == 200, r.text
+    assert wait_for("the item canceled", lambda: job(stack, job_id)["status"] == "canceled", 30)
+    wait_for("every part stopped", lambda: not any(w.get("current_job") for w in stack.get("/api/v1/workers").json()),
+             60, 0.2)
+    b = wait_for("the batch finished", lambda: (x := stack.get(f"/api/v1/batches/{batch['id']}").json())["status"]
+                 == "finished" and x, 30)
+    assert b["counts"]["canceled"] == 1, b

@@ -160,12 +160,7 @@ class Lifecycle:
         """Claim the request-cache entry, write the new record and enqueue it: one atomic round trip.
         parts: a split job's parts (jobs.store.fanout), written and enqueued instead of the job itself.
         False: someone else's job holds the entry (nothing was written)."""
-        cmds = self.creation_commands(rec, enqueue=not parts)
-        for part in parts:
-            pipe = Commands()
-            self._enqueue_commands(part, pipe)
-            pipe.hset(JOB_KEY.format(id=part.id), mapping=part.to_hash())
-            cmds += packed(recorded(pipe))
+        cmds = self.creation_commands(rec, enqueue=not parts) + self.parts_commands(parts)
         taken = self._claim(keys=[full_cache_key], args=[self.cache.serializer.dumps(rec.id), *cmds, *packed(then)])
         return not taken
 
@@ -182,6 +177,17 @@ class Lifecycle:
         count_live(pipe, rec, 1)
         stored = count_commands(rec.extra.get("client"), rec.id, int(rec.extra.get("input_bytes") or 0))
         return packed([*before, *recorded(pipe), *stored])
+
+    def parts_commands(self, parts: Sequence[JobRecord]) -> list[Any]:
+        """A split job's parts (jobs.store.fanout) as packed commands: each part's rq enqueue and its record.
+        claim() replays them with the whole job's; a batch item's script replays them with the item's."""
+        cmds: list[Any] = []
+        for part in parts:
+            pipe = Commands()
+            self._enqueue_commands(part, pipe)
+            pipe.hset(JOB_KEY.format(id=part.id), mapping=part.to_hash())
+            cmds += packed(recorded(pipe))
+        return cmds
 
     def _enqueue_commands(self, rec: JobRecord, pipe: Any, front: bool = False) -> None:
         """rq's enqueue of the job's current run (rec.rq_id), recorded on `pipe` (rq's public pipeline= API),
