@@ -16,14 +16,14 @@ from pathlib import Path
 import orjson
 import psutil
 
-from bench import batches, e2e, kernels, mixed
+from bench import batches, e2e, kernels, mixed, wide
 from bench.common import Row, RssSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "var" / "bench" / "latest.json"
 #: Where a run of only some sections writes, so latest.json always holds a whole run.
 PARTIAL_OUT = ROOT / "var" / "bench" / "partial.json"
-SECTIONS = ("kernels", *e2e.SECTIONS, "mixed", "batches")
+SECTIONS = ("kernels", *e2e.SECTIONS, "mixed", "batches", "wide")
 
 
 def git_commit() -> str | None:
@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   note: FAILED mixed workload: {type(exc).__name__}: {exc}")
             if "batches" in only:  # its own service, so the batches start from an empty Redis
                 rows += batches.run(Path(tmp), sampler, failures)
+            try:
+                if "wide" in only:  # its own service: MAX_PRIMES_END 2^64 - 1, and 1 then 2 workers
+                    rows += wide.run(Path(tmp), sampler, failures)
+            except Exception as exc:  # noqa: BLE001 - still write what was measured
+                failures.append(f"wide: {type(exc).__name__}: {exc}")
+                print(f"   note: FAILED wide jobs: {type(exc).__name__}: {exc}")
     finally:
         sampler.stop()
     rss = print_rss(sampler)
