@@ -7,6 +7,7 @@ import csv
 import io
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,8 @@ from redis import Redis
 
 from jobs.context import LocalContext
 from jobs.kernels import csv as csv_kernel
+from jobs.store.keys import PAUSED_DUE_KEY
+from jobs.store.lifecycle import PAUSED_GRACE
 from rest import create_app
 from rest.input_bounds import TooLong, duplicate_key, parse_uint
 from rest.settings import Settings
@@ -304,10 +307,47 @@ def test_a_paused_job_expires_after_paused_ttl_and_a_resumed_one_is_kept(redis_u
     c = app.test_client()
     job = c.post("/api/v1/primes", json={"start": 10**8, "end": 10**8 + 10**7 + 17, "output": "count"}).get_json()
     assert c.post(f"/api/v1/jobs/{job['id']}/pause").get_json()["status"] == "paused"
-    assert 0 < redis_conn.ttl(f"crunch:job:{job['id']}") <= 123
+    # The reaper ends it as canceled once PAUSED_TTL runs out (its due time); its keys' own expiry is the backstop.
+    assert 123 - 5 < redis_conn.zscore(PAUSED_DUE_KEY, job["id"]) - time.time() <= 123
+    assert 123 < redis_conn.ttl(f"crunch:job:{job['id']}") <= 123 + PAUSED_GRACE
     assert c.post(f"/api/v1/jobs/{job['id']}/resume").status_code == 202
     assert redis_conn.ttl(f"crunch:job:{job['id']}") == -1
     c.post(f"/api/v1/jobs/{job['id']}/cancel")
+
+
+def test_a_job_paused_past_paused_ttl_is_canceled_and_a_resumed_one_is_not(redis_url: str) -> None:
+    """The reaper's step (Lifecycle.paused_due, expire_paused) in a database of its own (no worker runs these):
+    only a job still paused when its PAUSED_TTL ran out ends, as canceled with the reason, and its client's
+    live count is released (an expired paused job used to hold its place against MAX_QUEUED_PER_CLIENT)."""
+    from jobs.store.admission import CLIENT_LIVE_KEY
+    from rest.extensions import service
+
+    url = f"{redis_url.rpartition('/')[0]}/13"
+    conn = Redis.from_url(url)
+    conn.flushdb()
+    app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=8, paused_ttl=100,
+                                       **TEST_RATE_LIMITS))
+    c = app.test_client()
+    ids = [c.post("/api/v1/primes", json={"start": 10**8 + k, "end": 2 * 10**8, "output": "count"}).get_json()["id"]
+           for k in range(3)]
+    for job_id in ids:
+        assert c.post(f"/api/v1/jobs/{job_id}/pause").get_json()["status"] == "paused"
+    assert c.post(f"/api/v1/jobs/{ids[1]}/resume").status_code == 202
+    assert c.delete(f"/api/v1/jobs/{ids[2]}").status_code == 204
+    live = int(conn.get(CLIENT_LIVE_KEY.format(client="127.0.0.1")))
+    with app.app_context():
+        life = service().life
+        assert life.paused_due() == [], "not before PAUSED_TTL"
+        due = life.paused_due(now=time.time() + 101)
+        assert [r.id for r in due] == [ids[0]]
+        assert conn.zrange(PAUSED_DUE_KEY, 0, -1) == [ids[0].encode()], "the resumed and deleted ones' are dropped"
+        assert life.expire_paused(due[0]) and not life.expire_paused(due[0])
+        assert life.paused_due(now=time.time() + 101) == [] and conn.zcard(PAUSED_DUE_KEY) == 0
+    job = c.get(f"/api/v1/jobs/{ids[0]}").get_json()
+    assert job["status"] == "canceled" and job["error"]["type"] == "PausedTooLong", job
+    assert c.get(f"/api/v1/jobs/{ids[1]}").get_json()["status"] == "queued"
+    assert int(conn.get(CLIENT_LIVE_KEY.format(client="127.0.0.1"))) == live - 1
+    assert 0 < conn.ttl(f"crunch:job:{ids[0]}") <= 86_400, "kept for RESULT_TTL as a canceled job"
 
 
 def test_the_index_sweep_drops_entries_of_expired_jobs_only(app, client, redis_conn: Redis) -> None:

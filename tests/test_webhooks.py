@@ -26,7 +26,11 @@ from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
 pytestmark = pytest.mark.e2e
 SECRET = new_secret()
 #: Short retry delays for the tests (the defaults are 5 s and 30 s, then exponential).
-ENV = {"WEBHOOK_ALLOW_PRIVATE": "1", "WEBHOOK_SECRET": SECRET, "WEBHOOK_RETRY_DELAYS": "1,2"}
+#: A short PAUSED_TTL too: a job paused for that long is canceled by the reaper (no test here pauses for longer
+#: by accident: only test_a_paused_item_that_expires_ends_its_batch pauses).
+PAUSED_TTL = 6
+ENV = {"WEBHOOK_ALLOW_PRIVATE": "1", "WEBHOOK_SECRET": SECRET, "WEBHOOK_RETRY_DELAYS": "1,2",
+       "PAUSED_TTL": str(PAUSED_TTL)}
 
 
 class Receiver:
@@ -255,6 +259,50 @@ def test_each_batch_item_with_a_webhook_gets_its_own_signed_call(hapi: Api, rece
     assert hapi.get(f"/api/v1/jobs/{jobs[2]['id']}").json()["webhooks"] == []
     time.sleep(1.5)
     assert [len(receiver.calls_to(p)) for p in (first, again, cached, whole)] == [1, 1, 1, 1]
+
+
+def test_a_paused_item_that_expires_ends_its_batch(hapi: Api, receiver: Receiver) -> None:
+    """PAUSED_TTL runs out for a paused item: the reaper cancels it (as it does a single paused job), so the
+    batch counts it canceled, reaches finished and calls its batch.finished webhook; the item's own webhook
+    says job.canceled, and the job says why."""
+    base = 3 * 10**11 + random.randrange(10**9)
+    wide = {"start": base, "end": base + 5 * 10**10, "output": "count"}  # many seconds: paused while it runs
+    queued = {"start": base + 10**11, "end": base + 10**11 + 10**8, "output": "count"}  # waits behind it
+    whole, item_hook, single_hook = receiver.path(), receiver.path(), receiver.path()
+    items = [{"type": "primes", "params": wide, "webhook": receiver.url(item_hook)},
+             {"type": "primes", "params": queued},
+             {"type": "fibonacci", "params": {"n": 50_000 + random.randrange(10**4)}}]
+    r = hapi.post("/api/v1/batches", json={"jobs": items, "webhook": receiver.url(whole)})
+    assert r.status_code == 202, r.text
+    batch_id = r.json()["id"]
+    ids = [j["id"] for j in hapi.get(f"/api/v1/batches/{batch_id}/jobs").json()["jobs"]]
+    single = hapi.post("/api/v1/primes", json={**wide, "start": base + 2 * 10**11, "end": base + 2 * 10**11 + 10**10,
+                                               "webhook": receiver.url(single_hook)}).json()["id"]
+    for job_id in (ids[1], ids[0], single):
+        assert hapi.post(f"/api/v1/jobs/{job_id}/pause").status_code == 200
+    paused_at = time.time()
+    for job_id in (ids[0], ids[1], single):
+        deadline = time.monotonic() + 20
+        while (job := hapi.get(f"/api/v1/jobs/{job_id}").json())["status"] != "paused":
+            assert job["status"] in ("queued", "started") and time.monotonic() < deadline, job
+            time.sleep(0.1)
+    assert hapi.get(f"/api/v1/batches/{batch_id}?wait=2").json()["status"] == "running"
+    call = receiver.wait_for(whole, timeout=PAUSED_TTL + 60)[0]
+    payload = Webhook(SECRET).verify(call["body"], call["headers"])
+    assert payload["type"] == "batch.finished", payload
+    counts = payload["data"]["counts"]
+    assert counts == {"queued": 0, "started": 0, "paused": 0, "finished": 1, "failed": 0, "canceled": 2}, counts
+    assert call["at"] - paused_at >= PAUSED_TTL - 1, "not before PAUSED_TTL"
+    batch = hapi.get(f"/api/v1/batches/{batch_id}").json()
+    assert batch["status"] == "finished" and batch["counts"] == counts
+    for path, job_id in ((item_hook, ids[0]), (single_hook, single)):
+        payload = Webhook(SECRET).verify(receiver.wait_for(path)[0]["body"], receiver.wait_for(path)[0]["headers"])
+        assert payload["type"] == "job.canceled" and payload["data"]["id"] == job_id, payload
+        job = hapi.get(f"/api/v1/jobs/{job_id}").json()
+        assert job["status"] == "canceled" and job["error"]["type"] == "PausedTooLong", job
+        assert "PAUSED_TTL" in job["error"]["message"]
+    assert hapi.post(f"/api/v1/jobs/{single}/retry").status_code == 202, "an expired job can be retried"
+    assert hapi.post(f"/api/v1/jobs/{single}/cancel").status_code == 200
 
 
 def test_csv_takes_the_webhook_as_a_form_field(hapi: Api, receiver: Receiver) -> None:

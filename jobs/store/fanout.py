@@ -240,6 +240,15 @@ class Fanout:
         self.stop_parts(rec, "cancel")
         return True
 
+    def expire_paused(self, rec: JobRecord) -> bool:
+        """The reaper's end of a split job paused for PAUSED_TTL (Lifecycle.expire_paused), then its parts'
+        cancel, as cancel() does."""
+        if not self.life.expire_paused(rec):
+            return False
+        self.conn.srem(FANOUT_LIVE_KEY, rec.id)
+        self.stop_parts(rec, "cancel")
+        return True
+
     def pause(self, rec: JobRecord) -> bool:
         if not self.life.pause(rec, (QUEUED, STARTED)):
             return False

@@ -26,6 +26,9 @@ RESULT_COUNTS_KEY = PREFIX + "job:{id}:result:counts"
 JOBS_INDEX_KEY = PREFIX + "jobs"
 #: Sorted set: running job ids, scored by the heartbeat deadline (epoch seconds).
 RUNNING_KEY = PREFIX + "running"
+#: Sorted set: paused job ids, scored by when their pause runs out (paused at + PAUSED_TTL, epoch seconds);
+#: the reaper ends them then (Lifecycle.paused_due). An entry of a job resumed since is dropped when due.
+PAUSED_DUE_KEY = PREFIX + "paused:due"
 #: Dispatch (jobs.store.dispatch). List: one client's waiting runs in one lane, oldest first.
 LANE_CLIENT_KEY = PREFIX + "lane:{lane}:client:{client}"
 #: Sorted set: the clients with waiting runs in a lane, scored by when their first waiting run joined (ms).

@@ -55,6 +55,7 @@ from jobs.store.keys import (
     LANE_CLIENTS_KEY,
     LANE_PREEMPT_KEY,
     LANE_SINCE_KEY,
+    PAUSED_DUE_KEY,
     QUEUE_STATS_KEY,
     QUEUES,
     RESULT_CHUNKS_KEY,
@@ -75,6 +76,7 @@ from jobs.store.scripts import (
     HEAL_LANE_LUA,
     SWEEP_INDEX_LUA,
     TRANSITION_LUA,
+    UNDUE_LUA,
     YIELD_LUA,
     Commands,
     LuaScript,
@@ -90,6 +92,10 @@ PREEMPT_LOCK_MS = 2000
 MAX_ATTEMPTS = 3
 #: A quiet client's count expires, so a count that drifted (a crash between two steps) heals.
 CLIENT_LIVE_TTL = 7 * 86_400
+#: Seconds a paused job's keys outlive its PAUSED_TTL: the reaper (every 2 s) ends it as canceled when the
+#: TTL runs out (Lifecycle.paused_due), so its batch and webhooks learn of it; Redis's own expiry of the keys is
+#: only the backstop for a deployment that runs no worker host for that long.
+PAUSED_GRACE = 3600
 #: Fields a retry resets.
 _RETRY_FIELDS = {"ended_at": "", "error": "", "result_meta": "", "attempt": "0", "run_ms": "0", "started_at": "",
                  "progress": orjson.dumps({"done": 0, "total": 0, "percent": 0.0}).decode()}
@@ -130,6 +136,7 @@ class Lifecycle:
         self._missing: dict[str, list[str]] = {}
         self._yield = LuaScript(conn, YIELD_LUA)
         self._sweep = LuaScript(conn, SWEEP_INDEX_LUA)
+        self._undue = LuaScript(conn, UNDUE_LUA)
 
     def queue(self, name: str) -> Queue:
         """RQ queue by name, JSON-serialized."""
@@ -334,8 +341,10 @@ class Lifecycle:
         pipe.delete(JOB_CONTROL_KEY.format(id=rec.id))
         pipe.zrem(RUNNING_KEY, rec.id)
         pipe.extend(ended_commands(client_of(rec), rec.rq_id))
-        for key in job_keys(rec.id):  # a forgotten paused job expires (PAUSED_TTL); resume() keeps it again
-            pipe.expire(key, self.settings.paused_ttl)
+        # A forgotten paused job ends as canceled after PAUSED_TTL (paused_due); resume() keeps it again.
+        pipe.zadd(PAUSED_DUE_KEY, {rec.id: time.time() + self.settings.paused_ttl})
+        for key in job_keys(rec.id):
+            pipe.expire(key, self.settings.paused_ttl + PAUSED_GRACE)
         publish(pipe, rec.id, PAUSED.value)
         fields = {"run_ms": run_ms} if run_ms is not None else {}
         return self.transition(rec.id, from_, PAUSED, fields, then=packed(recorded(pipe))) is not None
@@ -391,6 +400,34 @@ class Lifecycle:
             return False
         self._lost(rec)
         return True
+
+    def paused_due(self, now: float | None = None, limit: int = 100) -> list[JobRecord]:
+        """Paused jobs whose PAUSED_TTL ran out, for the reaper to end (expire_paused, or the fan-out's cancel
+        for a split job). Due entries of jobs resumed, ended or deleted since, and of a split job's parts
+        (their whole job's cancel ends them), are dropped here."""
+        now = time.time() if now is None else now
+        ids = [m.decode() for m in self.conn.zrangebyscore(PAUSED_DUE_KEY, "-inf", now, start=0, num=limit)]
+        if not ids:
+            return []
+        pipe = self.conn.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(JOB_KEY.format(id=job_id))
+        recs = [JobRecord.from_hash(h) if h else None for h in pipe.execute()]
+        due = [r for r in recs if r is not None and r.status is PAUSED and not r.extra.get("parent")]
+        keep = {r.id for r in due}
+        gone = [i for i in ids if i not in keep]
+        if gone:
+            self._undue(keys=[PAUSED_DUE_KEY], args=[repr(now), *gone])
+        return due
+
+    def expire_paused(self, rec: JobRecord) -> bool:
+        """PAUSED -> CANCELED once paused for PAUSED_TTL, as a cancel would (its batches count it canceled, its
+        webhooks say job.canceled, its client's live count and its request-cache entry are released), with an
+        error saying why; then it is kept for RESULT_TTL like any canceled job (and may be retried)."""
+        error = {"type": "PausedTooLong", "message": f"paused for longer than PAUSED_TTL "
+                                                     f"({self.settings.paused_ttl} s), so it was canceled"}
+        fields = {"ended_at": repr(time.time()), "error": orjson.dumps(error).decode()}
+        return self._end(rec, (PAUSED,), CANCELED, fields, after=[("ZREM", PAUSED_DUE_KEY, rec.id)])
 
     def sweep_index(self, batch: int = 1000) -> int:
         """One slice of the index sweep (SWEEP_INDEX_LUA): how many entries of expired jobs it dropped."""

@@ -315,6 +315,17 @@ end
 return 0
 """
 
+#: UNDUE: drop PAUSED_DUE entries that are still due. KEYS[1] = PAUSED_DUE_KEY; ARGV[1] = now (epoch
+#: seconds), ARGV[2..] = job ids. A job paused again since it was read has a later score and keeps it.
+UNDUE_LUA = """
+local n = 0
+for i = 2, #ARGV do
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if s and tonumber(s) <= tonumber(ARGV[1]) then n = n + redis.call('ZREM', KEYS[1], ARGV[i]) end
+end
+return n
+"""
+
 #: The reaper's sweep over the jobs index, one bounded slice per call, resuming where the last call
 #: stopped (wrapping around): an entry whose job hash expired is dropped, so the index cannot grow
 #: without bound even when no listing ever reaches old entries. (Runs a dead worker took but never

@@ -83,6 +83,9 @@ def reap(conn: Redis) -> None:
         log.warning("dispatch: %d running entries of runs that no longer run were fixed", fixed)
     if fixed := life.heal_lanes():
         log.warning("dispatch: %d waiting runs had lost their queue entry; put back", fixed)
+    for rec in life.paused_due():  # paused for PAUSED_TTL: canceled, so its batch ends and its webhooks fire
+        if Fanout(life).expire_paused(rec) if rec.extra.get("parts") else life.expire_paused(rec):
+            log.info("job %s was paused for longer than PAUSED_TTL; canceled", rec.id)
     life.sweep_index()
     Fanout(life).sweep()  # a split job whose last part ended just before its worker died
     conn.eval(SWEEP_STORED_LUA, 2, *sweep_keys, *sweep_argv)  # expired jobs leave their client's storage count
