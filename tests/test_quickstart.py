@@ -66,8 +66,10 @@ class Clone:
         self.port, self.redis_port = free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith("PYTEST") and k not in ("REDIS_URL", "HOST", "PORT", "REDIS_PORT")}
+        # WEBHOOK_ALLOW_PRIVATE: the README's webhook examples are sent to a receiver on 127.0.0.1 here.
         self.env.update({"PORT": str(self.port), "REDIS_PORT": str(self.redis_port), "WORKERS": "2",
-                         "WEB_PROCESSES": "1", "WEB_THREADS": "32", "PYTHONUNBUFFERED": "1"})
+                         "WEB_PROCESSES": "1", "WEB_THREADS": "32", "PYTHONUNBUFFERED": "1",
+                         "WEBHOOK_ALLOW_PRIVATE": "1"})
         self.log = tmp / "make-run.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -319,3 +321,128 @@ def test_the_cli_examples_work_from_the_same_clone(clone: Clone) -> None:
 
 def assert_eq(got: Any, want: Any) -> None:
     assert got == want, f"{got!r} != {want!r}"
+
+
+def section(readme: str, heading: str) -> str:
+    start = readme.index(heading)
+    end = readme.find("\n## ", start + len(heading))
+    return readme[start:end if end > 0 else len(readme)]
+
+
+def shell_commands(block: str) -> list[str]:
+    """Like commands(), but a line inside an open single-quoted string (a JSON body over several lines, as bash
+    reads it when pasted) continues the command too."""
+    out, pending = [], ""
+    for line in block.splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        pending += line
+        if pending.count("'") % 2:
+            pending += "\n"
+            continue
+        out.append(pending.strip())
+        pending = ""
+    assert not pending, f"an unterminated command: {pending!r}"
+    return out
+
+
+def test_the_batch_and_webhook_examples_work_from_the_same_clone(clone: Clone) -> None:
+    """README "Batches and webhooks": both curl blocks, line by line, and the receiver's verification snippet
+    run on what those lines made the server send. Only the placeholder receiver (hooks.example.com) becomes
+    a receiver on 127.0.0.1 (the clone runs with WEBHOOK_ALLOW_PRIVATE=1 for it), and "whsec_..." the key
+    that `python -m jobs.webhooks secret`, as the README says, prints."""
+    from tests.test_webhooks import Receiver
+
+    text = section((clone.dir / "README.md").read_text(), "## Batches and webhooks")
+    blocks = re.findall(r"```(sh|python)\n(.*?)```", text, re.S)
+    assert [kind for kind, _ in blocks] == ["sh", "sh", "python"], "two curl blocks and the receiver's snippet"
+    receiver = Receiver()
+    shell = Shell(clone)
+
+    def batch_of(out: str) -> dict[str, Any]:
+        return api(clone, f"/api/v1/batches/{shell.id}").json() if shell.id else {}
+
+    def check_batch_id(out: str, sh: Shell) -> None:
+        assert ID.match(sh.id) and batch_of(out)["total"] == 3, sh.id
+
+    def check_batch_done(out: str, sh: Shell) -> None:
+        b = job(out)
+        assert b["id"] == sh.id and b["status"] == "finished" and b["counts"]["finished"] == 3, b
+
+    def check_batch_jobs(out: str, sh: Shell) -> None:
+        page = job(out)
+        assert [j["result"] for j in page["jobs"]][1:] == [{"count": 25}, [1, 2, 3]], page
+        assert page["jobs"][0]["result"]["digits"] == 209 and page["next_cursor"] is None
+
+    def check_batch_events(out: str, sh: Shell) -> None:
+        last = json.loads(re.findall(r"^data: (.*)$", out, re.M)[-1])
+        assert last["id"] == sh.id and last["status"] == "finished", out[-300:]
+
+    def check_batch_cancel(out: str, sh: Shell) -> None:
+        body = job(out)  # every item ended (the ?wait=30 line waited for that): the README's 409
+        assert body["status"] == 409 and "already ended" in body["detail"], body
+
+    def check_json_submit(kind: str) -> Callable[[str, Shell], None]:
+        def check(out: str, sh: Shell) -> None:
+            sent.append((kind, job(out)["id"]))
+            assert job(out)["type"] == kind, out[:300]
+        return check
+
+    def check_batch_submit(out: str, sh: Shell) -> None:
+        b = job(out)
+        assert b["total"] == 2 and b["webhooks"][0]["url"] == receiver.url("/batch"), b
+        items = api(clone, f"/api/v1/batches/{b['id']}/jobs").json()["jobs"]
+        sent.extend([("batch", b["id"]), ("fibonacci", items[0]["id"])])
+
+    sent: list[tuple[str, str]] = []
+    checks: list[tuple[str, Callable[[str, Shell], None]]] = [
+        (r"^id=\$\(curl -s -X POST \S+/api/v1/batches ", check_batch_id),
+        (r'/batches/\$id\?wait=30"', check_batch_done),
+        (r"/batches/\$id/jobs\?limit=100", check_batch_jobs),
+        (r"/batches/\$id/events", check_batch_events),
+        (r"/batches/\$id/cancel", check_batch_cancel),
+        (r"/api/v1/fibonacci .*webhook", check_json_submit("fibonacci")),
+        (r"/api/v1/csv .*webhook=", check_json_submit("csv")),
+        (r"^curl -s -X POST \S+/api/v1/batches .*\"webhook\"", check_batch_submit),
+    ]
+    ran = []
+    for _kind, block in blocks[:2]:
+        for command in shell_commands(block):
+            matched = [check for pattern, check in checks if re.search(pattern, command, re.S)]
+            assert len(matched) == 1, f"README line without exactly one check here: {command!r} ({len(matched)})"
+            line = re.sub(r"https://hooks\.example\.com(/\w+)", lambda m: receiver.url(m.group(1)), command)
+            began = time.monotonic()
+            rc, out, err = shell.run(line)
+            assert rc == 0, f"{command!r} exited {rc}: {err or out[:500]}"
+            matched[0](out, shell)
+            ran.append(f"{time.monotonic() - began:6.2f} s  {command[:110]}")
+    # The operator reads the generated key as the README says, and the receiver's snippet verifies every call.
+    key = subprocess.run([str(VENV / "bin" / "python"), "-m", "jobs.webhooks", "secret"], cwd=clone.dir,
+                         env={**clone.env, "REDIS_URL": f"redis://127.0.0.1:{clone.redis_port}/0"},
+                         capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    assert key.startswith("whsec_")
+    snippet = blocks[2][1]
+    assert snippet.count('"whsec_..."') == 1
+    scope: dict[str, Any] = {}
+    exec(compile(snippet.replace('"whsec_..."', repr(key)), "README.md", "exec"), scope)
+    got: dict[str, str] = {}
+    deadline = time.monotonic() + 90
+    while len(got) < len(sent):
+        with receiver.lock:
+            calls = list(receiver.calls)
+        got = {}
+        for call in calls:
+            event = scope["receive"](call["body"], call["headers"])
+            got[event["data"]["id"]] = event["type"]
+        assert time.monotonic() < deadline, (sent, got)
+        time.sleep(0.2)
+    assert got == {i: "batch.finished" if kind == "batch" else "job.finished" for kind, i in sent}, (sent, got)
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    with pytest.raises(WebhookVerificationError):
+        scope["receive"](calls[0]["body"].replace(b"finished", b"failed"), calls[0]["headers"])
+    receiver.server.shutdown()
+    print("\nREADME batches and webhooks, every line run and checked:\n" + "\n".join(ran))
