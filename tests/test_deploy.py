@@ -767,3 +767,70 @@ def test_scheduling_holds_across_two_worker_hosts(lab: Lab) -> None:
         assert [j["started_at"] for j in ends] == sorted(j["started_at"] for j in ends)  # Alice's, in her order
     finally:
         cli.close()
+
+
+#: pi(3 * 10**10), by `primesieve 0 3e10 -c` (Debian's primesieve 11 and 12 agree).
+PI_3E10 = 1_300_005_926
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_one_wide_job_runs_on_both_worker_hosts_at_once(lab: Lab) -> None:
+    """Fan-out across hosts: with splitting on (FANOUT_MIN_SECONDS at its default), one wide count runs as
+    parts on the worker of each host at the same time, and its client sees one job with the right count."""
+    redis_url = f"redis://{lab.addr('redis')}:6379/0"
+    data = lab.log_dir / "redis-data"
+    data.mkdir()
+    lab.spawn("redis", "redis", [server_binary(), "--bind", lab.addr("redis"), "--port", "6379",
+                                 "--dir", str(data), "--appendonly", "no", "--save", "",
+                                 "--protected-mode", "no", "--daemonize", "no"])
+    cli = Client(lab.ns("cli"), f"http://{lab.addr('web')}:5000", redis_url)
+    try:
+        wait_until("Redis on its host", lambda: cli.run(cli.redis.ping), 15, lab)
+        lab.spawn("web", "web", [sys.executable, "-m", "gunicorn", "-c", "python:rest.gunicorn_conf",
+                                 "rest.wsgi:app"],
+                  REDIS_URL=redis_url, HOST=lab.addr("web"), PORT=5000, WEB_PROCESSES=1, WEB_THREADS=32,
+                  ACCESS_LOG=0)  # FANOUT_MIN_SECONDS unset: wide jobs split, as deployed
+        for host in ("w1", "w2"):
+            lab.spawn(host, host, [sys.executable, "worker.py", "--workers", "1", "--url", redis_url])
+        wait_until("the web to answer the client", lambda: cli.get("/readyz").ok, 30, lab)
+        workers = wait_until("both worker hosts to register",
+                             lambda: ws if len(ws := cli.get("/api/v1/workers").json()) == 2 else None, 60, lab)
+        host_by_pid = {pid: h for h in ("w1", "w2") for pid in netns_pids(lab.ns(h))}
+        # Worker names are <hostname>.<pid>, and the namespaces share the hostname: go by pid.
+        hosts = {w["name"]: host_by_pid.get(int(w["name"].rsplit(".", 1)[1])) for w in workers}
+        assert sorted(hosts.values()) == ["w1", "w2"], hosts
+
+        r = cli.post("/api/v1/primes", {"start": 0, "end": 3 * 10**10, "output": "count"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        seen_together = False
+
+        def finished() -> dict[str, Any] | None:
+            nonlocal seen_together
+            busy = {hosts.get(w["name"]) for w in cli.get("/api/v1/workers").json() if w["current_job"] == job_id}
+            seen_together = seen_together or busy == {"w1", "w2"}
+            j = cli.get(f"/api/v1/jobs/{job_id}").json()
+            assert j["status"] not in ("failed", "canceled"), j
+            return j if j["status"] == "finished" else None
+
+        got = wait_until("the wide job to finish", finished, 240, lab, every=0.05)
+        assert got["result"] == {"count": PI_3E10}, got
+        part_ids = cli.job_fields(job_id)["parts"].split(",")
+        assert got["stats"]["parts"] == len(part_ids) >= 4
+        parts = [cli.job_fields(p) for p in part_ids]
+        assert all(p["status"] == "finished" for p in parts), parts
+        runs = [(hosts.get(p["worker"]) or host_by_pid.get(int(p["worker"].rsplit(".", 1)[1])),
+                 float(p["started_at"]), float(p["ended_at"])) for p in parts]
+        assert {h for h, _, _ in runs} == {"w1", "w2"}, f"every part ran on one host: {runs}"
+        # At once: a part on w1 and a part on w2 were running at the same moment (their runs overlap).
+        overlap = max(min(e1, e2) - max(s1, s2) for h1, s1, e1 in runs for h2, s2, e2 in runs if h1 < h2)
+        assert overlap > 0, f"the hosts ran their parts one after the other: {runs}"
+        span = max(e for _, _, e in runs) - min(s for _, s, _ in runs)
+        print(f"\nwide job over two hosts: {len(parts)} parts, "
+              f"{sum(h == 'w1' for h, _, _ in runs)} on w1 and {sum(h == 'w2' for h, _, _ in runs)} on w2, "
+              f"work {sum(e - s for _, s, e in runs):.1f} s in {span:.1f} s of wall time, longest overlap "
+              f"{overlap:.1f} s, both hosts seen busy with it at one poll: {seen_together}")
+    finally:
+        cli.close()
