@@ -222,14 +222,78 @@ def test_dispatch_takes_runs_in_the_listed_order_and_positions_count_it(redis_ur
         assert page.status_code == 200 and "Waiting: 3 ahead, no worker running." in page.text, page.text
         taken = []
         while (popped := conn.lpop(rq_list("default"))) is not None:
-            run = svc.life.dispatch("default", popped.decode())
-            assert run is not None
+            [run] = svc.life.dispatch("default", popped.decode())
             taken.append(run)
             rec = svc.get(job_ids([run])[0])
             assert rec.status.value == "queued" and svc.resource(rec)["position"] == 0  # dispatched, not started
             assert conn.zscore(CLIENT_RUNNING_KEY.format(client=client_of(rec)), run) is not None
         assert job_ids(taken) == listed
         assert svc.queue_job_ids("default") == [] and conn.llen(rq_list("default")) == 0
+    conn.flushdb()
+
+
+def test_a_take_of_several_runs_keeps_the_order_and_rq_list_holds_only_waiting_runs(redis_url: str) -> None:
+    """The fast lane's take of several runs per dispatch (FAST_TAKE): the runs follow the same order as
+    one dispatch at a time; two workers whose pops cross (each pops the entry of the run the other gets)
+    leave rq's list holding exactly the waiting runs' ids, so no entry for a finished run circulates;
+    and runs given back by a worker that stops go back to the head of their lines, in order."""
+    from redis import Redis
+
+    from jobs.store.dispatch import DISPATCH_SHARE, job_ids, rq_list
+    from jobs.store.keys import LANE_CLIENT_KEY, LANE_SINCE_KEY
+    from jobs.types.registry import JOB_TYPES
+    from rest import create_app
+    from rest.extensions import service
+    from rest.settings import Settings
+    from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
+
+    url = f"{redis_url.rpartition('/')[0]}/10"
+    conn = Redis.from_url(url)
+    conn.flushdb()
+    app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=4, **TEST_RATE_LIMITS))
+
+    def consistent() -> None:
+        listed = sorted(e.decode() for e in conn.lrange(rq_list("fast"), 0, -1))
+        assert listed == sorted(k.decode() for k in conn.hkeys(LANE_SINCE_KEY.format(lane="fast")))
+
+    with app.app_context():
+        svc = service()
+        for k in range(40):
+            sub = JOB_TYPES["fibonacci"].parse_json({"n": 10 + k}, TEST_LIMITS)
+            sub.extra["client"] = ("c1", "c2", "c3")[k % 3] if k < 30 else "c1"
+            svc.submit(sub)
+            time.sleep(0.002)  # distinct join times
+        order = svc.queue_job_ids("fast")
+        assert len(order) == 40
+        consistent()
+        # Two workers' pops cross: each gets the run whose entry the other popped.
+        a, b = conn.lpop(rq_list("fast")).decode(), conn.lpop(rq_list("fast")).decode()
+        taken = svc.life.dispatch("fast", b) + svc.life.dispatch("fast", a)
+        consistent()
+        assert job_ids(taken) == order[:2]
+        # One take of several: at most one per DISPATCH_SHARE waiting runs, in the listed order.
+        waiting = conn.hlen(LANE_SINCE_KEY.format(lane="fast"))
+        many = svc.life.dispatch("fast", conn.lpop(rq_list("fast")).decode(), most=16)
+        assert len(many) == min(16, waiting // DISPATCH_SHARE) == 9
+        consistent()
+        assert job_ids(many) == order[2:11]
+        def lines() -> dict[str, list[str]]:
+            return {c: job_ids([r.decode() for r in conn.lrange(LANE_CLIENT_KEY.format(lane="fast", client=c), 0, -1)])
+                    for c in ("c1", "c2", "c3")}
+
+        before = lines()
+        # The worker stops after starting none of the last four: each goes back to the head of its
+        # client's line, in the order they were taken, on a new run id.
+        returned = many[5:]
+        assert svc.life.undispatch(returned) == 4
+        consistent()
+        after = lines()
+        for c in ("c1", "c2", "c3"):
+            mine = [j for j in job_ids(returned) if svc.get(j).extra["client"] == c]
+            assert after[c] == mine + before[c], c
+        assert all(svc.get(j).rq_id not in returned for j in job_ids(returned))
+        waiting = [*job_ids(returned), *(j for line in before.values() for j in line)]
+        assert sorted(svc.queue_job_ids("fast")) == sorted(waiting)
     conn.flushdb()
 
 
@@ -268,7 +332,7 @@ def test_the_reaper_puts_back_a_run_whose_worker_died_between_dispatch_and_start
             sub = JOB_TYPES["primes"].parse_json({"start": 0, "end": 10**7 + k, "output": "count"}, TEST_LIMITS)
             sub.extra["client"] = "c1"
             recs.append(svc.submit(sub).rec)
-        runs = [svc.life.dispatch("default", conn.lpop(rq_list("default")).decode()) for _ in recs]
+        runs = [svc.life.dispatch("default", conn.lpop(rq_list("default")).decode())[0] for _ in recs]
         assert runs == [r.rq_id for r in recs]
         svc.delete(recs[1].id)  # gone before its worker started it
         running = CLIENT_RUNNING_KEY.format(client="c1")

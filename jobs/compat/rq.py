@@ -89,13 +89,15 @@ class InlineDequeue:
     _queues: dict[tuple[str, int], Any] = {}
 
     @classmethod
-    def dispatched(cls, connection: Any, queue_key: str, job_id: str) -> str | None:
-        """The run to start for a popped entry (None: none, rq pops again); here the entry itself."""
-        return job_id
+    def dispatched(cls, connection: Any, queue_key: str, job_id: str) -> list[str]:
+        """The runs to start for a popped entry (empty: none, rq pops again); here the entry itself. Only
+        runs the worker executes inline may come several at a time (see inline_run)."""
+        return [job_id]
 
     @classmethod
-    def inline_run(cls, queue_key: str, job_id: str) -> Any:
-        """The inline run for this dequeued id, or None to let rq fetch the job as usual."""
+    def inline_run(cls, queue_key: str, job_id: str, more: list[str] | None = None) -> Any:
+        """The inline run for this dequeued id (and the further runs taken with it), or None to let rq
+        fetch the job as usual."""
         return None
 
     if ACTIVE:
@@ -105,10 +107,10 @@ class InlineDequeue:
             """rq 3.0's post-pop step (rebuild the queue, HGETALL the job), after `dispatched` chose the run,
             minus the read for an inline run."""
             chosen = cls.dispatched(connection, queue_key, job_id)
-            if chosen is None:
+            if not chosen:
                 return None  # rq's dequeue_any pops again
-            job_id = chosen
-            run = cls.inline_run(queue_key, job_id)
+            job_id = chosen[0]
+            run = cls.inline_run(queue_key, job_id, chosen[1:])
             if run is None:
                 return super()._fetch_dequeued_job(  # type: ignore[misc]
                     connection, queue_key, job_id, job_class=job_class, serializer=serializer,

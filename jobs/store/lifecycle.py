@@ -31,6 +31,7 @@ from jobs.compat.rq import enqueue_recorded
 from jobs.settings import Settings
 from jobs.store.admission import CLIENT_LIVE_KEY
 from jobs.store.dispatch import (
+    DISPATCH_SHARE,
     RUN_ID_RE,
     client_of,
     ended_commands,
@@ -464,12 +465,30 @@ class Lifecycle:
 
     # -- dispatch and preemption (jobs.store.dispatch) ---------------------------------------
 
-    def dispatch(self, lane: str, popped: str) -> str | None:
-        """The run a worker starts, having popped `popped` off the lane's rq list: the oldest waiting run of
-        the client with the fewest runs running, now counted as running (DISPATCH_LUA); None: none waits."""
+    def dispatch(self, lane: str, popped: str, most: int = 1) -> list[str]:
+        """The runs a worker starts, having popped `popped` off the lane's rq list: each the oldest waiting run
+        of the client with the fewest runs running, now counted as running (DISPATCH_LUA); at most `most`,
+        and at most one per DISPATCH_SHARE waiting runs; empty: none waits."""
         now = time.time()
-        got = self._dispatch(keys=lane_keys(lane), args=[*lane_args(lane), popped, repr(now), int(now * 1000)])
-        return got[0].decode() if got else None
+        got = self._dispatch(keys=lane_keys(lane), args=[*lane_args(lane), popped, repr(now), int(now * 1000),
+                                                         most, DISPATCH_SHARE])
+        return [r.decode() for r in got[::2]] if got else []
+
+    def undispatch(self, runs: Sequence[str]) -> int:
+        """Give back runs a worker took (dispatch) but will not start (it is shutting down): each goes back to
+        the head of its client's line, in the order it was taken, on a new run id (a late start of the old
+        one is skipped); a run whose job moved on meanwhile (canceled, deleted) is only uncounted. Returns
+        how many went back."""
+        back = 0
+        for run in reversed(runs):
+            m = RUN_ID_RE.match(run)
+            h = self.conn.hgetall(JOB_KEY.format(id=m.group(1))) if m else None
+            rec = JobRecord.from_hash(h) if h else None
+            if rec is not None and rec.rq_id == run and rec.status is QUEUED:
+                back += bool(self._back_on_queue(rec, (QUEUED,), {}, front=True))
+            elif rec is not None:
+                self.conn.zrem(CLIENT_RUNNING_KEY.format(client=client_of(rec)), run)
+        return back
 
     def should_yield(self, rec: JobRecord, run_id: str, grace: float = 1.0) -> bool:
         """Whether this run should give its worker back: another client whose work has waited `grace`

@@ -183,17 +183,21 @@ return 0
 """
 
 
-#: DISPATCH: the next run of one lane, fair between clients (see jobs.store.dispatch).
+#: DISPATCH: the next runs of one lane, fair between clients (see jobs.store.dispatch).
 #: KEYS[1] = the lane's waiting clients (zset: client -> when its first waiting run joined, ms),
 #: KEYS[2] = the lane's join times (hash: run id -> ms), KEYS[3] = rq's list of the lane,
 #: KEYS[4] = the set of clients that have runs on record as running (for the reaper's check).
 #: ARGV[1] = prefix of a client's line of waiting runs in this lane (the client's name follows),
 #: ARGV[2], ARGV[3] = prefix and suffix of a client's running runs (zset: run id -> dispatch time),
 #: ARGV[4] = the entry the worker popped off rq's list ('' = none), ARGV[5] = now (epoch seconds),
-#: ARGV[6] = now (ms).
-#: Returns {run id, client}: the run to start, now off every waiting structure and counted as its client's
-#: running run; {entry, ''} for a popped entry no lane knows (queued before fair dispatch existed);
-#: false when nothing waits.
+#: ARGV[6] = now (ms), ARGV[7] = the most runs to take (1 unless the worker runs a lane inline),
+#: ARGV[8] = the share: take at most one run per this many waiting (so other workers get theirs).
+#: Each run is picked as a single dispatch would pick it (so a take of several is fair too), taken off
+#: every waiting structure and counted as its client's running run; rq's list loses the taken runs'
+#: entries, and the popped entry goes back when its run still waits (the list holds exactly the waiting
+#: runs' ids, so it never carries an entry for a run that is gone).
+#: Returns {run id, client, run id, client, ...}; {entry, ''} for a popped entry no lane knows (queued
+#: before fair dispatch existed); false when nothing waits.
 DISPATCH_LUA = """
 local function pick()
   local best, bestn
@@ -209,33 +213,54 @@ local function pick()
     from = from + 64
   end
 end
-local run, client
-for _ = 1, 8 do
-  client = pick()
-  if not client then break end
-  run = redis.call('LPOP', ARGV[1] .. client)
-  if run then break end
-  redis.call('ZREM', KEYS[1], client)
+local function take()
+  for _ = 1, 8 do
+    local client = pick()
+    if not client then return nil end
+    local line = ARGV[1] .. client
+    local run = redis.call('LPOP', line)
+    if run then
+      local head = redis.call('LINDEX', line, 0)
+      if head then
+        redis.call('ZADD', KEYS[1], redis.call('HGET', KEYS[2], head) or ARGV[6], client)
+      else
+        redis.call('ZREM', KEYS[1], client)
+      end
+      redis.call('HDEL', KEYS[2], run)
+      redis.call('ZADD', ARGV[2] .. client .. ARGV[3], ARGV[5], run)
+      return run, client
+    end
+    redis.call('ZREM', KEYS[1], client)
+  end
+  return nil
 end
-if not run then
+local most = tonumber(ARGV[7])
+if most > 1 then
+  local share = tonumber(ARGV[8])
+  most = math.min(most, math.max(1, math.floor(redis.call('HLEN', KEYS[2]) / share)))
+end
+local out = {}
+local popped_taken = false
+for _ = 1, most do
+  local run, client = take()
+  if not run then break end
+  out[#out + 1] = run
+  out[#out + 1] = client
+  if run == ARGV[4] then
+    popped_taken = true
+  else
+    redis.call('LREM', KEYS[3], 1, run)
+  end
+  if #out == 2 or client ~= out[#out - 2] then redis.call('SADD', KEYS[4], client) end
+end
+if #out == 0 then
   if ARGV[4] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 then return {ARGV[4], ''} end
   return false
 end
-local line = ARGV[1] .. client
-local head = redis.call('LINDEX', line, 0)
-if head then
-  redis.call('ZADD', KEYS[1], redis.call('HGET', KEYS[2], head) or ARGV[6], client)
-else
-  redis.call('ZREM', KEYS[1], client)
+if ARGV[4] ~= '' and not popped_taken and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
+  redis.call('LPUSH', KEYS[3], ARGV[4])
 end
-redis.call('HDEL', KEYS[2], run)
-redis.call('ZADD', ARGV[2] .. client .. ARGV[3], ARGV[5], run)
-redis.call('SADD', KEYS[4], client)
-if ARGV[4] ~= run then
-  redis.call('LREM', KEYS[3], 1, run)
-  if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[4]) end
-end
-return {run, client}
+return out
 """
 
 #: HEAL_LANE: put back on rq's list of a lane the waiting runs that have no entry there. An entry is lost

@@ -30,6 +30,12 @@ FAST_LANE_POLL = 0.5
 #: List: a horse pushes one entry here as it exits, so its worker's fast-lane wait ends at once.
 HORSE_DONE_KEY = PREFIX + "worker:{name}:horse-done"
 
+#: The most fast-lane runs one dispatch hands a worker (and at most one per DISPATCH_SHARE waiting): the
+#: worker's pop and dispatch (two round trips, and rq's loop around them) are paid once for all of them.
+#: A cheap job takes milliseconds, so a worker's handful delays the last of them by milliseconds too.
+#: Measured with `python -m bench --only batches` (see README "Batches and webhooks").
+FAST_TAKE = 16
+
 #: rq heartbeats a worker three times around every job (three round trips each) for a key that lives
 #: minutes: a heartbeat this soon after the previous one is skipped while the key's expiry covers it.
 HEARTBEAT_MIN_INTERVAL = 1.0
@@ -41,13 +47,15 @@ _RUN_ID = re.compile(r"^([0-9a-f]{32})-[0-9]+$")
 
 class InlineRun:
     """A fast-queue run, known by its RQ id alone: the worker runs jobs.worker.runner on it without reading
-    RQ's job hash (the id names the Crunch job, whose own hash holds everything the run needs)."""
+    RQ's job hash (the id names the Crunch job, whose own hash holds everything the run needs). `more`: the
+    further runs the same dispatch took (FAST_TAKE), run one after another by the same worker."""
 
-    def __init__(self, rq_id: str, crunch_id: str) -> None:
+    def __init__(self, rq_id: str, crunch_id: str, more: list[InlineRun] | None = None) -> None:
         self.id = rq_id
         self.crunch_id = crunch_id
         self.description = f"{RUNNER}({crunch_id!r})"
         self.origin = FAST_QUEUE
+        self.more = more or []
 
 
 class WorkerQueue(InlineDequeue, JsonQueue):
@@ -55,19 +63,23 @@ class WorkerQueue(InlineDequeue, JsonQueue):
     fast-queue run is dequeued as an InlineRun."""
 
     @classmethod
-    def dispatched(cls, connection: Any, queue_key: str, job_id: str) -> str | None:
+    def dispatched(cls, connection: Any, queue_key: str, job_id: str, most: int | None = None) -> list[str]:
         """The popped entry only says that a run of the lane waits; the lifecycle's dispatch picks which
-        (jobs.store.dispatch), in one script. None: nothing waits after all (rq pops again)."""
+        (jobs.store.dispatch), in one script: on the fast lane, which this worker runs inline, up to
+        FAST_TAKE of them. Empty: nothing waits after all (rq pops again)."""
         from jobs.worker.runner import _lifecycle
 
-        return _lifecycle(connection).dispatch(queue_key[len(cls.redis_queue_namespace_prefix):], job_id)
+        if most is None:
+            most = FAST_TAKE if queue_key == FAST_QUEUE_KEY else 1
+        return _lifecycle(connection).dispatch(queue_key[len(cls.redis_queue_namespace_prefix):], job_id, most)
 
     @classmethod
-    def inline_run(cls, queue_key: str, job_id: str) -> InlineRun | None:
+    def inline_run(cls, queue_key: str, job_id: str, more: list[str] | None = None) -> InlineRun | None:
         m = _RUN_ID.match(job_id)
         if m is None or queue_key != FAST_QUEUE_KEY:
             return None
-        return InlineRun(job_id, m.group(1))
+        runs = [InlineRun(r, mm.group(1)) for r in more or () if (mm := _RUN_ID.match(r))]
+        return InlineRun(job_id, m.group(1), runs)
 
 
 class CrunchWorker(QuietState, Worker):
@@ -115,11 +127,23 @@ class CrunchWorker(QuietState, Worker):
                 drop_scratch_after_horse(self.connection, m.group(1))
 
     def execute_job(self, job: Any, queue: Any) -> None:
-        """A fast-queue run inline; anything else (the default queue) in rq's forked work horse."""
-        if isinstance(job, InlineRun):
-            self._run_inline(job)
-        else:
+        """A fast-queue run inline (and the runs its dispatch took with it, one after another); anything
+        else (the default queue) in rq's forked work horse."""
+        if not isinstance(job, InlineRun):
             super().execute_job(job, queue)
+            return
+        runs = [job, *job.more]
+        try:
+            while runs and not self._stopping:
+                self._run_inline(runs.pop(0))
+        finally:
+            if runs:  # shutting down (or a BaseException): the runs not started go back to their lines
+                from jobs.worker.runner import _lifecycle
+
+                try:
+                    _lifecycle(self.connection).undispatch([r.id for r in runs])
+                except Exception:  # the reaper's heal_dispatch puts them back after HEARTBEAT_TIMEOUT
+                    log.warning("could not give back %d taken runs", len(runs), exc_info=True)
 
     def _run_inline(self, run: InlineRun, beside_horse: bool = False) -> None:
         """A fast-queue run of jobs.worker.runner without rq's per-job records (execution, registries, result):
@@ -233,12 +257,12 @@ class CrunchWorker(QuietState, Worker):
                 popped = self.connection.blpop([FAST_QUEUE_KEY, done_key], min(FAST_LANE_POLL, remaining))
                 if popped is None or popped[0].decode() != FAST_QUEUE_KEY:
                     continue
-                taken = WorkerQueue.dispatched(self.connection, FAST_QUEUE_KEY, popped[1].decode())
+                taken = WorkerQueue.dispatched(self.connection, FAST_QUEUE_KEY, popped[1].decode(), most=1)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 log.warning("fast lane: Redis unreachable; waiting on the horse", exc_info=True)
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
                 continue
-            run = WorkerQueue.inline_run(FAST_QUEUE_KEY, taken) if taken else None
+            run = WorkerQueue.inline_run(FAST_QUEUE_KEY, taken[0]) if taken else None
             if run is not None:
                 self._run_inline(run, beside_horse=True)
 
