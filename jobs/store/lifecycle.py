@@ -79,10 +79,12 @@ from jobs.store.scripts import (
     TRANSITION_LUA,
     UNDUE_LUA,
     YIELD_LUA,
+    Call,
     Commands,
     LuaScript,
     packed,
     recorded,
+    send,
 )
 from jobs.store.status import JobStatus
 
@@ -149,17 +151,28 @@ class Lifecycle:
 
     def transition(self, job_id: str, from_: Sequence[JobStatus], to: JobStatus,
                    fields: dict[str, Any] | None = None, then: Sequence[Any] = (),
-                   runs: int | None = None) -> JobStatus | None:
+                   runs: int | None = None, defer: list[Call] | None = None) -> JobStatus | None:
         """Compare-and-set the status; returns the old status, or None if it did not match.
         then (packed commands) runs in the same atomic step, only when the status matched;
-        runs: the job's run count must still be this (see requeue)."""
+        runs: the job's run count must still be this (see requeue); defer: hold the step back in this
+        list, to be sent with a later call (see start); answers as if the status had matched."""
         pairs: list[Any] = []
         for k, v in (fields or {}).items():
             pairs += [k, v]
         args: list[Any] = [",".join(s.value for s in from_), to.value, "" if runs is None else runs,
                            len(pairs), *pairs, *then]
+        if defer is not None:
+            defer.append((self._transition, [JOB_KEY.format(id=job_id)], args))
+            return from_[0]
         prev = self._transition(keys=[JOB_KEY.format(id=job_id)], args=args)
         return JobStatus(prev.decode()) if prev else None
+
+    @staticmethod
+    def flush(deferred: list[Call]) -> None:
+        """Send the steps held back in `deferred` (see transition), in one round trip."""
+        calls = deferred[:]
+        deferred.clear()
+        send(calls)
 
     # -- creation and queueing -----------------------------------------------------
 
@@ -225,17 +238,21 @@ class Lifecycle:
     # -- a run --------------------------------------------------------------------------
 
     def start(self, job_id: str, rq_id: str, worker: str, started: float, reset: Commands,
-              then: Sequence[Sequence[Any]] = ()) -> Begun:
+              then: Sequence[Sequence[Any]] = (), after: list[Call] | None = None) -> Begun:
         """Read the job, control request and checkpoint and, on a fresh run (current, queued, no control,
         no checkpoint), take STARTED with `reset` and `then` replayed: one round trip (BEGIN_LUA).
-        A run that is not fresh (resumed or recovered) then calls start_resumed."""
+        A run that is not fresh (resumed or recovered) then calls start_resumed. after: steps held back
+        (the previous run's finish, see transition) that go first in the same round trip."""
         cmds = Commands()
         cmds.extend(reset.commands)
         cmds.zadd(RUNNING_KEY, {job_id: started + self.settings.heartbeat_timeout})
         publish(cmds, job_id, STARTED.value)
-        flat, control, checkpoint, took = self._begin(
-            keys=[JOB_KEY.format(id=job_id), JOB_CONTROL_KEY.format(id=job_id), JOB_CHECKPOINT_KEY.format(id=job_id)],
-            args=[rq_id, worker, repr(started), *packed(recorded(cmds)), *packed(then)])
+        keys = [JOB_KEY.format(id=job_id), JOB_CONTROL_KEY.format(id=job_id), JOB_CHECKPOINT_KEY.format(id=job_id)]
+        args = [rq_id, worker, repr(started), *packed(recorded(cmds)), *packed(then)]
+        if after:
+            flat, control, checkpoint, took = self._begin.after(after, keys, args)
+        else:
+            flat, control, checkpoint, took = self._begin(keys=keys, args=args)
         fields = {k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
         return Begun(fields, control, checkpoint, bool(took))
 
@@ -261,23 +278,25 @@ class Lifecycle:
 
     def _end(self, rec: JobRecord, from_: Sequence[JobStatus], to: JobStatus, fields: dict[str, Any],
              run_s: float | None = None, event: dict[str, Any] | None = None,
-             before: Sequence[Sequence[Any]] = (), after: Sequence[Sequence[Any]] = ()) -> bool:
+             before: Sequence[Sequence[Any]] = (), after: Sequence[Sequence[Any]] = (),
+             defer: list[Call] | None = None) -> bool:
         """The status change to a terminal state and all its bookkeeping, one atomic step.
         before/after: commands replayed before/after the bookkeeping (a finish's last result pushes,
-        a worker's own hash)."""
+        a worker's own hash); defer: see transition."""
         then = [*packed(before), *self.terminal_commands(rec, to, run_s, event), *packed(after)]
-        return self.transition(rec.id, from_, to, fields, then=then) is not None
+        return self.transition(rec.id, from_, to, fields, then=then, defer=defer) is not None
 
     def finish(self, rec: JobRecord, fields: dict[str, Any], run_s: float, event: dict[str, Any],
                pushes: Sequence[Sequence[Any]] = (), then: Sequence[Sequence[Any]] = (),
-               from_: Sequence[JobStatus] = (STARTED,)) -> bool:
+               from_: Sequence[JobStatus] = (STARTED,), defer: list[Call] | None = None) -> bool:
         """STARTED -> FINISHED with the result's last pushes, the cache entry's expiry, counters and event,
         and the result's bytes in its client's storage count (jobs.store.quota; a split job's part is not
-        counted: its whole job's result is)."""
+        counted: its whole job's result is). defer: see transition."""
         meta = orjson.loads(fields["result_meta"]) if fields.get("result_meta") else {}
         stored = [] if rec.extra.get("parent") else count_commands(
             rec.extra.get("client"), rec.id, int(meta.get("bytes") or meta.get("json_bytes") or 0))
-        return self._end(rec, from_, FINISHED, fields, run_s, event, before=pushes, after=[*then, *stored])
+        return self._end(rec, from_, FINISHED, fields, run_s, event, before=pushes, after=[*then, *stored],
+                         defer=defer)
 
     def fail(self, rec: JobRecord, error: dict[str, Any], run_ms: str | None = None,
              from_: Sequence[JobStatus] = (STARTED,)) -> bool:

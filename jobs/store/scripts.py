@@ -9,6 +9,7 @@ jobs.store.lifecycle names the operations that run them.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ from redis import Redis
 from redis.exceptions import NoScriptError
 
 from jobs.store.batches import STATUS_HOOK_LUA
+
+log = logging.getLogger("crunch.scripts")
 
 #: Shared by the scripts below, so a state change and all its bookkeeping cost one round trip and
 #: happen atomically: replay(i) runs the commands packed in ARGV from index i on, each as its
@@ -418,6 +421,43 @@ class LuaScript:
         except NoScriptError:  # a restarted or failed-over server: load it, once
             self.sha = self.conn.script_load(self.source)
             return self.conn.evalsha(self.sha, len(keys), *keys, *args)
+
+    def after(self, deferred: list[Call], keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        """This script's call, sent in one round trip behind the `deferred` calls (which are sent, and the
+        list emptied): a worker's chain of fast runs sends a run's finish with the next run's start."""
+        calls = [*deferred, (self, keys, args)]
+        deferred.clear()
+        reply = send(calls)[-1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+#: A script call held back to ride with a later one: (script, keys, args).
+Call = tuple[LuaScript, Sequence[Any], Sequence[Any]]
+
+
+def send(calls: Sequence[Call]) -> list[Any]:
+    """Script calls in one round trip (a pipeline, each call atomic on its own, in order); returns their
+    replies, an error as its exception. A call that meets NOSCRIPT (a restarted server) is loaded and sent
+    again on its own; any other error of a call but the last is logged here (each call is a job's own
+    step: its job stays where it was, and the reaper's checks take it from there)."""
+    if not calls:
+        return []
+    conn = calls[0][0].conn
+    pipe = conn.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    replies = pipe.execute(raise_on_error=False)
+    for i, ((script, keys, args), reply) in enumerate(zip(calls, replies, strict=True)):
+        if isinstance(reply, NoScriptError):
+            try:
+                replies[i] = script(keys, args)
+            except Exception as exc:  # noqa: BLE001 - reported like any other failed call
+                replies[i] = reply = exc
+        if isinstance(replies[i], Exception) and i < len(calls) - 1:
+            log.warning("a deferred script call failed: %s (keys %s)", replies[i], list(keys)[:1])
+    return replies
 
 
 class Commands:

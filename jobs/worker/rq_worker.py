@@ -132,24 +132,31 @@ class CrunchWorker(QuietState, Worker):
         if not isinstance(job, InlineRun):
             super().execute_job(job, queue)
             return
+        from jobs.worker.runner import _lifecycle
+
         runs = [job, *job.more]
+        # Several runs: each run's finish is held back and sent with the next run's start (one round trip
+        # per run instead of two); the last one's goes on its own.
+        chain: list[Any] | None = [] if job.more else None
         try:
             while runs and not self._stopping:
-                self._run_inline(runs.pop(0))
+                self._run_inline(runs.pop(0), chain=chain)
         finally:
-            if runs:  # shutting down (or a BaseException): the runs not started go back to their lines
-                from jobs.worker.runner import _lifecycle
+            life = _lifecycle(self.connection)
+            try:
+                if chain:
+                    life.flush(chain)
+                if runs:  # shutting down (or a BaseException): the runs not started go back to their lines
+                    life.undispatch([r.id for r in runs])
+            except Exception:  # the reaper recovers both (heal_dispatch, the heartbeat check)
+                log.warning("could not send the last finish or give back %d taken runs", len(runs), exc_info=True)
 
-                try:
-                    _lifecycle(self.connection).undispatch([r.id for r in runs])
-                except Exception:  # the reaper's heal_dispatch puts them back after HEARTBEAT_TIMEOUT
-                    log.warning("could not give back %d taken runs", len(runs), exc_info=True)
-
-    def _run_inline(self, run: InlineRun, beside_horse: bool = False) -> None:
+    def _run_inline(self, run: InlineRun, beside_horse: bool = False, chain: list[Any] | None = None) -> None:
         """A fast-queue run of jobs.worker.runner without rq's per-job records (execution, registries, result):
         Crunch's job hash already holds all of it, and this is two round trips instead of eight. The type's
         timeout still applies; the RQ job hash goes in the finish's own atomic step. beside_horse: run while
-        this worker's horse runs a long job (wait_for_horse), so rq's view of the worker stays the horse's."""
+        this worker's horse runs a long job (wait_for_horse), so rq's view of the worker stays the horse's. chain:
+        see jobs.worker.runner.run."""
         from jobs.worker.runner import run as run_job
 
         rq_key = JsonJob.key_for(run.id)
@@ -163,7 +170,8 @@ class CrunchWorker(QuietState, Worker):
                           start_then=[] if beside_horse else self.start_commands(run.id),
                           finish_then=[("DEL", rq_key), *self.count_commands(True), *idle],
                           time_limit=lambda seconds: self.death_penalty_class(seconds, JobTimeoutException,
-                                                                             job_id=run.id))
+                                                                             job_id=run.id),
+                          chain=chain)
             finished = bool(out) and out.get("status") == "finished"
         except Exception:  # noqa: BLE001 - the runner recorded the failure on the job (status, error) and logged it
             with self.connection.pipeline(transaction=False) as pipe:
