@@ -93,7 +93,14 @@ def test_another_rq_runs_jobs_through_its_public_api(redis_url: str) -> None:
         sub = Submission("fibonacci", {"n": 90}, canonical_json({"n": 90, "t": q}), "fast")
         rec, outcome = svc.submit(sub)
         assert JsonQueue(f"{q}-fast", connection=conn).get_job_ids() == [rec.rq_id]
-        assert run(conn, rec.id, rec.rq_id, "w") == {"job": rec.id, "status": "finished"}
+        # rq pops the run itself (no fair dispatch): its start takes it off its client's line.
+        from jobs.store.dispatch import client_of
+        from jobs.store.keys import LANE_CLIENT_KEY, LANE_SINCE_KEY
+        line = LANE_CLIENT_KEY.format(lane="fast", client=client_of(rec))
+        assert rec.rq_id.encode() in conn.lrange(line, 0, -1)
+        assert run(conn, rec.id, rec.rq_id, "w", dispatched=False) == {"job": rec.id, "status": "finished"}
+        assert rec.rq_id.encode() not in conn.lrange(line, 0, -1)
+        assert not conn.hexists(LANE_SINCE_KEY.format(lane="fast"), rec.rq_id)
         done = svc.get(rec.id)
         assert svc.reader(done).value()["value"] == "2880067194370816120"
         print("OK")

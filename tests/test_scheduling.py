@@ -346,6 +346,49 @@ def test_the_reaper_puts_back_a_run_whose_worker_died_between_dispatch_and_start
     conn.flushdb()
 
 
+def test_a_recovered_or_requeued_job_waits_at_the_head_of_its_clients_line(redis_url: str) -> None:
+    """A running job that loses its worker (the reaper's recover) or is re-queued by a worker's shutdown
+    goes back before its client's jobs that were submitted after it, not behind them."""
+    from redis import Redis
+
+    from jobs.store.dispatch import rq_list
+    from jobs.store.scripts import Commands
+    from jobs.types.registry import JOB_TYPES
+    from rest import create_app
+    from rest.extensions import service
+    from rest.settings import Settings
+    from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
+
+    url = f"{redis_url.rpartition('/')[0]}/10"
+    conn = Redis.from_url(url)
+    conn.flushdb()
+    app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=4, **TEST_RATE_LIMITS))
+    with app.app_context():
+        svc = service()
+        ids = []
+        for k in range(3):
+            sub = JOB_TYPES["primes"].parse_json({"start": 0, "end": 10**7 + k, "output": "count"}, TEST_LIMITS)
+            sub.extra["client"] = "c1"
+            ids.append(svc.submit(sub).rec.id)
+            time.sleep(0.002)
+
+        def start_first() -> None:
+            [run] = svc.life.dispatch("default", conn.lpop(rq_list("default")).decode())
+            job_id = run.rsplit("-", 1)[0]
+            assert svc.life.start(job_id, run, "w1", time.time(), Commands()).took
+            assert svc.get(job_id).status.value == "started"
+
+        start_first()
+        assert svc.queue_job_ids("default") == ids[1:]
+        assert svc.life.recover(now=time.time() + svc.settings.heartbeat_timeout + 5) == [ids[0]]
+        assert svc.queue_job_ids("default") == ids
+        assert [svc.resource(svc.get(j))["position"] for j in ids] == [0, 1, 2]
+        start_first()
+        assert svc.life.requeue(svc.get(ids[0]), "1.0")
+        assert svc.queue_job_ids("default") == ids
+    conn.flushdb()
+
+
 def test_a_preempted_csv_sort_gives_the_same_file(api: Api, tmp_path: Path) -> None:
     """CSV checkpoints too: with both workers on Alice's jobs (a CSV sort and a count) and Bob's jobs
     waiting, her runs are preempted in turn; the CSV result is then compared, byte for byte, with the

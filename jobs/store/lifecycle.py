@@ -375,9 +375,11 @@ class Lifecycle:
                                                             *[("PERSIST", key) for key in job_keys(rec.id)]])
 
     def requeue(self, rec: JobRecord, run_ms: str) -> bool:
-        """STARTED -> QUEUED on a new run (the worker is shutting down; the next run continues from the checkpoint)."""
+        """STARTED -> QUEUED on a new run (the worker is shutting down; the next run continues from the checkpoint),
+        at the head of its client's line: it was submitted before the client's waiting jobs."""
         return self._back_on_queue(rec, (STARTED,), {"run_ms": run_ms, "worker": ""},
-                                   then=[("DEL", JOB_CONTROL_KEY.format(id=rec.id)), ("ZREM", RUNNING_KEY, rec.id)])
+                                   then=[("DEL", JOB_CONTROL_KEY.format(id=rec.id)), ("ZREM", RUNNING_KEY, rec.id)],
+                                   front=True)
 
     def retry(self, rec: JobRecord) -> bool:
         """FAILED or CANCELED -> QUEUED from scratch on a new run; takes the cache entry back if it is free."""
@@ -456,7 +458,8 @@ class Lifecycle:
     def _lost(self, rec: JobRecord) -> None:
         """A STARTED run lost its process: the next attempt from the checkpoint, or failed after MAX_ATTEMPTS.
         The lost run's rq records go in the same step (its job hash, its started-registry entry): a run lost
-        with Redis itself would otherwise stay `started` in rq (and on /rq) forever."""
+        with Redis itself would otherwise stay `started` in rq (and on /rq) forever. The next attempt waits at
+        the head of its client's line (it was submitted before the client's waiting jobs)."""
         if rec.attempt + 1 >= MAX_ATTEMPTS:
             self.fail(rec, {"type": "WorkerLost",
                             "message": f"the worker running this job died {rec.attempt + 1} times; giving up"})
@@ -468,7 +471,7 @@ class Lifecycle:
             members = [m for m in self.conn.zscan_iter(started, match=f"{rec.rq_id}:*")]
             then = [("DEL", JsonJob.key_for(rec.rq_id))]
             then += [("ZREM", started, m[0] if isinstance(m, tuple) else m) for m in members]
-        self._back_on_queue(rec, (STARTED,), {"attempt": str(rec.attempt + 1), "worker": ""}, then=then)
+        self._back_on_queue(rec, (STARTED,), {"attempt": str(rec.attempt + 1), "worker": ""}, then=then, front=True)
 
     def _unqueue_commands(self, rec: JobRecord) -> list[tuple[Any, ...]]:
         """Take the job's queued run off its rq queue (what rq's Queue.remove sends) and off its lane."""
@@ -508,6 +511,16 @@ class Lifecycle:
             elif rec is not None:
                 self.conn.zrem(CLIENT_RUNNING_KEY.format(client=client_of(rec)), run)
         return back
+
+    def undispatched_start(self, rec: JobRecord) -> bool:
+        """A run that started without the fair dispatch (rq popped it itself: another rq version, see
+        jobs.compat.rq) leaves its lane and counts as running, as DISPATCH would have done, so lanes do not
+        grow and `position` stays true; dispatch is then first in, first out."""
+        client = client_of(rec)
+        then = [*leave_commands(rec.queue, client, rec.rq_id),
+                ("ZADD", CLIENT_RUNNING_KEY.format(client=client), time.time(), rec.rq_id),
+                ("SADD", RUNNING_CLIENTS_KEY, client)]
+        return self.transition(rec.id, (STARTED,), STARTED, then=packed(then)) is not None
 
     def should_yield(self, rec: JobRecord, run_id: str, grace: float = 1.0) -> bool:
         """Whether this run should give its worker back: another client whose work has waited `grace`

@@ -22,6 +22,7 @@ import orjson
 from redis import Redis
 from rq import get_current_job
 
+from jobs.compat.rq import ACTIVE as RQ_OVERRIDES
 from jobs.context import Stop
 from jobs.settings import Settings, process_settings
 from jobs.store.dispatch import client_of
@@ -261,19 +262,21 @@ def execute(job_id: str) -> dict[str, Any] | None:
     """Entry point for RQ (enqueued by dotted name as jobs.worker.runner.execute)."""
     rq_job = get_current_job()
     worker = os.environ.get("RQ_WORKER_ID") or rq_job.worker_name or str(os.getpid())
-    return run(rq_job.connection, job_id, rq_job.id, worker)
+    return run(rq_job.connection, job_id, rq_job.id, worker, dispatched=RQ_OVERRIDES)
 
 
 def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequence[Sequence[Any]] = (),
         finish_then: Sequence[Sequence[Any]] = (),
         time_limit: Callable[[int], AbstractContextManager[Any]] | None = None,
-        chain: list[Call] | None = None) -> dict[str, Any] | None:
+        chain: list[Call] | None = None, dispatched: bool = True) -> dict[str, Any] | None:
     """Run one RQ run (rq_id) of a Crunch job. start_then / finish_then: commands that ride along with
     taking STARTED / a successful finish (a worker running the job inline keeps RQ's view of itself
     there, and drops RQ's job hash at the end); time_limit(seconds): a guard enforcing the type's
     timeout around the kernel, for callers that run it outside rq's own. chain: a worker running several
     fast runs in a row: the steps held back there (the previous run's finish) go with this run's start,
-    and this run's finish is held back there in turn (the caller flushes it, Lifecycle.flush)."""
+    and this run's finish is held back there in turn (the caller flushes it, Lifecycle.flush).
+    dispatched=False: rq popped the run itself (jobs.compat.rq inactive: another rq version), so the fair
+    dispatch never took it off its lane; the start does (Lifecycle.undispatched_start)."""
     life = _lifecycle(conn)
     started = time.time()
     # Fresh runs (no checkpoint, no control request) take STARTED in the same round trip as the read.
@@ -310,6 +313,8 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         ctx.output.reset_commands(reset)
         if not life.start_resumed(rec, fields, reset, then=start_then):
             return None
+    if not dispatched:
+        life.undispatched_start(rec)
     if rec.extra.get("parent"):  # a part of a split job: the whole job is started once a part is
         Fanout(life).started(rec.extra["parent"])
     if time_limit is None and rec.pausable and rec.queue != FAST_QUEUE and life.settings.preempt_quantum > 0:
