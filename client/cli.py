@@ -338,7 +338,8 @@ examples:
   crunch result ID -o primes.csv      the whole result, streamed to a file (format from the extension)
   crunch jobs --status started
 
-The server is --url, else $CRUNCH_URL, else http://localhost:5000. Jobs keep running on the
+The server is --url, else $CRUNCH_URL, else http://localhost:5000; a server with API tokens
+wants yours in $CRUNCH_TOKEN. Jobs keep running on the
 server when crunch stops waiting (Ctrl-C); `crunch wait ID` picks one up again.
 exit codes: 0 ok, 1 job failed or canceled (or action refused), 2 usage or validation error,
 3 server unreachable for --give-up seconds, 130 interrupted.

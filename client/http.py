@@ -259,10 +259,14 @@ class CrunchClient:
     raises Unavailable; none of them retries (wrap calls in a Backoff for that)."""
 
     def __init__(self, base_url: str = DEFAULT_URL, session: requests.Session | None = None,
-                 user_agent: str = "crunch-cli/0.1") -> None:
+                 user_agent: str = "crunch-cli/0.1", token: str | None = None) -> None:
+        """token: the API token (a server with API_TOKENS set refuses anonymous requests), sent as a
+        Bearer token on every request."""
         self.base_url = base_url.rstrip("/") + "/"
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = user_agent
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def url(self, path: str) -> str:
         return urljoin(self.base_url, path.lstrip("/")) if not path.startswith(("http://", "https://")) else path
@@ -493,3 +497,9 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
 
 def default_url() -> str:
     return os.environ.get("CRUNCH_URL") or DEFAULT_URL
+
+
+def default_token() -> str | None:
+    """The API token, from $CRUNCH_TOKEN (an environment variable, not an option: a command line is
+    visible to every user of the machine in `ps`)."""
+    return os.environ.get("CRUNCH_TOKEN") or None

@@ -19,6 +19,7 @@ from client.http import (
     GaveUp,
     Job,
     Unavailable,
+    default_token,
 )
 from client.progress import Progress
 
@@ -38,7 +39,7 @@ class Session:
         # Looked up per session, not bound at import: main() called in-process writes where stdout is now.
         self.out, self.err = out or sys.stdout, err or sys.stderr
         url = args.url if re.match(r"^https?://", args.url) else "http://" + args.url
-        self.client = CrunchClient(url)
+        self.client = CrunchClient(url, token=default_token())
         self.progress = Progress(self.err, quiet=args.quiet)
         self.backoff = Backoff(args.give_up, on_retry=self._retrying, on_recover=self._recovered)
         self.job_id: str | None = None

@@ -9,6 +9,9 @@ numbers per core), each on its own range so no job reuses another's stored segme
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ import requests
 from infra.processes import Api, Web, Workers
 from rest.auth import hash_token
 
+ROOT = Path(__file__).resolve().parent.parent
 RUN = os.urandom(3).hex()
 ALICE, BOB = f"alice-{RUN}", f"bob-{RUN}"
 ALICE_TOKEN, BOB_TOKEN = "a-" + os.urandom(24).hex(), "b-" + os.urandom(24).hex()
@@ -173,6 +177,15 @@ def test_position_counts_down_to_zero_in_the_order_the_queue_lists(api: Api) -> 
     assert queued == [i for i in backlog if positions[i] is not None]
     for i in queued:
         assert positions[i] == listed.index(i), (positions, listed)
+    # The CLI says the same, with Alice's token from $CRUNCH_TOKEN (both workers are on her long counts).
+    out = subprocess.run([sys.executable, "-m", "client", "--url", api.base, "status", backlog[-1]], cwd=ROOT,
+                         text=True, capture_output=True, timeout=60, env={**os.environ, "CRUNCH_TOKEN": ALICE_TOKEN})
+    assert out.returncode == 0, out.stderr
+    line = re.search(r"waiting: (\d+) ahead, all (\d+) workers busy", out.stdout)
+    assert line and int(line.group(2)) == WORKERS and int(line.group(1)) <= len(backlog) - 1, out.stdout
+    out = subprocess.run([sys.executable, "-m", "client", "--url", api.base, "status", backlog[-1]], cwd=ROOT,
+                         text=True, capture_output=True, timeout=60, env={**os.environ, "CRUNCH_TOKEN": ""})
+    assert out.returncode != 0 and "401" in out.stderr, (out.stdout, out.stderr)
     last = backlog[-1]
     seen = []
     while (j := job(api, AS_ALICE, last))["status"] == "queued":
