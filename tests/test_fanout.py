@@ -317,7 +317,7 @@ def test_split_jobs_at_the_top_of_the_64_bit_range(stack: Api) -> None:
     and every integer in params, result and pages is exact (JSON integers up to 2^64 - 1)."""
     lo, hi = TOP - 5 * S - 12345, TOP  # off the grid at the start, the last integer at the end
     parts = PrimesJob().split({"start": lo, "end": hi, "output": "count"}, 0.05, 64)
-    assert len(parts) >= 4 and parts[-1][1] == TOP
+    assert len(parts) >= 2 and parts[-1][1] == TOP  # 2: each part sets up the 2e8 sieving primes below 2^32
     want = independent_primes(lo, hi)
     got = done(stack, submit(stack, {"start": lo, "end": hi, "output": "count"})["id"], 600)
     assert got["status"] == "finished", got

@@ -22,8 +22,17 @@ from jobs.types.spec import DEFAULT_QUEUE, FAST_QUEUE, JobSpec, Limits
 
 #: Ranges at most this wide sieve in a few milliseconds, so they are not worth a fork.
 FAST_WIDTH = 2_000_000
-#: Rough single-core throughput of the sieve (numbers per second) and of listing (primes per second).
-SIEVE_RATE = 3e9
+#: Single-core CPU seconds per number of a count, by log10(end), interpolated between the points: the cost
+#: grows with the sieving primes (up to sqrt(end)). Measured 2026-12-03 on this machine with
+#: primes.count_primes over 10^9 numbers below each end, less one segment's run (load average 4-7):
+#: 7e-11 below 10^9 (the [0, 10^9] count, 0.07 s), 1.6e-10 at 10^12, 3.0e-10 at 10^15, 1.6e-9 at 2^64.
+COUNT_COST = ((9.0, 7.0e-11), (11.0, 1.2e-10), (12.0, 1.64e-10), (13.0, 2.07e-10), (15.0, 3.0e-10),
+              (17.0, 6.9e-10), (18.0, 9.6e-10), (19.0, 1.34e-9), (19.27, 1.57e-9))
+#: A run's fixed cost per sieving prime (every prime up to sqrt(end) gets its first multiple and its bucket
+#: before the first segment): a one-segment count took 0.28 s below 10^18, 0.84 s below 10^19 and 1.14 s
+#: below 2^64 (2.03e8 primes below 2^32), all about 5.6 ns per prime. Each part of a split job pays it again.
+SETUP_COST = 5.6e-9
+#: Rough single-core rate of listing (primes per second: building and storing the result).
 LIST_RATE = 2e7
 #: The sieve's segment grid (primes.SEGMENT_SPAN, 30 * 2^20 numbers; the web does not import the sieve, and
 #: tests/test_fanout.py checks the two agree). Parts start on it, so each part sieves (and stores, and
@@ -141,28 +150,54 @@ class PrimesJob(JobSpec):
         return max(1.0, self._work_seconds(params))
 
     @staticmethod
-    def _work_seconds(params: dict[str, Any]) -> float:
-        start, end = params["start"], params["end"]
+    def _setup_seconds(end: int) -> float:
+        """One run's setup: SETUP_COST per sieving prime, pi(sqrt(end)) ~ sqrt(end) / ln(sqrt(end))."""
+        r = math.isqrt(end)
+        return SETUP_COST * r / math.log(r) if r > 2 else 0.0
+
+    @staticmethod
+    def _count_cost(end: int) -> float:
+        """CPU seconds per number of a count below `end` (COUNT_COST, interpolated in log10(end))."""
+        x = math.log10(max(end, 10))
+        for (x0, c0), (x1, c1) in itertools.pairwise(COUNT_COST):
+            if x <= x1:
+                return c0 if x <= x0 else c0 + (c1 - c0) * (x - x0) / (x1 - x0)
+        return COUNT_COST[-1][1]
+
+    @classmethod
+    def _work_seconds(cls, params: dict[str, Any]) -> float:
+        """One worker's estimated seconds for the whole range in one run: its setup plus its numbers."""
+        start, end = int(params["start"]), int(params["end"])
         width = end - start + 1
-        seconds = width / SIEVE_RATE
+        seconds = cls._setup_seconds(end) + width * cls._count_cost(end)
         if params.get("output", "list") == "list":
             seconds += width / max(math.log(max(end, 3)), 1.0) / LIST_RATE  # ~width/ln(end) primes
         return seconds
 
+    def part_limit(self, params: dict[str, Any], max_parts: int) -> int:
+        """The most parts the job may split into: every part pays the setup again (SETUP_COST), so no more
+        parts than the work they divide pays for. Below 10^15 that never binds; near 2^64 a 10^9-wide count
+        (1.1 s of setup, 1.6 s of numbers) splits in 2, not 4."""
+        setup = self._setup_seconds(int(params["end"]))
+        spread = self._work_seconds(params) - setup
+        return max_parts if setup <= 0 else max(2, min(max_parts, int(spread // setup)))
+
     def split(self, params: dict[str, Any], min_seconds: float, max_parts: int) -> list[tuple[int, int]]:
         """The sub-ranges a wide job runs as (jobs.store.fanout), in order, covering [start, end] exactly;
-        [] when the job runs whole (under min_seconds of one worker's work). Inner bounds lie on the
-        sieve's segment grid; parts of about PART_SECONDS, at least MIN_PARTS, at most max_parts."""
+        [] when the job runs whole (its divisible work, the setup aside, under min_seconds of one worker).
+        Inner bounds lie on the sieve's segment grid; parts of about PART_SECONDS, at least MIN_PARTS, at most
+        part_limit() (max_parts, or fewer where each part's setup is dear)."""
         start, end = int(params["start"]), int(params["end"])
-        seconds = self._work_seconds(params)
+        seconds = self._work_seconds(params) - self._setup_seconds(end)
+        limit = self.part_limit(params, max_parts)
         if min_seconds <= 0 or seconds <= min_seconds or max_parts < 2:
             return []
-        n = max(MIN_PARTS, min(max_parts, math.ceil(seconds / PART_SECONDS)))
+        n = min(limit, max(MIN_PARTS, math.ceil(seconds / PART_SECONDS)))
         width = end - start + 1
         step = max(1, -(-width // n) // SEGMENT_SPAN) * SEGMENT_SPAN  # whole segments per part, rounded down
         cuts = [start]
         b = (start // SEGMENT_SPAN + 1) * SEGMENT_SPAN + step - SEGMENT_SPAN  # first cut on the grid
-        while b <= end and len(cuts) < max_parts:
+        while b <= end and len(cuts) < limit:
             cuts.append(b)
             b += step
         if len(cuts) < 2:
