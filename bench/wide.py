@@ -94,8 +94,8 @@ class Wide:
             if time.monotonic() > deadline or not self.workers.alive:
                 raise BenchError(f"{workers} workers did not register:\n{self.workers.tail()}")
             time.sleep(0.2)
-        # One small split job first: every worker loads its compiled kernels before the timed jobs.
-        self.job(10**11, 10**11 + 2 * 10**9, flush=False)
+        # One small split job first (4 parts): every worker has run a part before the timed jobs.
+        self.job(10**11, 10**11 + 10**10, flush=False)
 
     def stop_workers(self) -> None:
         if self.workers is not None:
