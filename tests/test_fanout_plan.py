@@ -95,3 +95,25 @@ def test_the_issues_cases() -> None:
     assert len(check(TOP - 10 * S, TOP, "count", 0.01, 64)) == 2
     assert len(check(TOP - 10**11, TOP, "count", 0.5, 64)) == SPEC.part_limit(
         {"start": TOP - 10**11, "end": TOP, "output": "count"}, 64) > MIN_PARTS
+
+
+def test_batch_chunks_weigh_a_split_item_by_its_parts() -> None:
+    """A batch writes its items in scripts of CHUNK runs (jobs.batches): a wide primes item that splits is its
+    whole job plus one run per part, so a chunk of such items holds fewer of them, and the order is kept."""
+    from jobs.batches import CHUNK, BatchService
+    from jobs.settings import Settings
+    from jobs.types.spec import Limits
+
+    svc = object.__new__(BatchService)  # _chunks reads only the settings
+    svc.settings = Settings()
+    wide = SPEC.parse_json({"start": 0, "end": 10**12, "output": "count"}, Limits())
+    small = SPEC.parse_json({"start": 0, "end": 100, "output": "count"}, Limits())
+    parts = len(SPEC.split(wide.params, svc.settings.fanout_min_seconds, svc.settings.fanout_max_parts))
+    assert parts == 64
+    items = [wide] * 10 + [small] * 300 + [wide]
+    chunks = svc._chunks(items)
+    assert [s for c in chunks for s in c] == items
+    for chunk in chunks:
+        weight = sum(1 + (parts if s is wide else 0) for s in chunk)
+        assert weight <= CHUNK or len(chunk) == 1
+    assert len(chunks[0]) == CHUNK // (parts + 1)  # 3 wide items of 65 runs each
