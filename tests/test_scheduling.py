@@ -15,13 +15,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import requests
 
 from infra.processes import Api, Web, Workers
 from rest.auth import hash_token
+from tests.conftest import TEST_LIMITS
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = os.urandom(3).hex()
@@ -197,117 +198,120 @@ def test_position_counts_down_to_zero_in_the_order_the_queue_lists(api: Api) -> 
     print("\nposition of the last job over time:", seen)
 
 
-def test_dispatch_takes_runs_in_the_listed_order_and_positions_count_it(redis_url: str) -> None:
-    """The claim behind `position` and /queues/{name}/jobs: DISPATCH's choices, one after another, follow
-    the static order (client's running count + index, join time, client). In-process, on a database no
-    worker serves, so nothing but this test dispatches."""
+class Unserved(NamedTuple):
+    """A JobService on a database no worker serves (nothing but the test dispatches there)."""
+
+    svc: Any
+    conn: Any
+    app: Any
+
+
+@pytest.fixture
+def unserved(redis_url: str) -> Iterator[Unserved]:
+    """In-process, on database 10 (flushed before and after), inside the app's context."""
     from redis import Redis
 
-    from jobs.store.dispatch import client_of, job_ids, rq_list
-    from jobs.store.keys import CLIENT_RUNNING_KEY
-    from jobs.types.registry import JOB_TYPES
     from rest import create_app
     from rest.extensions import service
     from rest.settings import Settings
-    from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
+    from tests.conftest import TEST_RATE_LIMITS
 
     url = f"{redis_url.rpartition('/')[0]}/10"
     conn = Redis.from_url(url)
     conn.flushdb()
     app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=4, **TEST_RATE_LIMITS))
     with app.app_context():
-        svc = service()
-        # c1 already runs two runs, c2 one, c3 none; each queues a few jobs, interleaved in time.
-        conn.zadd(CLIENT_RUNNING_KEY.format(client="c1"), {"x-1": 1, "x-2": 1})
-        conn.zadd(CLIENT_RUNNING_KEY.format(client="c2"), {"y-1": 1})
-        ids = []
-        for k, client in enumerate(["c1", "c2", "c1", "c3", "c2", "c1", "c3", "c2", "c1"]):
-            sub = JOB_TYPES["primes"].parse_json({"start": k * 10**7, "end": (k + 1) * 10**7, "output": "count"},
-                                                 TEST_LIMITS)
-            sub.extra["client"] = client
-            ids.append(svc.submit(sub).rec.id)
-            time.sleep(0.002)  # distinct join times
-        listed = svc.queue_job_ids("default")
-        assert sorted(listed) == sorted(ids)
-        for i, job_id in enumerate(listed):
-            assert svc.resource(svc.get(job_id))["position"] == i
-        page = app.test_client().get(f"/jobs/{listed[3]}")
-        assert page.status_code == 200 and "Waiting: 3 ahead, no worker running." in page.text, page.text
-        taken = []
-        while (popped := conn.lpop(rq_list("default"))) is not None:
-            [run] = svc.life.dispatch("default", popped.decode())
-            taken.append(run)
-            rec = svc.get(job_ids([run])[0])
-            assert rec.status.value == "queued" and svc.resource(rec)["position"] == 0  # dispatched, not started
-            assert conn.zscore(CLIENT_RUNNING_KEY.format(client=client_of(rec)), run) is not None
-        assert job_ids(taken) == listed
-        assert svc.queue_job_ids("default") == [] and conn.llen(rq_list("default")) == 0
+        yield Unserved(service(), conn, app)
     conn.flushdb()
 
 
-def test_a_take_of_several_runs_keeps_the_order_and_rq_list_holds_only_waiting_runs(redis_url: str) -> None:
+def test_dispatch_takes_runs_in_the_listed_order_and_positions_count_it(unserved: Unserved) -> None:
+    """The claim behind `position` and /queues/{name}/jobs: DISPATCH's choices, one after another, follow
+    the static order (client's running count + index, join time, client). In-process, on a database no
+    worker serves, so nothing but this test dispatches."""
+    from jobs.store.dispatch import client_of, job_ids, rq_list
+    from jobs.store.keys import CLIENT_RUNNING_KEY
+    from jobs.types.registry import JOB_TYPES
+
+    svc, conn, app = unserved.svc, unserved.conn, unserved.app
+    # c1 already runs two runs, c2 one, c3 none; each queues a few jobs, interleaved in time.
+    conn.zadd(CLIENT_RUNNING_KEY.format(client="c1"), {"x-1": 1, "x-2": 1})
+    conn.zadd(CLIENT_RUNNING_KEY.format(client="c2"), {"y-1": 1})
+    ids = []
+    for k, client in enumerate(["c1", "c2", "c1", "c3", "c2", "c1", "c3", "c2", "c1"]):
+        sub = JOB_TYPES["primes"].parse_json({"start": k * 10**7, "end": (k + 1) * 10**7, "output": "count"},
+                                             TEST_LIMITS)
+        sub.extra["client"] = client
+        ids.append(svc.submit(sub).rec.id)
+        time.sleep(0.002)  # distinct join times
+    listed = svc.queue_job_ids("default")
+    assert sorted(listed) == sorted(ids)
+    for i, job_id in enumerate(listed):
+        assert svc.resource(svc.get(job_id))["position"] == i
+    page = app.test_client().get(f"/jobs/{listed[3]}")
+    assert page.status_code == 200 and "Waiting: 3 ahead, no worker running." in page.text, page.text
+    taken = []
+    while (popped := conn.lpop(rq_list("default"))) is not None:
+        [run] = svc.life.dispatch("default", popped.decode())
+        taken.append(run)
+        rec = svc.get(job_ids([run])[0])
+        assert rec.status.value == "queued" and svc.resource(rec)["position"] == 0  # dispatched, not started
+        assert conn.zscore(CLIENT_RUNNING_KEY.format(client=client_of(rec)), run) is not None
+    assert job_ids(taken) == listed
+    assert svc.queue_job_ids("default") == [] and conn.llen(rq_list("default")) == 0
+
+
+def test_a_take_of_several_runs_keeps_the_order_and_rq_list_holds_only_waiting_runs(unserved: Unserved) -> None:
     """The fast lane's take of several runs per dispatch (FAST_TAKE): the runs follow the same order as
     one dispatch at a time; two workers whose pops cross (each pops the entry of the run the other gets)
     leave rq's list holding exactly the waiting runs' ids, so no entry for a finished run circulates;
     and runs given back by a worker that stops go back to the head of their lines, in order."""
-    from redis import Redis
-
     from jobs.store.dispatch import DISPATCH_SHARE, job_ids, rq_list
     from jobs.store.keys import LANE_CLIENT_KEY, LANE_SINCE_KEY
     from jobs.types.registry import JOB_TYPES
-    from rest import create_app
-    from rest.extensions import service
-    from rest.settings import Settings
-    from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
 
-    url = f"{redis_url.rpartition('/')[0]}/10"
-    conn = Redis.from_url(url)
-    conn.flushdb()
-    app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=4, **TEST_RATE_LIMITS))
+    svc, conn = unserved.svc, unserved.conn
 
     def consistent() -> None:
         listed = sorted(e.decode() for e in conn.lrange(rq_list("fast"), 0, -1))
         assert listed == sorted(k.decode() for k in conn.hkeys(LANE_SINCE_KEY.format(lane="fast")))
 
-    with app.app_context():
-        svc = service()
-        for k in range(40):
-            sub = JOB_TYPES["fibonacci"].parse_json({"n": 10 + k}, TEST_LIMITS)
-            sub.extra["client"] = ("c1", "c2", "c3")[k % 3] if k < 30 else "c1"
-            svc.submit(sub)
-            time.sleep(0.002)  # distinct join times
-        order = svc.queue_job_ids("fast")
-        assert len(order) == 40
-        consistent()
-        # Two workers' pops cross: each gets the run whose entry the other popped.
-        a, b = conn.lpop(rq_list("fast")).decode(), conn.lpop(rq_list("fast")).decode()
-        taken = svc.life.dispatch("fast", b) + svc.life.dispatch("fast", a)
-        consistent()
-        assert job_ids(taken) == order[:2]
-        # One take of several: at most one per DISPATCH_SHARE waiting runs, in the listed order.
-        waiting = conn.hlen(LANE_SINCE_KEY.format(lane="fast"))
-        many = svc.life.dispatch("fast", conn.lpop(rq_list("fast")).decode(), most=16)
-        assert len(many) == min(16, waiting // DISPATCH_SHARE) == 9
-        consistent()
-        assert job_ids(many) == order[2:11]
-        def lines() -> dict[str, list[str]]:
-            return {c: job_ids([r.decode() for r in conn.lrange(LANE_CLIENT_KEY.format(lane="fast", client=c), 0, -1)])
-                    for c in ("c1", "c2", "c3")}
+    for k in range(40):
+        sub = JOB_TYPES["fibonacci"].parse_json({"n": 10 + k}, TEST_LIMITS)
+        sub.extra["client"] = ("c1", "c2", "c3")[k % 3] if k < 30 else "c1"
+        svc.submit(sub)
+        time.sleep(0.002)  # distinct join times
+    order = svc.queue_job_ids("fast")
+    assert len(order) == 40
+    consistent()
+    # Two workers' pops cross: each gets the run whose entry the other popped.
+    a, b = conn.lpop(rq_list("fast")).decode(), conn.lpop(rq_list("fast")).decode()
+    taken = svc.life.dispatch("fast", b) + svc.life.dispatch("fast", a)
+    consistent()
+    assert job_ids(taken) == order[:2]
+    # One take of several: at most one per DISPATCH_SHARE waiting runs, in the listed order.
+    waiting = conn.hlen(LANE_SINCE_KEY.format(lane="fast"))
+    many = svc.life.dispatch("fast", conn.lpop(rq_list("fast")).decode(), most=16)
+    assert len(many) == min(16, waiting // DISPATCH_SHARE) == 9
+    consistent()
+    assert job_ids(many) == order[2:11]
+    def lines() -> dict[str, list[str]]:
+        return {c: job_ids([r.decode() for r in conn.lrange(LANE_CLIENT_KEY.format(lane="fast", client=c), 0, -1)])
+                for c in ("c1", "c2", "c3")}
 
-        before = lines()
-        # The worker stops after starting none of the last four: each goes back to the head of its
-        # client's line, in the order they were taken, on a new run id.
-        returned = many[5:]
-        assert svc.life.undispatch(returned) == 4
-        consistent()
-        after = lines()
-        for c in ("c1", "c2", "c3"):
-            mine = [j for j in job_ids(returned) if svc.get(j).extra["client"] == c]
-            assert after[c] == mine + before[c], c
-        assert all(svc.get(j).rq_id not in returned for j in job_ids(returned))
-        waiting = [*job_ids(returned), *(j for line in before.values() for j in line)]
-        assert sorted(svc.queue_job_ids("fast")) == sorted(waiting)
-    conn.flushdb()
+    before = lines()
+    # The worker stops after starting none of the last four: each goes back to the head of its
+    # client's line, in the order they were taken, on a new run id.
+    returned = many[5:]
+    assert svc.life.undispatch(returned) == 4
+    consistent()
+    after = lines()
+    for c in ("c1", "c2", "c3"):
+        mine = [j for j in job_ids(returned) if svc.get(j).extra["client"] == c]
+        assert after[c] == mine + before[c], c
+    assert all(svc.get(j).rq_id not in returned for j in job_ids(returned))
+    waiting = [*job_ids(returned), *(j for line in before.values() for j in line)]
+    assert sorted(svc.queue_job_ids("fast")) == sorted(waiting)
 
 
 def test_the_waiting_line_reads_the_same_in_the_cli_and_on_the_page() -> None:
@@ -321,85 +325,61 @@ def test_the_waiting_line_reads_the_same_in_the_cli_and_on_the_page() -> None:
     assert waiting(2, "default", []) == waiting_phrase(2, 0, 0) == "waiting: 2 ahead, no worker running"
 
 
-def test_the_reaper_puts_back_a_run_whose_worker_died_between_dispatch_and_start(redis_url: str) -> None:
+def test_the_reaper_puts_back_a_run_whose_worker_died_between_dispatch_and_start(unserved: Unserved) -> None:
     """Lifecycle.heal_dispatch, as every supervisor's reaper calls it: a run taken off the lane but never
     started goes back to the head of its client's line on a new run id; a deleted job's entry just goes."""
-    from redis import Redis
-
     from jobs.store.dispatch import rq_list
     from jobs.store.keys import CLIENT_RUNNING_KEY
     from jobs.types.registry import JOB_TYPES
-    from rest import create_app
-    from rest.extensions import service
-    from rest.settings import Settings
-    from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
 
-    url = f"{redis_url.rpartition('/')[0]}/10"
-    conn = Redis.from_url(url)
-    conn.flushdb()
-    app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=4, **TEST_RATE_LIMITS))
-    with app.app_context():
-        svc = service()
-        recs = []
-        for k in range(2):
-            sub = JOB_TYPES["primes"].parse_json({"start": 0, "end": 10**7 + k, "output": "count"}, TEST_LIMITS)
-            sub.extra["client"] = "c1"
-            recs.append(svc.submit(sub).rec)
-        runs = [svc.life.dispatch("default", conn.lpop(rq_list("default")).decode())[0] for _ in recs]
-        assert runs == [r.rq_id for r in recs]
-        svc.delete(recs[1].id)  # gone before its worker started it
-        running = CLIENT_RUNNING_KEY.format(client="c1")
-        assert conn.zcard(running) == 2
-        assert svc.life.heal_dispatch() == 0  # dispatched just now: its worker may still start it
-        assert svc.life.heal_dispatch(now=time.time() + svc.settings.heartbeat_timeout + 1) == 2
-        again = svc.get(recs[0].id)
-        assert again.status.value == "queued" and again.rq_id != runs[0]
-        assert svc.resource(again)["position"] == 0 and svc.queue_job_ids("default") == [recs[0].id]
-        assert conn.zcard(running) == 0 and conn.llen(rq_list("default")) == 1
-    conn.flushdb()
+    svc, conn = unserved.svc, unserved.conn
+    recs = []
+    for k in range(2):
+        sub = JOB_TYPES["primes"].parse_json({"start": 0, "end": 10**7 + k, "output": "count"}, TEST_LIMITS)
+        sub.extra["client"] = "c1"
+        recs.append(svc.submit(sub).rec)
+    runs = [svc.life.dispatch("default", conn.lpop(rq_list("default")).decode())[0] for _ in recs]
+    assert runs == [r.rq_id for r in recs]
+    svc.delete(recs[1].id)  # gone before its worker started it
+    running = CLIENT_RUNNING_KEY.format(client="c1")
+    assert conn.zcard(running) == 2
+    assert svc.life.heal_dispatch() == 0  # dispatched just now: its worker may still start it
+    assert svc.life.heal_dispatch(now=time.time() + svc.settings.heartbeat_timeout + 1) == 2
+    again = svc.get(recs[0].id)
+    assert again.status.value == "queued" and again.rq_id != runs[0]
+    assert svc.resource(again)["position"] == 0 and svc.queue_job_ids("default") == [recs[0].id]
+    assert conn.zcard(running) == 0 and conn.llen(rq_list("default")) == 1
 
 
-def test_a_recovered_or_requeued_job_waits_at_the_head_of_its_clients_line(redis_url: str) -> None:
+def test_a_recovered_or_requeued_job_waits_at_the_head_of_its_clients_line(unserved: Unserved) -> None:
     """A running job that loses its worker (the reaper's recover) or is re-queued by a worker's shutdown
     goes back before its client's jobs that were submitted after it, not behind them."""
-    from redis import Redis
-
     from jobs.store.dispatch import rq_list
     from jobs.store.scripts import Commands
     from jobs.types.registry import JOB_TYPES
-    from rest import create_app
-    from rest.extensions import service
-    from rest.settings import Settings
-    from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
 
-    url = f"{redis_url.rpartition('/')[0]}/10"
-    conn = Redis.from_url(url)
-    conn.flushdb()
-    app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, wait_slots=4, **TEST_RATE_LIMITS))
-    with app.app_context():
-        svc = service()
-        ids = []
-        for k in range(3):
-            sub = JOB_TYPES["primes"].parse_json({"start": 0, "end": 10**7 + k, "output": "count"}, TEST_LIMITS)
-            sub.extra["client"] = "c1"
-            ids.append(svc.submit(sub).rec.id)
-            time.sleep(0.002)
+    svc, conn = unserved.svc, unserved.conn
+    ids = []
+    for k in range(3):
+        sub = JOB_TYPES["primes"].parse_json({"start": 0, "end": 10**7 + k, "output": "count"}, TEST_LIMITS)
+        sub.extra["client"] = "c1"
+        ids.append(svc.submit(sub).rec.id)
+        time.sleep(0.002)
 
-        def start_first() -> None:
-            [run] = svc.life.dispatch("default", conn.lpop(rq_list("default")).decode())
-            job_id = run.rsplit("-", 1)[0]
-            assert svc.life.start(job_id, run, "w1", time.time(), Commands()).took
-            assert svc.get(job_id).status.value == "started"
+    def start_first() -> None:
+        [run] = svc.life.dispatch("default", conn.lpop(rq_list("default")).decode())
+        job_id = run.rsplit("-", 1)[0]
+        assert svc.life.start(job_id, run, "w1", time.time(), Commands()).took
+        assert svc.get(job_id).status.value == "started"
 
-        start_first()
-        assert svc.queue_job_ids("default") == ids[1:]
-        assert svc.life.recover(now=time.time() + svc.settings.heartbeat_timeout + 5) == [ids[0]]
-        assert svc.queue_job_ids("default") == ids
-        assert [svc.resource(svc.get(j))["position"] for j in ids] == [0, 1, 2]
-        start_first()
-        assert svc.life.requeue(svc.get(ids[0]), "1.0")
-        assert svc.queue_job_ids("default") == ids
-    conn.flushdb()
+    start_first()
+    assert svc.queue_job_ids("default") == ids[1:]
+    assert svc.life.recover(now=time.time() + svc.settings.heartbeat_timeout + 5) == [ids[0]]
+    assert svc.queue_job_ids("default") == ids
+    assert [svc.resource(svc.get(j))["position"] for j in ids] == [0, 1, 2]
+    start_first()
+    assert svc.life.requeue(svc.get(ids[0]), "1.0")
+    assert svc.queue_job_ids("default") == ids
 
 
 def test_a_preempted_csv_sort_gives_the_same_file(api: Api, tmp_path: Path) -> None:
