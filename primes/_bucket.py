@@ -34,8 +34,12 @@ from numba import njit
 
 from primes._wheel import BIT_OF, WHEEL, trailing_zeros
 
-#: log2 of the block size in bytes; the block is what primes.engine sieves at a time.
-LOG_BLOCK = 20
+#: log2 of the block size in bytes; the block is what primes.blocks sieves at a time. 512 KiB,
+#: half this CPU's 1 MiB L2 (primesieve picks the same here): the bucket sieve's scattered
+#: writes then hit L2 beside the bucket streams. Swept with BIG_MIN (3 alternating runs each,
+#: CPU s over primesieve -t1, 10^10 wide below 10^12 / 10^15): 1 MiB and 2^20 1.10-1.24x /
+#: 1.16-1.41x; 512 KiB and 2^18 1.06-1.14x / 1.02-1.12x; 256 KiB was worse (1.25-1.37x at 10^12).
+LOG_BLOCK = 19
 BLOCK = 1 << LOG_BLOCK
 #: Entries per bucket (two 4 KiB arrays per bucket in the pool).
 BUCKET = 1024

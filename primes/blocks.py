@@ -26,11 +26,12 @@ MAX_N = 2**64 - 1
 #: Absolute byte holding MAX_N; bits past MAX_N in it (and bytes after it) are cleared.
 TOP_BYTE = MAX_N // 30
 BLOCK = _bucket.BLOCK
-#: Primes from here up go to the bucket sieve: they hit a 1 MiB block (31M numbers) fewer
-#: than ~7 times. Swept 2^18..2^21 on 10^9 numbers below 10^12 and 10^15: 2^20 was best
-#: or within noise of it. Must exceed isqrt(2^32) = 65536, so that the sieve generating the
-#: big primes (up to 2^32) needs no bucket sieve itself.
-BIG_MIN = 1 << 20
+#: Primes from here up go to the bucket sieve: they hit a 512 KiB block (15.7M numbers) fewer
+#: than ~14 times. Swept 2^17..2^20 with the block size (see primes._bucket.LOG_BLOCK): 2^18
+#: was best or within noise of it (2^17 and 2^19 within noise; 2^20 behind by ~0.1x at
+#: 10^15). Must exceed isqrt(2^32) = 65536, so that the sieve generating the big primes (up to
+#: 2^32) needs no bucket sieve itself.
+BIG_MIN = 1 << 18
 
 _PAT = (_wheel.PATTERN_BYTES, _wheel.PATTERN_INDEX)
 
