@@ -309,3 +309,31 @@ def test_random_windows_up_to_2_64(bits: int, low: int, width: int) -> None:
     quotient correction in primes._bucket.add_primes."""
     lo = min((1 << bits) + low * ((1 << bits) >> 40), MAX_N - width)
     check_gmpy2(lo, lo + width)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(BIG_MIN, 1 << 27), st.integers(0, 200))
+@example(BIG_MIN, 0).via("the smallest big prime's square")
+@example(2**32 - 5, 100).via("the largest prime below 2^32, whose square is near 2^64")
+def test_square_of_the_largest_big_prime(x: int, w: int) -> None:
+    """P^2 for the largest sieving prime P of a range is crossed off only by P itself, the last
+    bit of the big primes' bitmap; that bitmap is read a uint64 word at a time, its tail zeroed,
+    so every byte count of its last block (mod 8) must still reach P."""
+    p = int(gmpy2.next_prime(x - 1))
+    lo, hi = p * p - w, min(p * p + w, MAX_N)
+    assert math.isqrt(hi) == p
+    got = primes_between(lo, hi).tolist()
+    assert p * p not in got
+    assert got == gmpy2_primes(lo, hi)
+
+
+def test_bucket_pool_grows_mid_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool sized far too small grows while buckets are in use (ids and write indices stay valid)."""
+    import primes.blocks as blocks
+
+    grown = []
+    real_grow = blocks.BlockSieve._grow
+    monkeypatch.setattr(blocks, "_expected_entries", lambda width, root: 0)
+    monkeypatch.setattr(blocks.BlockSieve, "_grow", lambda self: grown.append(1) or real_grow(self))
+    assert count_primes(10**15 - 10**9, 10**15) == 28954129  # primesieve 11, as in test_known_window_counts
+    assert len(grown) >= 3
