@@ -9,7 +9,9 @@ sieves every number (a warm rerun would reuse stored segment counts and take mil
 
 The scaling curve runs the same wide job with 1 and then 2 workers (`worker.py --workers N`); its
 reference is `primesieve -t1` and `-t2` on the same range. Each row notes the 1-minute load average seen
-when it was measured: on the shared 2-CPU machine other work takes cores from both sides.
+when it was measured, and how many cores each side kept busy on average (CPU seconds over wall seconds):
+on the shared 2-CPU machine other work takes cores from both sides, so the wall-time ratios and the
+curve move with it, and the CPU-second ratio is the steadier figure.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ class Wide:
         return wall, job
 
     def row(self, case: str, lo: int, hi: int, threads: int | None, ref_name: str, extra_note: str = "",
-            ) -> tuple[Row, dict[str, Any]]:
+            ) -> tuple[Row, dict[str, Any], float]:
         assert self.workers is not None and self.workers.proc is not None
         seen = load()
         cpu0 = cpu_seconds(self.workers.proc.pid)
@@ -152,12 +154,13 @@ class Wide:
         parts = (job.get("stats") or {}).get("parts")
         how = f"{parts} parts" if parts else "ran whole (not split)"
         row = Row(SECTION, case, wall, ref, "s", ref_name,
-                  f"{how}; CPU s: workers {cpu:.1f}, primesieve {ref_cpu:.1f} ({cpu / ref_cpu:.2f}x); "
+                  f"{how}; CPU s: workers {cpu:.1f}, primesieve {ref_cpu:.1f} ({cpu / ref_cpu:.2f}x); cores busy on "
+                  f"average: workers {cpu / wall:.2f}, primesieve {ref_cpu / ref:.2f}; "
                   f"count {count:,} = primesieve's; "
                   f"{seen} (before the job / after it / after the reference); target {TARGET}x"
                   + (f"; {extra_note}" if extra_note else ""))
         print_row(row)
-        return row, job
+        return row, job, cpu
 
 
 def run(tmp: Path, sampler: RssSampler, failures: list[str]) -> list[Row]:
@@ -167,7 +170,7 @@ def run(tmp: Path, sampler: RssSampler, failures: list[str]) -> list[Row]:
                  "Debian's `primesieve LO HI --count` CLI, wall time, all threads unless -tN is named, same run")
     w = Wide(tmp, sampler)
     rows: list[Row] = []
-    curve: dict[int, float] = {}
+    curve: dict[int, tuple[float, float]] = {}
     try:
         for n in sorted(WORKER_COUNTS, reverse=True):  # 2 first: the issue's rows, then the curve's 1
             sampler.set_phase(f"wide: {n} workers")
@@ -175,10 +178,10 @@ def run(tmp: Path, sampler: RssSampler, failures: list[str]) -> list[Row]:
             lo, hi = WIDE
             ref = "all threads" if n == max(WORKER_COUNTS) else f"-t{n}"
             try:
-                row, _ = w.row(f"count [0, 2e11], {n} worker{'s' if n > 1 else ''}", lo, hi,
+                row, _, cpu = w.row(f"count [0, 2e11], {n} worker{'s' if n > 1 else ''}", lo, hi,
                                None if n == max(WORKER_COUNTS) else n, f"primesieve {lo} {hi} ({ref})")
                 rows.append(row)
-                curve[n] = row.ours  # type: ignore[assignment]
+                curve[n] = (row.ours or 0.0, cpu)
             except Exception as exc:  # noqa: BLE001 - report and go on
                 failures.append(f"wide {n} workers: {type(exc).__name__}: {exc}")
                 note(f"FAILED wide job on {n} workers: {type(exc).__name__}: {exc}")
@@ -186,7 +189,7 @@ def run(tmp: Path, sampler: RssSampler, failures: list[str]) -> list[Row]:
                 continue
             for label, lo, hi in JOB_CASES:
                 try:
-                    row, _ = w.row(f"{label}, job on {n} workers", lo, hi, None,
+                    row, _, _ = w.row(f"{label}, job on {n} workers", lo, hi, None,
                                    f"primesieve {lo} {hi} (all threads)")
                     rows.append(row)
                 except Exception as exc:  # noqa: BLE001 - report and go on
@@ -195,10 +198,10 @@ def run(tmp: Path, sampler: RssSampler, failures: list[str]) -> list[Row]:
     finally:
         w.stop()
     if len(curve) > 1:
-        base = curve[min(curve)]
+        base = curve[min(curve)][0]
         print(f"   scaling curve, the same count of [0, 2e11] (load average now {os.getloadavg()[0]:.1f}): "
-              + ", ".join(f"{n} worker{'s' if n > 1 else ''} {t:.1f} s (speed-up {base / t:.2f}x)"
-                          for n, t in sorted(curve.items())))
+              + ", ".join(f"{n} worker{'s' if n > 1 else ''} {t:.1f} s (speed-up {base / t:.2f}x, "
+                          f"{c / t:.2f} cores busy)" for n, (t, c) in sorted(curve.items())))
         sys_note = (f"on {cpus} CPUs; each worker is one process on one core, so more workers than cores "
                     "(or a busy machine) add no speed here: more hosts do")
         print(f"   {sys_note}")
