@@ -8,7 +8,7 @@ primesieve's. Before each timed job the segment store and the request cache are 
 sieves every number (a warm rerun would reuse stored segment counts and take milliseconds).
 
 The scaling curve runs the same wide job with 1 and then 2 workers (`worker.py --workers N`); its
-reference is `primesieve -t1` and `-t2` on the same range. Each row notes the 1-minute load average seen
+reference is `primesieve -t1` for one worker and all threads for two. Each row notes the 1-minute load average seen
 when it was measured, and how many cores each side kept busy on average (CPU seconds over wall seconds):
 on the shared 2-CPU machine other work takes cores from both sides, so the wall-time ratios and the
 curve move with it, and the CPU-second ratio is the steadier figure.
