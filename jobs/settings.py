@@ -126,10 +126,12 @@ class Settings:
     #: the noise of bench "mixed" (2 preemptions of 37 s counts), so well under 1 % of a 5 s quantum, while a
     #: client behind a backlog of hour-long jobs gets a worker within seconds. PREEMPT_QUANTUM.
     preempt_quantum: float = 5.0
-    #: A primes job expected to take longer than this (seconds of one worker) is split into parts that run
-    #: on every idle worker at once (jobs.store.fanout). 0.5 s: a part's own overhead (a dispatch, a start
-    #: and a finish, a few ms each) stays under 1 % of it, while a 10^10-wide count (about 3 s) splits.
-    #: FANOUT_MIN_SECONDS; 0 or less turns splitting off.
+    #: A primes job expected to take longer than this (seconds of one worker, a run's setup aside) is split
+    #: into parts that run on every idle worker at once (jobs.store.fanout). 0.5 s: a 10^10-wide count (1 s
+    #: of one worker from 0, 3 s below 10^15, jobs.types.primes.COUNT_COST) splits, a trivial one does not.
+    #: Each part costs a dispatch, a start and a finish (a few ms) and a fork of a work horse; measured
+    #: between a worker's parts at load 4 (README "Wide jobs"): 0.14 s, or 0.5-0.6 s when the worker misses
+    #: its horse's exit and waits out its 0.5 s poll. FANOUT_MIN_SECONDS; 0 or less turns splitting off.
     fanout_min_seconds: float = 0.5
     #: At most this many parts per job. FANOUT_MAX_PARTS.
     fanout_max_parts: int = 64
