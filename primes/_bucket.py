@@ -121,10 +121,20 @@ def ring_size(max_prime: int) -> int:
     return ((BLOCK - 1 + MAX_FAC * q + MAX_FAC) >> LOG_BLOCK) + 2
 
 
-@njit(cache=True, nogil=True)
+#: Big primes taken off the bitmap per batch in add_primes.
+CHUNK = 2048
+
+
+def reserve_buckets(ring: int) -> int:
+    """Free buckets add_primes needs before a batch: each of its CHUNK appends takes a new bucket
+    only for an empty or a full slot, at most ring + CHUNK / BUCKET times."""
+    return ring + CHUNK // BUCKET + 4
+
+
+@njit(cache=True, nogil=True, error_model="numpy")  # no zero-divisor check: it blocks vectorizing
 def add_primes(gwords: np.ndarray, gbyte0: int, gcur: np.ndarray, pos: int, pmax: np.uint64, hi_lim: np.uint64,
                wp: np.ndarray, bnext: np.ndarray, pool: np.ndarray, free: np.ndarray, meta: np.ndarray,
-               reserve: int) -> bool:
+               reserve: int, ps: np.ndarray, qs: np.ndarray) -> bool:
     """Enter the big primes up to pmax, read straight off a sieved block of them.
 
     gwords is a wheel bitmap, as uint64 words, of absolute bytes from gbyte0 holding
@@ -132,15 +142,17 @@ def add_primes(gwords: np.ndarray, gbyte0: int, gcur: np.ndarray, pos: int, pmax
     index, bits of that word not yet entered] is the cursor, kept between calls. Reading
     the bitmap here instead of a listed array saves writing and reading 1.6 GB of primes
     on the way to 2^64; reading it a word at a time (not a byte) leaves one hard-to-predict
-    loop exit per ~11 primes instead of one per prime (near 2^64 each prime is dropped
-    after a few dozen instructions, so that branch was a large share of the time).
+    loop exit per ~11 primes instead of one per prime.
     pmax is the largest p with p*p below the block end (computed exactly by the caller).
     pos is the absolute byte of the block about to be sieved (ring slot 0).
     Each prime starts at its first multiple >= max(p*p, 30*pos) coprime to 210; one with
     no such multiple <= hi_lim is dropped, so a narrow range near 2^64 keeps only the
-    primes that hit it. Returns True when the bitmap is used up, False when it stopped
-    at a prime not due yet or with fewer than `reserve` free buckets (the caller grows
-    the pool and calls again).
+    primes that hit it. Near 2^64 that positioning is most of the work (2*10^8 primes,
+    nearly all dropped), so it runs in batches of CHUNK primes (ps, qs are CHUNK-long
+    scratch arrays): listed first, then one branch-free loop of float quotients (which
+    LLVM vectorizes), then the exact integer step per prime.
+    Returns True when the bitmap is used up, False when it stopped at a prime not due
+    yet or with fewer than `reserve` free buckets (the caller grows the pool and calls again).
     """
     lo = U30 * np.uint64(pos)
     nfree = meta[0]
@@ -148,59 +160,81 @@ def add_primes(gwords: np.ndarray, gbyte0: int, gcur: np.ndarray, pos: int, pmax
     i = gcur[0]
     bits = gcur[1]
     base = U30 * (np.uint64(gbyte0) + U8 * i)
-    while True:
-        while bits == 0:
-            i += U1
-            if i >= nw:
-                gcur[0] = i
-                gcur[1] = 0
-                meta[0] = nfree
-                return True
-            bits = gwords[i]
-            base += U240
+    used_up = False
+    while not used_up:
         if nfree < reserve:
             break
-        p = base + OFF64[trailing_zeros(bits)]
-        if p > pmax:
+        k = 0
+        while k < CHUNK:
+            while bits == 0:
+                i += U1
+                if i >= nw:
+                    used_up = True
+                    break
+                bits = gwords[i]
+                base += U240
+            if used_up:
+                break
+            p = base + OFF64[trailing_zeros(bits)]
+            if p > pmax:
+                break
+            ps[k] = p
+            k += 1
+            bits &= bits - U1
+        if k == 0:
             break
-        bits &= bits - U1
-        pp = p * p
-        s = pp if pp > lo else lo
-        sm1 = s - U1
-        q0 = np.uint64(np.float64(sm1) / np.float64(p))
-        r = np.int64(sm1 - q0 * p)
-        ip = np.int64(p)
-        while r < 0:
-            q0 -= U1
-            r += ip
-        while r >= ip:
-            q0 += U1
-            r -= ip
-        r0 = np.uint64(r)
-        m = q0 + U1
-        d = DELTA210[m % U210]
-        step = p * (U1 + d)
-        m += d
-        if step - r0 > hi_lim - s + U1:  # that multiple is past hi_lim: the prime never hits the range
-            continue
-        n = (s - U1 - r0) + step
-        off = n // U30 - np.uint64(pos)
-        wi = np.uint64(BIT_OF[np.int64(p % U30)] * 48 + POS210[np.int64(m % U210)])
-        slot = off >> U_LOG_BLOCK
-        # Append to ring slot `slot` (written out here and in cross_off_big, not called:
-        # a call per entry costs atomic refcount updates per array argument, 15x slower).
-        w = wp[slot]
-        if (w & U_BUCKET_MASK) == 0:
-            nfree -= 1
-            nb = free[nfree]
-            bnext[nb] = w
-            w = nb << U_LOG_BUCKET
-        pool[w] = ((p // U30) << U32) | (off & U_BLOCK_MASK) | (wi << U_IDX_BITS)
-        wp[slot] = w + U1
+        # The first multiple m*p >= s with m coprime to 210, as (s-1) - r0 + step with no
+        # product that could pass 2^64: s-1 = q0*p + r0, m = q0 + 1 + d. q0 is estimated by
+        # a float division (vectorized; a 64-bit integer division per prime was 70% of the
+        # time near 2^64) and then made exact in integers: for p >= 2^18 (BIG_MIN) the estimate is
+        # off by at most one unit (two roundings of 2^-53 on a quotient below 2^46), so
+        # r = (s-1) - q0*p computed mod 2^64 is then that small signed error times p plus the
+        # true remainder, and the loops move q0 until 0 <= r < p. No result depends on float
+        # rounding.
+        for j in range(k):
+            p = ps[j]
+            pp = p * p
+            s = pp if pp > lo else lo
+            qs[j] = np.uint64(np.float64(s - U1) / np.float64(p))
+        for j in range(k):
+            p = ps[j]
+            pp = p * p
+            s = pp if pp > lo else lo
+            sm1 = s - U1
+            q0 = qs[j]
+            r = np.int64(sm1 - q0 * p)
+            ip = np.int64(p)
+            while r < 0:
+                q0 -= U1
+                r += ip
+            while r >= ip:
+                q0 += U1
+                r -= ip
+            r0 = np.uint64(r)
+            m = q0 + U1
+            d = DELTA210[m % U210]
+            step = p * (U1 + d)
+            m += d
+            if step - r0 > hi_lim - s + U1:  # that multiple is past hi_lim: the prime never hits the range
+                continue
+            n = (s - U1 - r0) + step
+            off = n // U30 - np.uint64(pos)
+            wi = np.uint64(BIT_OF[np.int64(p % U30)] * 48 + POS210[np.int64(m % U210)])
+            slot = off >> U_LOG_BLOCK
+            # Append to ring slot `slot` (written out here and in cross_off_big, not called:
+            # a call per entry costs atomic refcount updates per array argument, 15x slower).
+            w = wp[slot]
+            if (w & U_BUCKET_MASK) == 0:
+                nfree -= 1
+                nb = free[nfree]
+                bnext[nb] = w
+                w = nb << U_LOG_BUCKET
+            pool[w] = ((p // U30) << U32) | (off & U_BLOCK_MASK) | (wi << U_IDX_BITS)
+            wp[slot] = w + U1
     gcur[0] = i
     gcur[1] = bits
     meta[0] = nfree
-    return False
+    return used_up
 
 
 @njit(cache=True, nogil=True)
