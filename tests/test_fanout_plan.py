@@ -61,8 +61,8 @@ def check(start: int, end: int, output: str, min_seconds: float, max_parts: int)
         step = widths[1]
         assert step % S == 0 and all(w == step for w in widths[1:-1])
         assert widths[0] <= step  # the first runs from start to the grid
-        if len(parts) < limit:  # the last is the remainder, unless the limit cut the cutting short
-            assert widths[-1] <= step
+        if len(parts) < limit:  # the last holds the remainder (under half a part rides along), unless the
+            assert widths[-1] < step + step // 2  # limit cut the cutting short
     # As many parts as the estimate asks for (at least MIN_PARTS), where the grid has room for them.
     wanted = min(limit, max(MIN_PARTS, math.ceil(seconds / PART_SECONDS)))
     cells = end // S - start // S + 1
