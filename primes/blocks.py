@@ -3,7 +3,7 @@
 Every caller (count_primes, primes_between, sieve_segment, the job kernel's grid walk)
 sieves through one BlockSieve, so the work of positioning the sieving primes is paid
 once per range and not once per block or grid segment: near 2^64 that positioning is a
-division for each of the ~2*10^8 primes below 2^32, about 3 s.
+division for each of the ~2*10^8 primes below 2^32, about 1-2 s.
 
 Three kinds of sieving prime, as in primesieve (Erat{Small,Medium,Big}):
   - p <= PRESIEVE_MAX: and-ed in from precomputed byte patterns (primes._wheel.presieve);

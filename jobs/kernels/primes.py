@@ -7,7 +7,7 @@ by earlier jobs are taken from an optional store on the context (ctx.segments).
 
 Consecutive segments that are not in the store come from one running BlockSieve, so
 the big sieving primes are positioned once per run of segments, not once per segment:
-near 2^64 positioning them costs ~3 s, sieving one segment ~0.1 s. Numbers go up to
+near 2^64 positioning them costs 1-2 s, sieving one segment ~20 ms. Numbers go up to
 2^64 - 1; listed primes are uint64 arrays.
 """
 
