@@ -337,3 +337,14 @@ def test_bucket_pool_grows_mid_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blocks.BlockSieve, "_grow", lambda self: grown.append(1) or real_grow(self))
     assert count_primes(10**15 - 10**9, 10**15) == 28954129  # primesieve 11, as in test_known_window_counts
     assert len(grown) >= 3
+
+
+def test_big_primes_entering_block_by_block() -> None:
+    """Across 2^36 = BIG_MIN^2 the big primes enter the buckets a few per block (add_primes stops at
+    pmax mid-batch and resumes next block); fresh sieves per part enter them all at once."""
+    lo, hi = 2**36 - 10**8, 2**36 + 3 * 10**9
+    assert BIG_MIN**2 == 2**36
+    cuts = [lo, 2**36 - 1, 2**36 + 7 * BLOCK_SPAN + 5, 2**36 + 10**9, hi + 1]
+    whole = count_primes(lo, hi)
+    assert whole == sum(count_primes(a, b - 1) for a, b in itertools.pairwise(cuts))
+    assert whole == 124_132_213  # Debian's primesieve 11: `primesieve 68619476736 71719476736 -t1`
