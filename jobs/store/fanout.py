@@ -97,9 +97,7 @@ class Fanout:
 
     def with_progress(self, rec: JobRecord) -> JobRecord:
         """The whole job as its client sees it while it is live: progress summed over its parts, `started`
-        while a part runs or while some parts are done and others wait for a worker (between two parts:
-        it does not flicker back to `queued`), else `queued` (no part done and none running: all waiting,
-        or sent back by a worker's shutdown),
+        while a part runs and `queued` while none does (all waiting, or sent back by a worker's shutdown),
         and `attempt` / `runs` the most of any part's (a part recovered from a lost worker shows)."""
         return self.with_progress_all([rec])[0]
 
@@ -115,21 +113,19 @@ class Fanout:
                 pipe.hmget(JOB_KEY.format(id=pid), "progress", "status", "attempt", "runs")
         replies = iter(pipe.execute())
         for rec in split:
-            done, running, ended, waiting = 0, False, False, False
+            done, running = 0, False
             for _ in rec.extra["parts"].split(","):
                 raw, status, attempt, runs = next(replies)
                 if raw:
                     done += int(orjson.loads(raw).get("done") or 0)
                 running = running or status == b"started"
-                ended = ended or status == b"finished"
-                waiting = waiting or status == b"queued"
                 rec.attempt = max(rec.attempt, int(attempt or 0))
                 rec.runs = max(rec.runs, int(runs or 0))
             total = int(rec.params["end"]) - int(rec.params["start"]) + 1
             rec.progress = {"done": done, "total": total,
                             "percent": round(100.0 * done / total, 2) if total else 0.0}
             if rec.status in (QUEUED, STARTED):
-                rec.status = STARTED if running or (ended and waiting) else QUEUED
+                rec.status = STARTED if running else QUEUED
         return recs
 
     # -- the runner's hooks ---------------------------------------------------------------
