@@ -73,7 +73,8 @@ def job_id(pg: Any) -> str:
 
 
 def long_count(width: int) -> tuple[int, int]:
-    lo = rng.randrange(10**11, 9 * 10**11)
+    """A fresh range of `width` numbers between 10^11 and MAX_PRIMES_END (10^12)."""
+    lo = rng.randrange(10**11, 10**12 - width)
     return lo, lo + width
 
 
