@@ -17,7 +17,8 @@ rng = random.Random()
 
 
 def long_count_body(width: int = 30 * 10**9) -> dict:
-    lo = rng.randrange(10**11, 9 * 10**11)
+    """A fresh range of `width` numbers between 10^11 and MAX_PRIMES_END (10^12)."""
+    lo = rng.randrange(10**11, 10**12 - width)
     return {"start": lo, "end": lo + width, "output": "count"}
 
 
@@ -245,7 +246,9 @@ def test_a_requeued_run_whose_queue_entry_was_lost_still_runs(api: Api, workers,
     from jobs.store.keys import JOB_KEY
     from primes import count_primes
 
-    body = long_count_body(4 * 10**10)  # seconds even split over both workers, so the SIGTERM lands mid-run
+    # About 12 s split over both workers, so the SIGTERM lands mid-run: a 4e10 range (2-3 s since the
+    # kernel work, less when it overlaps another test's stored segments) was once finished first.
+    body = long_count_body(15 * 10**10)
     job = submit(api, "primes", body)
     wait_for(api, job["id"], lambda j: j["status"] == "started", timeout=120)
     workers.stop()  # SIGTERM: the horse stops at its next checkpoint and re-queues the job on a new run
