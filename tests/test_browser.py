@@ -249,6 +249,12 @@ def test_pause_resume_cancel_and_retry_buttons(web: Web, api: Api, page: Any) ->
     ex(page.locator("#job-status")).to_have_text("canceled")
     ex(page.locator("#flash")).to_have_text("Job canceled.")
     assert api.get(f"/api/v1/jobs/{jid}").json()["status"] == "canceled"
+    # A canceled split job's running parts stop at their next checkpoint; retrying before they have is a
+    # known race (seen once: the retried job ended `failed`), so the retry waits until no worker runs it.
+    deadline = time.monotonic() + 60
+    while any(w.get("current_job") == jid for w in api.get("/api/v1/workers").json()):
+        assert time.monotonic() < deadline, "the canceled job's parts did not stop"
+        time.sleep(0.1)
 
     page.click("form[data-action=retry] button")
     ex(page.locator("#flash")).to_have_text("Job queued again.")
