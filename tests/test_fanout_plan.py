@@ -38,7 +38,7 @@ def ranges(draw: Any) -> tuple[int, int]:
 def check(start: int, end: int, output: str, min_seconds: float, max_parts: int) -> list[tuple[int, int]]:
     params = {"start": start, "end": end, "output": output}
     parts = SPEC.split(params, min_seconds, max_parts)
-    seconds = SPEC._work_seconds(params) - SPEC._setup_seconds(end)  # the work parts divide
+    seconds = SPEC.divisible_seconds(params)
     limit = SPEC.part_limit(params, max_parts)
     assert 2 <= limit <= max_parts or max_parts < 2
     if seconds <= min_seconds or max_parts < 2:

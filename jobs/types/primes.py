@@ -174,13 +174,18 @@ class PrimesJob(JobSpec):
             seconds += width / max(math.log(max(end, 3)), 1.0) / LIST_RATE  # ~width/ln(end) primes
         return seconds
 
+    @classmethod
+    def divisible_seconds(cls, params: dict[str, Any]) -> float:
+        """The part of one worker's estimated seconds that parts divide: the numbers, without the setup that
+        every part pays again."""
+        return cls._work_seconds(params) - cls._setup_seconds(int(params["end"]))
+
     def part_limit(self, params: dict[str, Any], max_parts: int) -> int:
         """The most parts the job may split into: every part pays the setup again (SETUP_COST), so no more
         parts than the work they divide pays for. Below 10^15 that never binds; near 2^64 a 10^9-wide count
         (1.1 s of setup, 1.6 s of numbers) splits in 2, not 4."""
         setup = self._setup_seconds(int(params["end"]))
-        spread = self._work_seconds(params) - setup
-        return max_parts if setup <= 0 else max(2, min(max_parts, int(spread // setup)))
+        return max_parts if setup <= 0 else max(2, min(max_parts, int(self.divisible_seconds(params) // setup)))
 
     def split(self, params: dict[str, Any], min_seconds: float, max_parts: int) -> list[tuple[int, int]]:
         """The sub-ranges a wide job runs as (jobs.store.fanout), in order, covering [start, end] exactly;
@@ -188,7 +193,7 @@ class PrimesJob(JobSpec):
         Inner bounds lie on the sieve's segment grid; parts of about PART_SECONDS, at least MIN_PARTS, at most
         part_limit() (max_parts, or fewer where each part's setup is dear)."""
         start, end = int(params["start"]), int(params["end"])
-        seconds = self._work_seconds(params) - self._setup_seconds(end)
+        seconds = self.divisible_seconds(params)
         limit = self.part_limit(params, max_parts)
         if min_seconds <= 0 or seconds <= min_seconds or max_parts < 2:
             return []
