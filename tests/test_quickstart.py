@@ -45,8 +45,10 @@ def sh_block(readme: str, heading: str) -> str:
     return re.search(r"```sh\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
 
 
-def commands(block: str) -> list[str]:
-    """Logical command lines: continuations joined, comments and blank lines dropped."""
+def commands(block: str, quoted: bool = False) -> list[str]:
+    """Logical command lines: continuations joined, comments and blank lines dropped. quoted: a line inside an
+    open single-quoted string (a JSON body over several lines, as bash reads it when pasted) continues the
+    command too."""
     out, pending = [], ""
     for line in block.splitlines():
         if not pending and (not line.strip() or line.lstrip().startswith("#")):
@@ -54,8 +56,13 @@ def commands(block: str) -> list[str]:
         if line.endswith("\\"):
             pending += line[:-1]
             continue
-        out.append((pending + line).strip())
+        pending += line
+        if quoted and pending.count("'") % 2:
+            pending += "\n"
+            continue
+        out.append(pending.strip())
         pending = ""
+    assert not pending, f"an unterminated command: {pending!r}"
     return out
 
 
@@ -329,26 +336,6 @@ def section(readme: str, heading: str) -> str:
     return readme[start:end if end > 0 else len(readme)]
 
 
-def shell_commands(block: str) -> list[str]:
-    """Like commands(), but a line inside an open single-quoted string (a JSON body over several lines, as bash
-    reads it when pasted) continues the command too."""
-    out, pending = [], ""
-    for line in block.splitlines():
-        if not pending and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1]
-            continue
-        pending += line
-        if pending.count("'") % 2:
-            pending += "\n"
-            continue
-        out.append(pending.strip())
-        pending = ""
-    assert not pending, f"an unterminated command: {pending!r}"
-    return out
-
-
 def test_the_batch_and_webhook_examples_work_from_the_same_clone(clone: Clone) -> None:
     """README "Batches and webhooks": both curl blocks, line by line, and the receiver's verification snippet
     run on what those lines made the server send. Only the placeholder receiver (hooks.example.com) becomes
@@ -410,7 +397,7 @@ def test_the_batch_and_webhook_examples_work_from_the_same_clone(clone: Clone) -
     ]
     ran = []
     for _kind, block in blocks[:2]:
-        for command in shell_commands(block):
+        for command in commands(block, quoted=True):
             matched = [check for pattern, check in checks if re.search(pattern, command, re.S)]
             assert len(matched) == 1, f"README line without exactly one check here: {command!r} ({len(matched)})"
             line = re.sub(r"https://hooks\.example\.com(/\w+)", lambda m: receiver.url(m.group(1)), command)
