@@ -580,6 +580,26 @@ def wait_until(what: str, pred: Callable[[], Any], timeout: float, lab: Lab, eve
         time.sleep(every)
 
 
+def start_redis(lab: Lab, appendonly: bool) -> tuple[str, Client]:
+    """Redis on the lab's `redis` host (its data in the lab's log dir), and a client in the `cli` namespace
+    for the web on the `web` host and that Redis; wait for Redis with web_on()."""
+    redis_url = f"redis://{lab.addr('redis')}:6379/0"
+    data = lab.log_dir / "redis-data"
+    data.mkdir()
+    lab.spawn("redis", "redis", [server_binary(), "--bind", lab.addr("redis"), "--port", "6379",
+                                 "--dir", str(data), "--appendonly", "yes" if appendonly else "no", "--save", "",
+                                 "--protected-mode", "no", "--daemonize", "no"])
+    return redis_url, Client(lab.ns("cli"), f"http://{lab.addr('web')}:5000", redis_url)
+
+
+def web_on(lab: Lab, cli: Client, redis_url: str, **env: Any) -> None:
+    """Once Redis answers, gunicorn (one process, 32 threads) on the `web` host, with these settings."""
+    wait_until("Redis on its host", lambda: cli.run(cli.redis.ping), 15, lab)
+    lab.spawn("web", "web", [sys.executable, "-m", "gunicorn", "-c", "python:rest.gunicorn_conf", "rest.wsgi:app"],
+              REDIS_URL=redis_url, HOST=lab.addr("web"), PORT=5000, WEB_PROCESSES=1, WEB_THREADS=32, ACCESS_LOG=0,
+              **env)
+
+
 def submit_counts(cli: Client, ranges: list[tuple[int, int]]) -> list[str]:
     ids = []
     for lo, hi in ranges:
@@ -600,19 +620,9 @@ def split(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
 @pytest.mark.timeout(180)
 def test_jobs_spread_over_worker_hosts_and_survive_losing_one(lab: Lab) -> None:
     t0 = time.monotonic()
-    redis_url = f"redis://{lab.addr('redis')}:6379/0"
-    data = lab.log_dir / "redis-data"
-    data.mkdir()
-    lab.spawn("redis", "redis", [server_binary(), "--bind", lab.addr("redis"), "--port", "6379",
-                                 "--dir", str(data), "--appendonly", "yes", "--save", "",
-                                 "--protected-mode", "no", "--daemonize", "no"])
-    cli = Client(lab.ns("cli"), f"http://{lab.addr('web')}:5000", redis_url)
+    redis_url, cli = start_redis(lab, appendonly=True)
     try:
-        wait_until("Redis on its host", lambda: cli.run(cli.redis.ping), 15, lab)
-        lab.spawn("web", "web", [sys.executable, "-m", "gunicorn", "-c", "python:rest.gunicorn_conf",
-                                 "rest.wsgi:app"],
-                  REDIS_URL=redis_url, HOST=lab.addr("web"), PORT=5000, WEB_PROCESSES=1, WEB_THREADS=32,
-                  ACCESS_LOG=0, HEARTBEAT_TIMEOUT=5, FANOUT_MIN_SECONDS=0)  # whole jobs: one host runs each
+        web_on(lab, cli, redis_url, HEARTBEAT_TIMEOUT=5, FANOUT_MIN_SECONDS=0)  # whole jobs: one host runs each
         for host in ("w1", "w2"):
             lab.spawn(host, host, [sys.executable, "worker.py", "--workers", "1", "--url", redis_url],
                       HEARTBEAT_TIMEOUT=5)
@@ -708,20 +718,10 @@ def test_scheduling_holds_across_two_worker_hosts(lab: Lab) -> None:
 
     tokens = {"alice": "a-" + os.urandom(16).hex(), "bob": "b-" + os.urandom(16).hex()}
     alice, bob = ({"Authorization": f"Bearer {tokens[o]}"} for o in ("alice", "bob"))
-    redis_url = f"redis://{lab.addr('redis')}:6379/0"
-    data = lab.log_dir / "redis-data"
-    data.mkdir()
-    lab.spawn("redis", "redis", [server_binary(), "--bind", lab.addr("redis"), "--port", "6379",
-                                 "--dir", str(data), "--appendonly", "no", "--save", "",
-                                 "--protected-mode", "no", "--daemonize", "no"])
-    cli = Client(lab.ns("cli"), f"http://{lab.addr('web')}:5000", redis_url)
+    redis_url, cli = start_redis(lab, appendonly=False)
     try:
-        wait_until("Redis on its host", lambda: cli.run(cli.redis.ping), 15, lab)
-        lab.spawn("web", "web", [sys.executable, "-m", "gunicorn", "-c", "python:rest.gunicorn_conf",
-                                 "rest.wsgi:app"],
-                  REDIS_URL=redis_url, HOST=lab.addr("web"), PORT=5000, WEB_PROCESSES=1, WEB_THREADS=32,
-                  ACCESS_LOG=0, API_TOKENS=",".join(f"{o}:{hash_token(t)}" for o, t in tokens.items()),
-                  FANOUT_MIN_SECONDS=0)  # whole jobs: this test checks the order whole runs start in
+        web_on(lab, cli, redis_url, API_TOKENS=",".join(f"{o}:{hash_token(t)}" for o, t in tokens.items()),
+               FANOUT_MIN_SECONDS=0)  # whole jobs: this test checks the order whole runs start in
         for host in ("w1", "w2"):  # no preemption here: the order checked below must hold still
             lab.spawn(host, host, [sys.executable, "worker.py", "--workers", "1", "--url", redis_url],
                       PREEMPT_QUANTUM=0)
@@ -779,19 +779,9 @@ PI_3E10 = 1_300_005_926
 def test_one_wide_job_runs_on_both_worker_hosts_at_once(lab: Lab) -> None:
     """Fan-out across hosts: with splitting on (FANOUT_MIN_SECONDS at its default), one wide count runs as
     parts on the worker of each host at the same time, and its client sees one job with the right count."""
-    redis_url = f"redis://{lab.addr('redis')}:6379/0"
-    data = lab.log_dir / "redis-data"
-    data.mkdir()
-    lab.spawn("redis", "redis", [server_binary(), "--bind", lab.addr("redis"), "--port", "6379",
-                                 "--dir", str(data), "--appendonly", "no", "--save", "",
-                                 "--protected-mode", "no", "--daemonize", "no"])
-    cli = Client(lab.ns("cli"), f"http://{lab.addr('web')}:5000", redis_url)
+    redis_url, cli = start_redis(lab, appendonly=False)
     try:
-        wait_until("Redis on its host", lambda: cli.run(cli.redis.ping), 15, lab)
-        lab.spawn("web", "web", [sys.executable, "-m", "gunicorn", "-c", "python:rest.gunicorn_conf",
-                                 "rest.wsgi:app"],
-                  REDIS_URL=redis_url, HOST=lab.addr("web"), PORT=5000, WEB_PROCESSES=1, WEB_THREADS=32,
-                  ACCESS_LOG=0)  # FANOUT_MIN_SECONDS unset: wide jobs split, as deployed
+        web_on(lab, cli, redis_url)  # FANOUT_MIN_SECONDS unset: wide jobs split, as deployed
         for host in ("w1", "w2"):
             lab.spawn(host, host, [sys.executable, "worker.py", "--workers", "1", "--url", redis_url])
         wait_until("the web to answer the client", lambda: cli.get("/readyz").ok, 30, lab)
