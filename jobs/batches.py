@@ -242,7 +242,7 @@ class BatchService:
                 sub.scope = owner
             # Another owner's finished result is copied in first, as a single POST would (jobs.sharing).
             share_many(self.jobs, req.items, base_extra)
-        chunks = self._chunks(req.items)
+        chunks = self.chunks(req.items)
         keys = [BATCH_KEY.format(id=batch_id), BATCH_JOBS_KEY.format(id=batch_id)]
         head = [batch_id, repr(now)]
         fields = [x for kv in meta.items() for x in kv]
@@ -282,7 +282,7 @@ class BatchService:
             batch = Batch(batch_id, total, dict.fromkeys(COUNTED, 0), now, now, admission.client, owner or "")
         return BatchSubmitted(batch, outcomes)
 
-    def _chunks(self, subs: list[Submission]) -> list[list[Submission]]:
+    def chunks(self, subs: list[Submission]) -> list[list[Submission]]:
         """The items in script-sized chunks: CHUNK runs' writes each, where a wide primes item that splits
         (jobs.store.fanout) weighs one run per part plus its whole job, so no script holds Redis much longer."""
         chunks: list[list[Submission]] = [[]]

@@ -104,14 +104,14 @@ def test_batch_chunks_weigh_a_split_item_by_its_parts() -> None:
     from jobs.settings import Settings
     from jobs.types.spec import Limits
 
-    svc = object.__new__(BatchService)  # _chunks reads only the settings
+    svc = object.__new__(BatchService)  # chunks() reads only the settings
     svc.settings = Settings()
     wide = SPEC.parse_json({"start": 0, "end": 10**12, "output": "count"}, Limits())
     small = SPEC.parse_json({"start": 0, "end": 100, "output": "count"}, Limits())
     parts = len(SPEC.split(wide.params, svc.settings.fanout_min_seconds, svc.settings.fanout_max_parts))
     assert parts == 64
     items = [wide] * 10 + [small] * 300 + [wide]
-    chunks = svc._chunks(items)
+    chunks = svc.chunks(items)
     assert [s for c in chunks for s in c] == items
     for chunk in chunks:
         weight = sum(1 + (parts if s is wide else 0) for s in chunk)
