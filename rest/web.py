@@ -184,8 +184,15 @@ def type_label(job_type: str) -> str:
 
 
 def job_view(rec: JobRecord) -> dict[str, Any]:
-    """Everything the job templates need about one job."""
+    """Everything the job templates need about one job (as shown: presenting.shown)."""
+    rec = presenting.shown(rec)
     status = rec.status
+    can = {
+        "cancel": not status.terminal,
+        "pause": rec.pausable and status in (JobStatus.QUEUED, JobStatus.STARTED),
+        "resume": status is JobStatus.PAUSED,
+        "retry": status in (JobStatus.FAILED, JobStatus.CANCELED),
+    }
     return {
         "rec": rec,
         "id": rec.id,
@@ -207,12 +214,10 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
         "downloads": download_formats(rec),
         "error": rec.error,
         "waiting": service().waiting_line(rec) if status is JobStatus.QUEUED else None,
-        "can": {
-            "cancel": not status.terminal,
-            "pause": rec.pausable and status in (JobStatus.QUEUED, JobStatus.STARTED),
-            "resume": status is JobStatus.PAUSED,
-            "retry": status in (JobStatus.FAILED, JobStatus.CANCELED),
-        },
+        "can": can,
+        "actions": presenting.action_set(can, status.terminal),
+        "split": presenting.is_split(rec),
+        "between_parts_ms": int(presenting.BETWEEN_PARTS_SECONDS * 1000),
     }
 
 
@@ -227,7 +232,8 @@ def _home(values: dict[str, Mapping[str, str]] | None = None,
 
 
 def job_view_light(rec: JobRecord) -> dict[str, Any]:
-    """A row of a job table: no result lookups."""
+    """A row of a job table: no result lookups (a split job between parts reads as on its page)."""
+    rec = presenting.shown(rec)
     return {"id": rec.id, "type": rec.type, "status": rec.status.value, "summary": summary(rec),
             "created": rfc3339(rec.created_at), "duration": _duration(rec.duration_ms),
             "percent": progress_of(rec)["percent"]}

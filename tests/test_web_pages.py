@@ -12,11 +12,14 @@ import pytest
 from flask.testing import FlaskClient
 from redis import Redis
 
+from jobs.settings import Settings
 from jobs.store.keys import JOB_KEY, JOBS_INDEX_KEY
 from jobs.store.results import RedisResultWriter
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES
+from rest import create_app
 from rest.extensions import service
+from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS
 
 rng = random.Random()
 HOSTILE = '<script>alert("x")</script>'
@@ -459,3 +462,42 @@ def test_csv_result_summary_reads_as_sentences_and_lists(client, redis_url: str)
     assert "<li>row 14: <code>unknown</code></li>" in page
     assert re.search(r"of [0-9,]+ bytes", page), "progress says its unit"
     assert "{&#34;" not in page and '{"rows"' not in page, "no raw JSON"
+
+
+def test_a_split_job_between_two_parts_shows_as_running_while_the_api_says_queued(redis_url: str) -> None:
+    """The page shows `started` for a split job whose part just ended while the next waits (a worker moving
+    between parts), `queued` once no part has ended for a while (all waiting, e.g. sent back by a shutdown);
+    the API says `queued` in both (crash recovery reads it), and the buttons offered are the same."""
+    url = f"{redis_url.rpartition('/')[0]}/15"  # no worker serves this database: the parts stay put
+    conn = Redis.from_url(url)
+    conn.flushdb()
+    app = create_app(settings=Settings(redis_url=url, limits=TEST_LIMITS, fanout_min_seconds=0.001,
+                                       **TEST_RATE_LIMITS))
+    client = app.test_client()
+    job_id = job_id_of(client.get(f"/primes?start={(lo := rng.randrange(10**8))}&end={lo + 5 * 10**8}"
+                                  "&output=count"))
+    with app.app_context():
+        svc = service()
+        parts = svc.fanout.parts(svc.get(job_id))
+        assert len(parts) >= 2
+        page = html(client.get(f"/jobs/{job_id}"))
+        assert 'data-split="1"' in page and 'data-between-parts-ms="5000"' in page and "badge-queued" in page
+        actions = re.search(r'data-actions="([^"]*)"', page).group(1)
+        assert actions == "pause cancel delete"
+
+        first = parts[0].id
+        svc.fanout.started(job_id)
+        assert svc.life.transition(first, (JobStatus.QUEUED,), JobStatus.STARTED, {"started_at": repr(time.time())})
+        assert svc.life.transition(first, (JobStatus.STARTED,), JobStatus.FINISHED, {"ended_at": repr(time.time())})
+        assert client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "queued"
+        page = html(client.get(f"/jobs/{job_id}"))
+        assert "badge-started" in page and 'id="job-run"' in page and 'id="job-waiting"' not in page
+        assert "(started) · Crunch</title>" in page
+        assert f'data-actions="{actions}"' in page, "the same actions: job.js keeps the buttons"
+        assert 'data-status="started"' in html(client.get(f"/jobs/{job_id}/fragment"))
+
+        conn.hset(JOB_KEY.format(id=first), "ended_at", repr(time.time() - 10))  # no part ended lately
+        page = html(client.get(f"/jobs/{job_id}"))
+        assert "badge-queued" in page and 'id="job-run"' not in page
+        assert f'data-actions="{actions}"' in page
+    conn.flushdb()

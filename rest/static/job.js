@@ -3,6 +3,9 @@
  * over: it drops the <noscript> refresh (and any other refresh), follows the job's
  * Server-Sent Events and updates status and progress in place, fetches the changing part of the
  * page again when the status changes, and runs the action buttons without leaving the page.
+ * The buttons stay the same elements until the set of actions offered changes (a click never lands
+ * on a button that was just replaced), and a split job between two parts stays "started" on the
+ * page while the API says "queued" for those milliseconds (rest/presenting.py, shown()).
  * No inline script is needed, so the page runs under script-src 'self'. */
 (function () {
   "use strict";
@@ -17,8 +20,11 @@
     id: jobId,
     status: root.getAttribute("data-status"),
     live: "off", // "events", "polling" or "off"
+    apiStatus: root.getAttribute("data-status"),
     events: 0,
     fragments: 0,
+    actionsKept: 0, // fragments swapped in around the same action buttons
+    held: 0, // times a split job's "queued" between two parts was shown as "started"
     loadedAt: Date.now()
   };
   // Visible to tests and to the curious: it lives exactly as long as this document.
@@ -126,6 +132,40 @@
   }
   setInterval(tickRun, 1000);
 
+  // The fetched details replace the old ones, except the actions section while it offers the same
+  // actions: the new nodes go in around it, so its buttons stay the very elements (with their focus,
+  // listeners and a click in progress) and nothing above them changes height. Written here rather than
+  // with a DOM-morphing library (morphdom, idiomorph): those would morph the pause form into the resume
+  // form and reset a button that a click has disabled; the one rule the page needs is a few lines.
+  function swapDetails(html) {
+    var fresh = document.createElement("div");
+    fresh.innerHTML = html; // same-origin markup rendered with autoescaping
+    var oldRoot = detailsEl.firstElementChild;
+    var newRoot = fresh.firstElementChild;
+    var kept = oldRoot && oldRoot.querySelector(":scope > [data-actions]");
+    var next = newRoot && newRoot.querySelector(":scope > [data-actions]");
+    if (!kept || !next || kept.getAttribute("data-actions") !== next.getAttribute("data-actions")) {
+      detailsEl.replaceChildren.apply(detailsEl, Array.prototype.slice.call(fresh.childNodes));
+      return;
+    }
+    while (kept.previousSibling) {
+      oldRoot.removeChild(kept.previousSibling);
+    }
+    while (kept.nextSibling) {
+      oldRoot.removeChild(kept.nextSibling);
+    }
+    while (next.previousSibling) {
+      oldRoot.insertBefore(next.previousSibling, kept);
+    }
+    while (next.nextSibling) {
+      oldRoot.appendChild(next.nextSibling);
+    }
+    for (var a = 0; a < newRoot.attributes.length; a++) {
+      oldRoot.setAttribute(newRoot.attributes[a].name, newRoot.attributes[a].value);
+    }
+    state.actionsKept += 1;
+  }
+
   function refreshDetails() {
     // One fetch at a time; a status change during a fetch asks for one more afterwards.
     if (fragmentBusy) {
@@ -139,7 +179,7 @@
       })
       .then(function (html) {
         if (html !== null) {
-          detailsEl.innerHTML = html; // same-origin markup rendered with autoescaping
+          swapDetails(html);
           state.fragments += 1;
           if (window.crunchPages && window.crunchPages.localize) {
             window.crunchPages.localize(detailsEl);
@@ -165,21 +205,59 @@
     }
   }, 3000);
 
-  function apply(job) {
-    state.events += 1;
-    var changed = job.status !== state.status;
-    state.status = job.status;
-    showStatus(job.status);
-    showProgress(job.progress, job.status);
+  // A split job reads "queued" in the API while a worker moves from one part to the next (ms); the page
+  // keeps showing "started" for up to data-between-parts-ms, and shows "queued" only if the job still
+  // reads so then (all its parts waiting, e.g. sent back by a worker's shutdown).
+  var split = root.hasAttribute("data-split");
+  var holdMs = parseInt(root.getAttribute("data-between-parts-ms") || "0", 10);
+  var holdTimer = null;
+  var lastJob = null;
+
+  function shownStatus(job) {
+    if (split && job.status === "queued" && state.status === "started" && holdMs > 0) {
+      if (!holdTimer) {
+        state.held += 1;
+        holdTimer = setTimeout(function () {
+          holdTimer = null;
+          if (lastJob && lastJob.status === "queued") {
+            show(lastJob, "queued");
+          }
+        }, holdMs);
+      }
+      return "started";
+    }
+    if (holdTimer) {
+      clearTimeout(holdTimer);
+      holdTimer = null;
+    }
+    return job.status;
+  }
+
+  function show(job, status) {
+    var changed = status !== state.status;
+    state.status = status;
+    showStatus(status);
+    showProgress(job.progress, status);
     if (changed) {
       refreshDetails();
     }
+  }
+
+  function apply(job) {
+    state.events += 1;
+    state.apiStatus = job.status;
+    lastJob = job;
+    show(job, shownStatus(job));
     if (TERMINAL[job.status]) {
       stop();
     }
   }
 
   function stop() {
+    if (holdTimer) {
+      clearTimeout(holdTimer);
+      holdTimer = null;
+    }
     if (source) {
       source.close();
       source = null;
@@ -294,11 +372,18 @@
   }
 
   function bindActions() {
+    // Only forms not bound yet: the kept action buttons already have their listener.
     var forms = detailsEl.querySelectorAll("form[data-action]");
     for (var k = 0; k < forms.length; k++) {
-      forms[k].addEventListener("submit", onAction);
+      if (!forms[k].crunchBound) {
+        forms[k].crunchBound = true;
+        forms[k].addEventListener("submit", onAction);
+      }
     }
   }
+
+  // A "crunch:refresh" event on the page's <article> fetches the details now, as a status change would.
+  root.addEventListener("crunch:refresh", refreshDetails);
 
   bindActions();
   start();
