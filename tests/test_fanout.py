@@ -10,6 +10,7 @@ the range are checked against Debian's `primesieve` (or, without it, a gmpy2.nex
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import os
 import shutil
@@ -214,6 +215,53 @@ def test_pause_resume_and_cancel_of_a_split_job(stack: Api) -> None:
     assert wait_for("canceled", lambda: job(stack, j["id"])["status"] == "canceled", 30)
     wait_for("every part stopped", lambda: not any(w.get("current_job") for w in stack.get("/api/v1/workers").json()),
              60, 0.2)
+
+
+def _horses_on(api: Api, conn: Redis, job_id: str) -> list[tuple[int, str]]:
+    """The work horses (pid) running a part of the job, with the part's id."""
+    got = []
+    for w in api.get("/api/v1/workers").json():
+        run = rq_run(conn, w["name"]) if w.get("current_job") == job_id else None
+        if run:
+            worker = int(w["name"].rsplit(".", 1)[1])
+            got += [(int(p), run.rsplit("-", 1)[0]) for p in os.popen(f"pgrep -P {worker}").read().split()]
+    return got
+
+
+def test_a_split_job_retried_while_its_parts_still_stop_finishes(stack: Api, conn: Redis) -> None:
+    """Cancel a split count while its parts run and retry it before they have stopped: it finishes with the
+    right count. A running part stops on a cancel only at its next checkpoint, so for a moment after the
+    cancel answers it still runs; here its work horse is held (SIGSTOP) across the cancel and the retry, so
+    every round is in that moment whatever the machine's load. Before the fix the held part, let go, ended
+    `canceled` under the retried job and failed it ("part [...]: canceled"). Each round counts a fresh range
+    (stored segment counts would make a repeat too quick to catch running)."""
+    width, caught = 10**10, 0
+    for k in range(3):
+        lo = 2 * 10**12 + k * 10**11
+        jid = submit(stack, {"start": lo, "end": lo + width, "output": "count"})["id"]
+        horses = wait_for("both workers on its parts", lambda jid=jid: len(h := _horses_on(stack, conn, jid)) >= WORKERS
+                          and h, 120, 0.02)
+        try:
+            for pid, _ in horses:
+                with contextlib.suppress(ProcessLookupError):  # its part just ended: not held
+                    os.kill(pid, signal.SIGSTOP)
+            held = [part for _, part in horses if job(stack, part)["status"] == "started"]
+            r = stack.post(f"/api/v1/jobs/{jid}/cancel")
+            assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
+            r = stack.post(f"/api/v1/jobs/{jid}/retry")
+            assert r.status_code in (200, 202), r.text
+            caught += bool(held) and all(job(stack, part)["status"] == "started" for part in held)
+        finally:
+            for pid, _ in horses:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        got = done(stack, jid, 120)
+        assert got["status"] == "finished", (k, got["status"], got["error"])
+        want = int(subprocess.run(["primesieve", str(lo), str(lo + width), "-c", "-q"], capture_output=True,
+                                  text=True, check=True, timeout=120).stdout)
+        assert got["result"]["count"] == want, (lo, got["result"])
+    # A part can end between the look at the workers and the SIGSTOP, but not in every round.
+    assert caught >= 2, f"only {caught} of 3 rounds held a running part across the retry"
 
 
 def _kill_worker_of_a_part(api: Api, conn: Redis, job_id: str) -> str:

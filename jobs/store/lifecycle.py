@@ -381,10 +381,11 @@ class Lifecycle:
                                    then=[("DEL", JOB_CONTROL_KEY.format(id=rec.id)), ("ZREM", RUNNING_KEY, rec.id)],
                                    front=True)
 
-    def retry(self, rec: JobRecord) -> bool:
-        """FAILED or CANCELED -> QUEUED from scratch on a new run; takes the cache entry back if it is free."""
+    def retry(self, rec: JobRecord, also: Sequence[tuple[Any, ...]] = ()) -> bool:
+        """FAILED or CANCELED -> QUEUED from scratch on a new run; takes the cache entry back if it is free.
+        also: commands replayed in the same step (a split job's part drops its rerun mark, jobs.store.fanout)."""
         then: list[tuple[Any, ...]] = [("DEL", *[t.format(id=rec.id) for t in (
-            JOB_CHECKPOINT_KEY, JOB_CONTROL_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY)])]
+            JOB_CHECKPOINT_KEY, JOB_CONTROL_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY)]), *also]
         then += [("PERSIST", key) for key in job_keys(rec.id)]
         live = Commands()
         count_live(live, rec, 1)

@@ -298,6 +298,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
             life.cancel(rec, (JobStatus.QUEUED,))
         else:
             life.pause(rec, (JobStatus.QUEUED,))
+        _settle_parent(life, rec)  # a part: its whole job follows now, not at the reaper's next sweep
         return None
     ctx = RedisContext(life, rec, checkpoint=begun.checkpoint, reset_output=False)
     if begun.took:
