@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from redis import Redis
 
-from infra.processes import Api
+from infra.processes import Api, Workers
 from jobs.settings import Settings
-from jobs.store.keys import JOBS_INDEX_KEY
+from jobs.store.admission import CLIENT_LIVE_KEY
+from jobs.store.keys import (
+    BATCH_JOBS_KEY,
+    FINISHED_MINUTE_KEY,
+    JOB_DURATION_KEY,
+    JOB_KEY,
+    JOBS_INDEX_KEY,
+    LANE_CLIENT_KEY,
+    LANE_CLIENTS_KEY,
+    QUEUE_STATS_KEY,
+    TYPE_STATS_KEY,
+)
 from rest import create_app
 from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS, fib_reference
 
@@ -257,6 +270,69 @@ def test_a_batch_over_the_live_bound_is_refused_whole(url: str) -> None:
     r = c.post("/api/v1/batches", json={"jobs": items[6:]})  # 6 live + 5 > 10
     assert r.status_code == 429, r.text
     assert Redis.from_url(url).zcard(JOBS_INDEX_KEY) == 6
+
+
+def test_a_batch_of_several_chunks_writes_what_one_submit_per_item_would(url: str) -> None:
+    """ITEMS_LUA applies some writes once per chunk (the client's live count summed, rq's queue set and the
+    lane's waiting client once, the batch's list in one push): the state must be what 600 single submits
+    would leave, duplicates joined, order kept, across three chunks (CHUNK = 250)."""
+    conn = Redis.from_url(url)
+    c = make_app(url).test_client()
+    seed = uuid.uuid4().int % 80_000  # db 11 starts empty (url); fresh numbers all the same
+    items = [{"type": "fibonacci", "params": {"n": 10_000 + seed + i % 550}} for i in range(600)]  # 50 twice
+    r = c.post("/api/v1/batches", json={"jobs": items})
+    assert r.status_code == 202, r.get_data(as_text=True)
+    assert r.json["submitted"]["created"] == 550 and r.json["submitted"]["deduplicated"] == 50
+    ids = [j.decode() for j in conn.lrange(BATCH_JOBS_KEY.format(id=r.json["id"]), 0, -1)]
+    assert len(ids) == 600 and ids[550:] == ids[:50] and len(set(ids)) == 550
+    assert [json.loads(conn.hget(JOB_KEY.format(id=i), "params")) for i in ids[:2]] == [
+        {"n": 10_000 + seed}, {"n": 10_001 + seed}]
+    live = CLIENT_LIVE_KEY.format(client="127.0.0.1")
+    assert int(conn.get(live)) == 550 and 0 < conn.ttl(live) <= 7 * 86_400
+    line = [r.decode() for r in conn.lrange(LANE_CLIENT_KEY.format(lane="fast", client="127.0.0.1"), 0, -1)]
+    assert line == [f"{i}-1" for i in ids[:550]]
+    assert conn.zscore(LANE_CLIENTS_KEY.format(lane="fast"), "127.0.0.1") is not None
+    assert conn.llen("rq:queue:fast") == 550 and conn.sismember("rq:queues", "rq:queue:fast")
+    bid = r.json["id"]  # a job that is two items of the batch names it twice (it counts twice there)
+    assert [conn.hget(JOB_KEY.format(id=i), "batches").decode() for i in ids[:550]] == (
+        [f"{bid} {bid}"] * 50 + [bid] * 500)
+    batch = c.get(f"/api/v1/batches/{r.json['id']}").json
+    assert batch["counts"]["queued"] == 600 and batch["status"] == "running"
+
+
+def test_counters_of_runs_taken_several_at_a_time_add_up(url: str, log_dir: Path) -> None:
+    """A worker takes fast runs several at a time and writes their counters once per take (Tally): after a
+    batch of 300 trivial jobs on two real workers, every counter a finish keeps has grown by exactly 300,
+    rq's per-worker counts too, and both workers read idle with no current job."""
+    conn = Redis.from_url(url)
+    c = make_app(url).test_client()
+    keys = (QUEUE_STATS_KEY.format(name="fast"), TYPE_STATS_KEY.format(type="fibonacci"))
+    workers = Workers(url, log_dir, count=2, name="tally-workers").start()
+    try:
+        r = c.post("/api/v1/batches", json={"jobs": [{"type": "fibonacci", "params": {"n": n}} for n in range(300)]})
+        assert r.status_code == 202, r.get_data(as_text=True)
+        deadline = time.monotonic() + 120
+        while c.get(f"/api/v1/batches/{r.json['id']}?wait=5").json["status"] != "finished":
+            assert time.monotonic() < deadline, "the batch did not finish"
+        worker_keys = list(conn.smembers("rq:workers"))
+
+        def settled() -> bool:  # the last take's counters are written with its last finish, or just before
+            return (sum(int(conn.hget(k, "successful_job_count") or 0) for k in worker_keys) == 300
+                    and all(conn.hget(k, "state") == b"idle" and not conn.hexists(k, "current_job")
+                            for k in worker_keys))
+        while not settled():
+            assert time.monotonic() < deadline, [conn.hgetall(k) for k in worker_keys]
+            time.sleep(0.05)
+        assert [int(conn.hget(k, "finished")) for k in keys] == [300, 300]
+        duration = {k.decode(): float(v) for k, v in conn.hgetall(JOB_DURATION_KEY.format(type="fibonacci")).items()}
+        assert duration["count"] == 300 and 0 < duration["sum"] < 300
+        assert sum(v for k, v in duration.items() if k not in ("count", "sum")) == 300
+        minutes = [int(conn.get(k)) for k in conn.scan_iter(FINISHED_MINUTE_KEY.format(minute="*"))]
+        assert sum(minutes) == 300
+        assert all(conn.ttl(k) > 0 for k in conn.scan_iter(FINISHED_MINUTE_KEY.format(minute="*")))
+        assert int(conn.get(CLIENT_LIVE_KEY.format(client="127.0.0.1"))) == 0
+    finally:
+        workers.stop()
 
 
 def test_a_batch_spends_one_unit_of_the_submit_budget(url: str) -> None:

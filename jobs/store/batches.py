@@ -30,12 +30,13 @@ _BATCH_PREFIX = BATCH_KEY.format(id="")
 _JOB_PREFIX = JOB_KEY.format(id="")
 
 #: STATUS_HOOK (functions, included in the lifecycle's TRANSITION and BEGIN scripts): on_status(job_key,
-#: from, to) runs right after a job's status changed from `from` to `to` in that same script. For every
+#: from, to, pre) runs right after a job's status changed from `from` to `to` in that same script. For every
 #: batch the job belongs to it moves one count, and when that was the batch's last live item (and all its
 #: items are written) it ends the batch: ended_at, expiry (the batch's `ttl`), an event for its waiters
 #: and its webhooks due; an item going live again (retry) reopens it. A job that ends makes its own
-#: webhooks due. A job in no batch and with no webhook pays one HMGET. A batch key that expired is left
-#: alone (HINCRBY would re-create it).
+#: webhooks due. A job in no batch and with no webhook pays one HMGET, or nothing when the caller already
+#: read its `batches` and `webhooks` fields (pre = {batches, webhooks}, false when absent). A batch key
+#: that expired is left alone (HINCRBY would re-create it).
 STATUS_HOOK_LUA = DUE_LUA + """
 local function hook_now()
   local t = redis.call('TIME')
@@ -61,9 +62,9 @@ local function batch_end_check(bid)
     redis.call('PUBLISH', '""" + EVENTS_CHANNEL + """', '{"id":"' .. bid .. '","status":"running","kind":"batch"}')
   end
 end
-local function on_status(job_key, from, to)
+local function on_status(job_key, from, to, pre)
   if from == to then return end
-  local f = redis.call('HMGET', job_key, 'batches', 'webhooks')
+  local f = pre or redis.call('HMGET', job_key, 'batches', 'webhooks')
   if not f[1] and not f[2] then return end
   local terminal = to == 'finished' or to == 'failed' or to == 'canceled'
   if f[2] and terminal then webhooks_due(job_key .. ':webhooks', 'job.' .. to, hook_now()) end
@@ -100,7 +101,11 @@ if first == '1' then
 elseif redis.call('EXISTS', bk) == 0 then
   return {'gone'}
 end
-local out, counts = {}, {}
+local out, counts, ids = {}, {}, {}
+-- Writes that commute within this one atomic step, applied once for the chunk: the items' INCRBYs of one
+-- key summed (a client's live count) with that key's EXPIRE after them, and repeats of an SADD or a
+-- ZADD NX of the same member (rq's queue set, a lane's waiting client) sent once.
+local sums, summed, expiry, once = {}, {}, {}, {}
 local i = 7 + nf
 while i <= #ARGV do
   local ck, newid, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -123,21 +128,37 @@ while i <= #ARGV do
     redis.call('SET', ck, '"' .. newid .. '"')
     local j, stop = i + 3, i + 2 + n
     while j <= stop do
-      local c = tonumber(ARGV[j])
-      redis.call(unpack(ARGV, j + 1, j + c))
+      local c, name = tonumber(ARGV[j]), ARGV[j + 1]
+      if name == 'INCRBY' and c == 3 then
+        local k = ARGV[j + 2]
+        if not sums[k] then sums[k] = 0; table.insert(summed, k) end
+        sums[k] = sums[k] + tonumber(ARGV[j + 3])
+      elseif name == 'EXPIRE' and c == 3 and sums[ARGV[j + 2]] then
+        expiry[ARGV[j + 2]] = ARGV[j + 3]
+      elseif (name == 'SADD' and c == 3) or (name == 'ZADD' and c == 5 and ARGV[j + 3] == 'NX') then
+        local m = name .. ' ' .. ARGV[j + 2] .. ' ' .. ARGV[j + c]
+        if not once[m] then once[m] = true; redis.call(unpack(ARGV, j + 1, j + c)) end
+      else
+        redis.call(unpack(ARGV, j + 1, j + c))
+      end
       j = j + c + 1
     end
     id, st, outcome = newid, 'queued', 'created'
   end
   local jk = '""" + _JOB_PREFIX + """' .. id
-  local b = redis.call('HGET', jk, 'batches')
+  local b = outcome ~= 'created' and redis.call('HGET', jk, 'batches')
   redis.call('HSET', jk, 'batches', (b and b ~= '' and (b .. ' ') or '') .. bid)
   counts[st] = (counts[st] or 0) + 1
-  redis.call('RPUSH', lk, id)
+  table.insert(ids, id)
   table.insert(out, id)
   table.insert(out, outcome)
   i = i + 3 + n
 end
+for _, k in ipairs(summed) do
+  redis.call('INCRBY', k, sums[k])
+  if expiry[k] then redis.call('EXPIRE', k, expiry[k]) end
+end
+for a = 1, #ids, 500 do redis.call('RPUSH', lk, unpack(ids, a, math.min(#ids, a + 499))) end
 for s, c in pairs(counts) do redis.call('HINCRBY', bk, s, c) end
 redis.call('HINCRBY', bk, 'added', #out / 2)
 batch_end_check(bid)

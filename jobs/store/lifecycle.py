@@ -82,6 +82,7 @@ from jobs.store.scripts import (
     Call,
     Commands,
     LuaScript,
+    Tally,
     packed,
     recorded,
     send,
@@ -167,12 +168,19 @@ class Lifecycle:
         prev = self._transition(keys=[JOB_KEY.format(id=job_id)], args=args)
         return JobStatus(prev.decode()) if prev else None
 
-    @staticmethod
-    def flush(deferred: list[Call]) -> None:
-        """Send the steps held back in `deferred` (see transition), in one round trip."""
+    def flush(self, deferred: list[Call], tally: Tally | None = None) -> None:
+        """Send the steps held back in `deferred` (see transition) and a chain's held counters (`tally`, sent
+        first: whoever sees the chain's last job end sees its counters too), in one round trip."""
         calls = deferred[:]
         deferred.clear()
-        send(calls)
+        counters = tally.take() if tally else []
+        if calls:
+            send(calls, first=counters)
+        elif counters:
+            with self.conn.pipeline(transaction=False) as pipe:
+                for cmd in counters:
+                    pipe.execute_command(*cmd)
+                pipe.execute()
 
     # -- creation and queueing -----------------------------------------------------
 
@@ -279,24 +287,25 @@ class Lifecycle:
     def _end(self, rec: JobRecord, from_: Sequence[JobStatus], to: JobStatus, fields: dict[str, Any],
              run_s: float | None = None, event: dict[str, Any] | None = None,
              before: Sequence[Sequence[Any]] = (), after: Sequence[Sequence[Any]] = (),
-             defer: list[Call] | None = None) -> bool:
+             defer: list[Call] | None = None, tally: Tally | None = None) -> bool:
         """The status change to a terminal state and all its bookkeeping, one atomic step.
         before/after: commands replayed before/after the bookkeeping (a finish's last result pushes,
-        a worker's own hash); defer: see transition."""
-        then = [*packed(before), *self.terminal_commands(rec, to, run_s, event), *packed(after)]
+        a worker's own hash); defer: see transition; tally: see terminal_commands."""
+        then = [*packed(before), *self.terminal_commands(rec, to, run_s, event, tally), *packed(after)]
         return self.transition(rec.id, from_, to, fields, then=then, defer=defer) is not None
 
     def finish(self, rec: JobRecord, fields: dict[str, Any], run_s: float, event: dict[str, Any],
                pushes: Sequence[Sequence[Any]] = (), then: Sequence[Sequence[Any]] = (),
-               from_: Sequence[JobStatus] = (STARTED,), defer: list[Call] | None = None) -> bool:
+               from_: Sequence[JobStatus] = (STARTED,), defer: list[Call] | None = None,
+               tally: Tally | None = None) -> bool:
         """STARTED -> FINISHED with the result's last pushes, the cache entry's expiry, counters and event,
         and the result's bytes in its client's storage count (jobs.store.quota; a split job's part is not
-        counted: its whole job's result is). defer: see transition."""
+        counted: its whole job's result is). defer: see transition; tally: see terminal_commands."""
         meta = orjson.loads(fields["result_meta"]) if fields.get("result_meta") else {}
         stored = [] if rec.extra.get("parent") else count_commands(
             rec.extra.get("client"), rec.id, int(meta.get("bytes") or meta.get("json_bytes") or 0))
         return self._end(rec, from_, FINISHED, fields, run_s, event, before=pushes, after=[*then, *stored],
-                         defer=defer)
+                         defer=defer, tally=tally)
 
     def fail(self, rec: JobRecord, error: dict[str, Any], run_ms: str | None = None,
              from_: Sequence[JobStatus] = (STARTED,)) -> bool:
@@ -315,9 +324,10 @@ class Lifecycle:
         return self._end(rec, from_, CANCELED, fields, before=before)
 
     def terminal_commands(self, rec: JobRecord, status: JobStatus, run_s: float | None = None,
-                          event: dict[str, Any] | None = None) -> list[Any]:
+                          event: dict[str, Any] | None = None, tally: Tally | None = None) -> list[Any]:
         """A terminal state's bookkeeping as packed commands: cache entry, expiry, counters, event.
-        event: extra fields of the ending's event (see JobService.wait_until)."""
+        event: extra fields of the ending's event (see JobService.wait_until); tally: the statistics'
+        increments go there instead, to be written once for a chain of runs (see Tally)."""
         ttl = self.settings.result_ttl
         if status is FINISHED:
             cache_cmd = self.cache.refresh_command(rec.cache_key, rec.id, ttl)
@@ -335,18 +345,19 @@ class Lifecycle:
                 pipe.expire(key, ttl)
         pipe.zrem(RUNNING_KEY, rec.id)
         pipe.extend(ended_commands(client_of(rec), rec.rq_id))
-        pipe.hincrby(QUEUE_STATS_KEY.format(name=rec.queue), status.value, 1)
-        pipe.hincrby(TYPE_STATS_KEY.format(type=rec.type), status.value, 1)
+        stats: Commands | Tally = pipe if tally is None else tally
+        stats.hincrby(QUEUE_STATS_KEY.format(name=rec.queue), status.value, 1)
+        stats.hincrby(TYPE_STATS_KEY.format(type=rec.type), status.value, 1)
         if status is FINISHED:  # the operations page's "finished per minute" (2 commands, O(1))
             minute_key = FINISHED_MINUTE_KEY.format(minute=int(time.time() // 60))
-            pipe.incrby(minute_key, 1)
-            pipe.expire(minute_key, FINISHED_MINUTE_TTL)
+            stats.incrby(minute_key, 1)
+            stats.expire(minute_key, FINISHED_MINUTE_TTL)
         if run_s is not None:  # a run that ended in a worker: kept in Redis so every host's runs add up
             key = JOB_DURATION_KEY.format(type=rec.type)
             bucket = next((repr(b) for b in DURATION_BUCKETS if run_s <= b), "+Inf")
-            pipe.hincrby(key, bucket, 1)
-            pipe.hincrby(key, "count", 1)
-            pipe.hincrbyfloat(key, "sum", run_s)
+            stats.hincrby(key, bucket, 1)
+            stats.hincrby(key, "count", 1)
+            stats.hincrbyfloat(key, "sum", run_s)
         count_live(pipe, rec, -1)
         publish(pipe, rec.id, status.value, extra=event)
         return packed([cache_cmd, *recorded(pipe)])

@@ -17,6 +17,7 @@ from rq.worker import Worker
 from jobs.compat.rq import INLINE, InlineDequeue, QuietState
 from jobs.store.keys import JOB_CONTROL_KEY, PREFIX
 from jobs.store.queues import RUNNER, JsonJob, JsonQueue
+from jobs.store.scripts import Tally
 from jobs.types.spec import FAST_QUEUE
 
 #: RQ's list of the fast queue.
@@ -142,43 +143,52 @@ class CrunchWorker(QuietState, Worker):
 
         runs = [job, *job.more]
         # Several runs: each run's finish is held back and sent with the next run's start (one round trip
-        # per run instead of two); the last one's goes on its own.
+        # per run instead of two), their counters are written once (Tally), and rq's view of this worker
+        # goes idle only after the last; the last finish goes on its own.
         chain: list[Any] | None = [] if job.more else None
+        tally = Tally() if job.more else None
         try:
             while runs and not self._stopping:
-                self._run_inline(runs.pop(0), chain=chain)
+                run = runs.pop(0)
+                self._run_inline(run, chain=chain, tally=tally, last=not runs)
         finally:
             life = _lifecycle(self.connection)
             try:
-                if chain:
-                    life.flush(chain)
+                if chain or tally:
+                    life.flush(chain or [], tally)
                 if runs:  # shutting down (or a BaseException): the runs not started go back to their lines
                     life.undispatch([r.id for r in runs])
             except Exception:  # the reaper recovers both (heal_dispatch, the heartbeat check)
                 log.warning("could not send the last finish or give back %d taken runs", len(runs), exc_info=True)
 
-    def _run_inline(self, run: InlineRun, beside_horse: bool = False, chain: list[Any] | None = None) -> None:
+    def _run_inline(self, run: InlineRun, beside_horse: bool = False, chain: list[Any] | None = None,
+                    tally: Tally | None = None, last: bool = True) -> None:
         """A fast-queue run of jobs.worker.runner without rq's per-job records (execution, registries, result):
         Crunch's job hash already holds all of it, and this is two round trips instead of eight. The type's
         timeout still applies; the RQ job hash goes in the finish's own atomic step. beside_horse: run while
-        this worker's horse runs a long job (wait_for_horse), so rq's view of the worker stays the horse's. chain:
-        see jobs.worker.runner.run."""
+        this worker's horse runs a long job (wait_for_horse), so rq's view of the worker stays the horse's. chain,
+        tally: see jobs.worker.runner.run; last: whether rq's view of the worker goes idle after this run (a
+        run followed by another of the same take leaves it busy, the next start naming its own run)."""
         from jobs.worker.runner import run as run_job
 
         rq_key = JsonJob.key_for(run.id)
         self._inline_job_id = run.crunch_id
         state = self.hold_busy()
         # rq's view of this worker (state, current job) changes inside the start's and finish's own steps.
-        idle = [] if beside_horse else self.idle_commands(state)
+        idle = [] if beside_horse or not last else self.idle_commands(state)
+        counted = self.count_commands(True) if tally is None else []
         finished = False
         try:
             out = run_job(self.connection, run.crunch_id, run.id, self.name,
                           start_then=[] if beside_horse else self.start_commands(run.id),
-                          finish_then=[("DEL", rq_key), *self.count_commands(True), *idle],
+                          finish_then=[("DEL", rq_key), *counted, *idle],
                           time_limit=lambda seconds: self.death_penalty_class(seconds, JobTimeoutException,
                                                                              job_id=run.id),
-                          chain=chain)
+                          chain=chain, tally=tally)
             finished = bool(out) and out.get("status") == "finished"
+            if finished and tally is not None:
+                for cmd in self.count_commands(True):
+                    tally.add(*cmd)
         except Exception:  # noqa: BLE001 - the runner recorded the failure on the job (status, error) and logged it
             with self.connection.pipeline(transaction=False) as pipe:
                 for cmd in self.count_commands(False):

@@ -45,7 +45,7 @@ from jobs.store.lifecycle import Lifecycle
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import request_cache_for
 from jobs.store.results import RedisResultWriter, RedisScratch
-from jobs.store.scripts import Call, Commands
+from jobs.store.scripts import Call, Commands, Tally
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES
 
@@ -268,20 +268,23 @@ def execute(job_id: str) -> dict[str, Any] | None:
 def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequence[Sequence[Any]] = (),
         finish_then: Sequence[Sequence[Any]] = (),
         time_limit: Callable[[int], AbstractContextManager[Any]] | None = None,
-        chain: list[Call] | None = None, dispatched: bool = True) -> dict[str, Any] | None:
+        chain: list[Call] | None = None, tally: Tally | None = None,
+        dispatched: bool = True) -> dict[str, Any] | None:
     """Run one RQ run (rq_id) of a Crunch job. start_then / finish_then: commands that ride along with
     taking STARTED / a successful finish (a worker running the job inline keeps RQ's view of itself
     there, and drops RQ's job hash at the end); time_limit(seconds): a guard enforcing the type's
     timeout around the kernel, for callers that run it outside rq's own. chain: a worker running several
     fast runs in a row: the steps held back there (the previous run's finish) go with this run's start,
-    and this run's finish is held back there in turn (the caller flushes it, Lifecycle.flush).
+    and this run's finish is held back there in turn (the caller flushes it, Lifecycle.flush); tally: that
+    chain's statistics, written once at its end (jobs.store.scripts.Tally).
     dispatched=False: rq popped the run itself (jobs.compat.rq inactive: another rq version), so the fair
     dispatch never took it off its lane; the start does (Lifecycle.undispatched_start)."""
     life = _lifecycle(conn)
     started = time.time()
     # Fresh runs (no checkpoint, no control request) take STARTED in the same round trip as the read.
     reset = Commands()
-    reset.delete(RESULT_CHUNKS_KEY.format(id=job_id), RESULT_COUNTS_KEY.format(id=job_id))
+    if not rq_id.endswith("-1"):  # a job's first run has no output before it (a retry is a later run)
+        reset.delete(RESULT_CHUNKS_KEY.format(id=job_id), RESULT_COUNTS_KEY.format(id=job_id))
     begun = life.start(job_id, rq_id, worker, started, reset, then=start_then, after=chain)
     # The job's fields as this run leaves them, so the finish event can carry them (see _finish_event).
     known = begun.fields
@@ -348,7 +351,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         event = _finish_event({**known, **fields, "status": JobStatus.FINISHED.value}, meta, pushes,
                               ctx.output.chunks_key)
         life.finish(rec, fields, float(fields["run_ms"]) / 1000, event, pushes=pushes, then=finish_then,
-                    defer=None if rec.extra.get("parent") else chain)
+                    defer=None if rec.extra.get("parent") else chain, tally=tally)
         _settle_parent(life, rec)
         # A fast job's success is a DEBUG line: at a thousand a second, INFO lines would be most of the log
         # and a tenth of the worker's CPU (the web's request line already names the job).
