@@ -17,6 +17,7 @@ from typing import Any
 
 import gmpy2
 import pytest
+from redis import Redis
 from requests.adapters import HTTPAdapter
 
 from infra.processes import ROOT, Api, Web
@@ -354,6 +355,78 @@ def test_buttons_stay_the_same_elements_while_a_split_job_moves_between_parts(we
         other.post(f"/api/v1/jobs/{blocker}/cancel")
         if jid:
             api.post(f"/api/v1/jobs/{jid}/cancel")
+
+
+@pytest.fixture
+def hand_moved(redis_url: str, log_dir: Path) -> Iterator[tuple[Web, Any]]:
+    """A web on a database no worker serves, splitting even a small count, and an app on the same database
+    whose service moves the parts by hand (each step publishes the whole job's event, as a worker does)."""
+    from jobs.settings import Settings
+    from rest import create_app
+
+    url = f"{redis_url.rpartition('/')[0]}/15"
+    conn = Redis.from_url(url)
+    conn.flushdb()
+    w = Web(url, log_dir, FANOUT_MIN_SECONDS=0.001, WEB_PROCESSES=1)
+    w.log_path = log_dir / "web-browser-split.log"
+    w.start()
+    try:
+        yield w, create_app(settings=Settings(redis_url=url, fanout_min_seconds=0.001))
+    finally:
+        w.stop()
+        conn.flushdb()
+
+
+def test_the_page_holds_started_between_two_parts_and_shows_queued_when_no_part_follows(
+        hand_moved: tuple[Web, Any], page: Any) -> None:
+    """job.js's side of presenting.shown(): a `queued` between two parts stays `started` on the page; only
+    a `queued` that lasts (no part follows, e.g. a shutdown sent them back) shows, after the hold."""
+    from jobs.store.events import publish
+    from jobs.store.status import JobStatus
+    from rest.extensions import service
+
+    ex = expect()
+    web, app = hand_moved
+    lo = rng.randrange(10**9, 10**11)
+    page.goto(f"{web.url}/primes?start={lo}&end={lo + 5 * 10**8}&output=count")
+    page.wait_for_url(JOB_PATH)
+    jid = job_id(page)
+    hold = int(page.locator("#job").get_attribute("data-between-parts-ms"))
+    page.evaluate(WATCH_PAGE)
+    wait_js(page, "window.crunchJobPage.live === 'events'")
+    with app.app_context():
+        svc = service()
+        first, second = [p.id for p in svc.fanout.parts(svc.get(jid))][:2]
+
+        def part(pid: str, from_: JobStatus, to: JobStatus, field: str) -> None:
+            assert svc.life.transition(pid, (from_,), to, {field: repr(time.time())})
+            publish(svc.conn, jid, "started", kind="progress")  # a part's progress wakes the page's stream
+
+        part(first, JobStatus.QUEUED, JobStatus.STARTED, "started_at")
+        svc.fanout.started(jid)
+        ex(page.locator("#job-status")).to_have_text("started")
+        part(first, JobStatus.STARTED, JobStatus.FINISHED, "ended_at")  # the API reads `queued` now
+        wait_js(page, "window.crunchJobPage.apiStatus === 'queued'")
+        assert page.evaluate("[window.crunchJobPage.held, window.crunchJobPage.status]") == [1, "started"]
+        part(second, JobStatus.QUEUED, JobStatus.STARTED, "started_at")  # the next part, within the hold
+        wait_js(page, "window.crunchJobPage.apiStatus === 'started'")
+        time.sleep(hold / 1000 + 1)
+        ex(page.locator("#job-status")).to_have_text("started", timeout=1)  # the hold ended with the flip
+
+        part(second, JobStatus.STARTED, JobStatus.FINISHED, "ended_at")  # and no part follows this time
+        wait_js(page, "window.crunchJobPage.held === 2")
+        held_at = time.monotonic()
+        ex(page.locator("#job-status")).to_have_text("queued", timeout=hold + 20_000)
+        assert time.monotonic() - held_at > hold / 1000 - 1, "shown once the hold is over, not before"
+    badge = page.evaluate("window.__shown")
+    assert [b for i, b in enumerate(badge) if i == 0 or b != badge[i - 1]] == ["queued", "started", "queued"]
+    ex(page.locator("#job-run")).to_have_count(0)  # the details followed: no "Running ..." line
+    assert page.evaluate(TAGS) == [["pause", "pause"], ["cancel", "cancel"], ["delete", "delete"]]
+    state = page.evaluate("window.crunchJobPage")
+    assert state["fragments"] >= 2 and state["actionsKept"] == state["fragments"], state
+    page.click("form[data-action=cancel] button")
+    ex(page.locator("#job-status")).to_have_text("canceled")
+    ex(page.locator("#flash")).to_have_text("Job canceled.")
 
 
 def test_without_javascript_the_page_refreshes_itself_and_the_buttons_still_work(
