@@ -17,10 +17,11 @@ from rest.extensions import service
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 #: How long after one of its parts ended a split job that reads `queued` is still shown as running.
-#: A worker moves from one part to the next in 47 ms (median of 13 gaps, 68 ms at most, one 2e11-wide
-#: count on the idle test machine; tests/test_browser.py's flip test) and 0.1-0.6 s on a busy one
-#: (README "Wide jobs"); 5 s covers that tenfold, yet a job that a worker's shutdown sent back still
-#: reads `queued` on its page within seconds.
+#: A worker moves from one part to the next in 47 ms (median of the 13 gaps between its parts'
+#: ended_at and started_at, 68 ms at most, in one 2e11-wide count on the idle 2-CPU test machine; the
+#: API read `queued` for 0.04-0.11 s per gap in tests/test_browser.py's flip test) and 0.1-0.6 s on a
+#: busy one (README "Wide jobs"); 5 s covers that many times over, yet a job that a worker's shutdown
+#: sent back still reads `queued` on its page within seconds.
 BETWEEN_PARTS_SECONDS = 5.0
 
 
