@@ -269,3 +269,66 @@ def test_a_requeued_run_whose_queue_entry_was_lost_still_runs(api: Api, workers,
     done = api.wait_done(job["id"], timeout=200)
     assert done["status"] == "finished", done
     assert done["result"]["count"] == count_primes(body["start"], body["end"])
+
+
+def test_a_run_from_before_a_retry_never_moves_the_retried_job(redis_url: str) -> None:
+    """The run fence (jobs.store.lifecycle): a run the web canceled before it reached a checkpoint (a run held
+    in a long step), then retried and started again on a new run, still ends as the runner would end it. None
+    of its endings may move the job, which stays the new run's, and its next look at the job stops it
+    ("superseded"). Before the fence, its late cancel ended the retried job. In-process, on a database and a
+    queue no worker serves."""
+    import uuid
+
+    from jobs.context import Stop
+    from jobs.settings import Settings
+    from jobs.store.keys import JOB_CONTROL_KEY, JOB_KEY
+    from jobs.store.lifecycle import Lifecycle
+    from jobs.store.queues import JsonQueue
+    from jobs.store.record import JobRecord
+    from jobs.store.request_cache import request_cache_for
+    from jobs.store.scripts import Commands
+    from jobs.store.status import JobStatus
+    from jobs.worker.runner import RedisContext, _stopped
+
+    conn = Redis.from_url(f"{redis_url.rpartition('/')[0]}/8")
+    conn.flushdb()
+    life = Lifecycle(conn, request_cache_for(conn), Settings(),
+                     queue_factory=lambda name: JsonQueue(f"fence-{name}", connection=conn))
+    job_id = uuid.uuid4().hex
+    rec = JobRecord(id=job_id, type="primes", params={"start": 0, "end": 10**6, "output": "count"}, queue="fence",
+                    cache_key=f"fence:{job_id}", pausable=True, created_at=time.time(), runs=1, rq_id=f"{job_id}-1")
+
+    def begin(run: str) -> JobRecord:
+        got = life.start(job_id, run, f"worker-of-{run}", time.time(), Commands())
+        assert got.took, got
+        return JobRecord.from_fields(got.fields)
+
+    def stored() -> JobRecord:
+        return JobRecord.from_hash(conn.hgetall(JOB_KEY.format(id=job_id)))
+
+    try:
+        assert life.claim(life.cache.full_key(rec.cache_key), rec)
+        old = begin(rec.rq_id)
+        conn.set(JOB_CONTROL_KEY.format(id=job_id), "cancel")  # read by the old run, which is slow to act on it
+        assert life.cancel(old, (JobStatus.STARTED,))  # the web's own cancel of a run that did not stop in time
+        assert life.retry(stored())
+        new = begin(f"{job_id}-2")
+        ctx = RedisContext(life, old)
+        for reason in ("cancel", "pause"):  # it stops on what it read before the retry: a cancel (or a pause)
+            ctx.stop_reason = reason
+            _stopped(life, old, ctx, "5.0")
+            assert stored().status is JobStatus.STARTED, reason
+        assert not life.fail(old, {"type": "Boom", "message": "late"}, "5.0", runs=old.runs)
+        assert not life.finish(old, {"ended_at": repr(time.time())}, 0.005, {}, runs=old.runs)
+        now = stored()
+        assert (now.status, now.rq_id, now.error) == (JobStatus.STARTED, new.rq_id, None)
+        assert now.worker == f"worker-of-{new.rq_id}"
+        ctx.stop_reason, ctx._last_control = None, 0.0  # had it read nothing, its next checkpoint looks
+        with pytest.raises(Stop):
+            ctx.checkpoint()
+        assert ctx.stop_reason == "superseded"
+        assert _stopped(life, old, ctx, "5.0")["status"] == "superseded" and stored().status is JobStatus.STARTED
+        assert life.finish(new, {"ended_at": repr(time.time())}, 0.005, {}, runs=new.runs)  # its own run ends it
+        assert stored().status is JobStatus.FINISHED
+    finally:
+        conn.flushdb()

@@ -12,6 +12,10 @@ bookkeeping (cache entry, expiry, counters, rq's queue, the event), so a cancel 
 finish in a worker can race without either clobbering the other, and no crash leaves a half-written
 ending. There is one way to end a job: `_end` (finish, fail, cancel and recover's give-up all use it).
 The web (jobs.service.JobService) and the worker (jobs.worker.runner) both call these operations.
+
+A run moves its job only while it is the job's current run (the runner passes its `runs` to each step):
+a run can outlive its turn (a cancel ends the job before the run reaches a checkpoint, a frozen worker's
+job is recovered on a new run), and its late ending must not end the job's next run (say, after a retry).
 """
 
 from __future__ import annotations
@@ -272,7 +276,7 @@ class Lifecycle:
         cmds.zadd(RUNNING_KEY, {rec.id: time.time() + self.settings.heartbeat_timeout})
         publish(cmds, rec.id, STARTED.value)
         return self.transition(rec.id, (QUEUED,), STARTED, fields,
-                               then=[*packed(recorded(cmds)), *packed(then)]) is not None
+                               then=[*packed(recorded(cmds)), *packed(then)], runs=rec.runs) is not None
 
     def checkpoint(self, job_id: str, state: dict[str, Any] | None, output: dict[str, Any]) -> None:
         """Save kernel state with the output position it matches; None means restart from zero."""
@@ -287,17 +291,18 @@ class Lifecycle:
     def _end(self, rec: JobRecord, from_: Sequence[JobStatus], to: JobStatus, fields: dict[str, Any],
              run_s: float | None = None, event: dict[str, Any] | None = None,
              before: Sequence[Sequence[Any]] = (), after: Sequence[Sequence[Any]] = (),
-             defer: list[Call] | None = None, tally: Tally | None = None) -> bool:
+             defer: list[Call] | None = None, tally: Tally | None = None, runs: int | None = None) -> bool:
         """The status change to a terminal state and all its bookkeeping, one atomic step.
         before/after: commands replayed before/after the bookkeeping (a finish's last result pushes,
-        a worker's own hash); defer: see transition; tally: see terminal_commands."""
+        a worker's own hash); defer, runs: see transition (a run's own ending passes its run's number);
+        tally: see terminal_commands."""
         then = [*packed(before), *self.terminal_commands(rec, to, run_s, event, tally), *packed(after)]
-        return self.transition(rec.id, from_, to, fields, then=then, defer=defer) is not None
+        return self.transition(rec.id, from_, to, fields, then=then, runs=runs, defer=defer) is not None
 
     def finish(self, rec: JobRecord, fields: dict[str, Any], run_s: float, event: dict[str, Any],
                pushes: Sequence[Sequence[Any]] = (), then: Sequence[Sequence[Any]] = (),
                from_: Sequence[JobStatus] = (STARTED,), defer: list[Call] | None = None,
-               tally: Tally | None = None) -> bool:
+               tally: Tally | None = None, runs: int | None = None) -> bool:
         """STARTED -> FINISHED with the result's last pushes, the cache entry's expiry, counters and event,
         and the result's bytes in its client's storage count (jobs.store.quota; a split job's part is not
         counted: its whole job's result is). defer: see transition; tally: see terminal_commands."""
@@ -305,23 +310,25 @@ class Lifecycle:
         stored = [] if rec.extra.get("parent") else count_commands(
             rec.extra.get("client"), rec.id, int(meta.get("bytes") or meta.get("json_bytes") or 0))
         return self._end(rec, from_, FINISHED, fields, run_s, event, before=pushes, after=[*then, *stored],
-                         defer=defer, tally=tally)
+                         defer=defer, tally=tally, runs=runs)
 
     def fail(self, rec: JobRecord, error: dict[str, Any], run_ms: str | None = None,
-             from_: Sequence[JobStatus] = (STARTED,)) -> bool:
-        """-> FAILED with the error; the cache forgets the request (a failure is never served from it)."""
+             from_: Sequence[JobStatus] = (STARTED,), runs: int | None = None) -> bool:
+        """-> FAILED with the error; the cache forgets the request (a failure is never served from it).
+        runs: a run's own ending, only while it is the job's current run (see transition)."""
         fields = {"error": orjson.dumps(error).decode(), "ended_at": repr(time.time())}
         if run_ms is not None:
             fields["run_ms"] = run_ms
-        return self._end(rec, from_, FAILED, fields, None if run_ms is None else float(run_ms) / 1000)
+        return self._end(rec, from_, FAILED, fields, None if run_ms is None else float(run_ms) / 1000, runs=runs)
 
-    def cancel(self, rec: JobRecord, from_: Sequence[JobStatus], run_ms: str | None = None) -> bool:
-        """-> CANCELED. A queued run is taken off its rq queue in the same step."""
+    def cancel(self, rec: JobRecord, from_: Sequence[JobStatus], run_ms: str | None = None,
+               runs: int | None = None) -> bool:
+        """-> CANCELED. A queued run is taken off its rq queue in the same step. runs: see fail."""
         fields = {"ended_at": repr(time.time())}
         if run_ms is not None:
             fields["run_ms"] = run_ms
         before = self._unqueue_commands(rec) if QUEUED in from_ else []
-        return self._end(rec, from_, CANCELED, fields, before=before)
+        return self._end(rec, from_, CANCELED, fields, before=before, runs=runs)
 
     def terminal_commands(self, rec: JobRecord, status: JobStatus, run_s: float | None = None,
                           event: dict[str, Any] | None = None, tally: Tally | None = None) -> list[Any]:
@@ -364,8 +371,10 @@ class Lifecycle:
 
     # -- pause, resume, requeue, retry, recover ------------------------------------------
 
-    def pause(self, rec: JobRecord, from_: Sequence[JobStatus], run_ms: str | None = None) -> bool:
-        """-> PAUSED; a queued run leaves its rq queue, the control request is dropped, in one step."""
+    def pause(self, rec: JobRecord, from_: Sequence[JobStatus], run_ms: str | None = None,
+              runs: int | None = None) -> bool:
+        """-> PAUSED; a queued run leaves its rq queue, the control request is dropped, in one step.
+        runs: see fail."""
         pipe = Commands()
         if QUEUED in from_:
             pipe.extend(self._unqueue_commands(rec))
@@ -378,7 +387,7 @@ class Lifecycle:
             pipe.expire(key, self.settings.paused_ttl + PAUSED_GRACE)
         publish(pipe, rec.id, PAUSED.value)
         fields = {"run_ms": run_ms} if run_ms is not None else {}
-        return self.transition(rec.id, from_, PAUSED, fields, then=packed(recorded(pipe))) is not None
+        return self.transition(rec.id, from_, PAUSED, fields, then=packed(recorded(pipe)), runs=runs) is not None
 
     def resume(self, rec: JobRecord) -> bool:
         """PAUSED -> QUEUED on a new run."""

@@ -180,10 +180,14 @@ class RedisContext:
         self._last_control = now
         pipe = self.conn.pipeline(transaction=False)
         pipe.get(JOB_CONTROL_KEY.format(id=self.job_id))
-        pipe.hget(JOB_KEY.format(id=self.job_id), "status")
-        control, status = pipe.execute()
+        pipe.hmget(JOB_KEY.format(id=self.job_id), "status", "rq_id")
+        control, (status, current) = pipe.execute()
         if status is None:
             self.stop_reason = "deleted"
+        elif current is not None and current.decode() != self.rec.rq_id:
+            # The job moved on to another run (retried or recovered while this one still ran): stop
+            # without a word; the job, its control request and its checkpoint are that run's now.
+            self.stop_reason = "superseded"
         elif JobStatus(status.decode()).terminal:
             # Ended by someone else (the web cancels a run that did not stop within its wait, and that
             # also deletes the control key): stop as for a cancel, which drops the scratch lists.
@@ -298,9 +302,9 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         # A control request for a job the queue still held: honour it without running.
         log.info("job %s %s before it ran request_id=%s", job_id, begun.control.decode(), _rid(rec))
         if begun.control == b"cancel":
-            life.cancel(rec, (JobStatus.QUEUED,))
+            life.cancel(rec, (JobStatus.QUEUED,), runs=rec.runs)
         else:
-            life.pause(rec, (JobStatus.QUEUED,))
+            life.pause(rec, (JobStatus.QUEUED,), runs=rec.runs)
         _settle_parent(life, rec)  # a part: its whole job follows now, not at the reaper's next sweep
         return None
     ctx = RedisContext(life, rec, checkpoint=begun.checkpoint, reset_output=False)
@@ -350,8 +354,9 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         # The result's last pushes, the state, the cache entry, counters and event: one atomic step.
         event = _finish_event({**known, **fields, "status": JobStatus.FINISHED.value}, meta, pushes,
                               ctx.output.chunks_key)
+        # runs: only while this run is the job's current one (jobs.store.lifecycle), as every step below.
         life.finish(rec, fields, float(fields["run_ms"]) / 1000, event, pushes=pushes, then=finish_then,
-                    defer=None if rec.extra.get("parent") else chain, tally=tally)
+                    defer=None if rec.extra.get("parent") else chain, tally=tally, runs=rec.runs)
         _settle_parent(life, rec)
         # A fast job's success is a DEBUG line: at a thousand a second, INFO lines would be most of the log
         # and a tenth of the worker's CPU (the web's request line already names the job).
@@ -364,7 +369,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
         error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
         log.error("job %s failed request_id=%s: %s", job_id, _rid(rec), "".join(traceback.format_exception(exc)))
         _drop_scratch(ctx)
-        life.fail(rec, error, run_ms())
+        life.fail(rec, error, run_ms(), runs=rec.runs)
         _settle_parent(life, rec)
         raise
     finally:
@@ -422,6 +427,8 @@ def _stopped(life: Lifecycle, rec: JobRecord, ctx: RedisContext, run_ms: str) ->
     """Leave the job in the state its stop reason asks for."""
     conn, job_id, reason = life.conn, rec.id, ctx.stop_reason
     log.info("job %s stopped (%s) request_id=%s", job_id, reason, _rid(rec))
+    if reason == "superseded":  # nothing is this run's to move any more (RedisContext._poll_control)
+        return {"job": job_id, "status": "superseded"}
     if reason in ("deleted", "cancel"):
         _drop_scratch(ctx)
     if reason == "deleted":  # nothing left to move: the web deleted the record
@@ -430,11 +437,11 @@ def _stopped(life: Lifecycle, rec: JobRecord, ctx: RedisContext, run_ms: str) ->
         conn.zrem(CLIENT_RUNNING_KEY.format(client=client_of(rec)), rec.rq_id)
         return {"job": job_id, "status": "deleted"}
     if reason == "cancel":
-        life.cancel(rec, (JobStatus.STARTED,), run_ms)
+        life.cancel(rec, (JobStatus.STARTED,), run_ms, runs=rec.runs)
         _settle_parent(life, rec)
         return {"job": job_id, "status": "canceled"}
     if reason == "pause":
-        life.pause(rec, (JobStatus.STARTED,), run_ms)
+        life.pause(rec, (JobStatus.STARTED,), run_ms, runs=rec.runs)
         _settle_parent(life, rec)
         return {"job": job_id, "status": "paused"}
     if reason == "preempt":  # another client's work waits: continue from the checkpoint on a later run
@@ -458,4 +465,4 @@ def on_rq_failure(job: Any, connection: Redis, exc_type: Any, value: Any, tb: An
     name = getattr(exc_type, "__name__", str(exc_type))
     error = {"type": name, "message": str(value) or "the work horse ended unexpectedly"}
     log.error("job %s failed: %s: %s request_id=%s", job_id, name, error["message"], _rid(rec))
-    life.fail(rec, error)
+    life.fail(rec, error, runs=rec.runs)
