@@ -390,8 +390,9 @@ class JobService:
         if rec.status is JobStatus.STARTED and rec.queue != FAST_QUEUE and rec.rq_id:
             # ...and if a long uncheckpointed step holds it, end the job here and kill the work horse. The
             # state goes first: the worker's main process drops the job's scratch lists once the horse is
-            # gone only if it finds the job ended (jobs.worker.runner.drop_scratch_after_horse).
-            if self.life.cancel(rec, (JobStatus.STARTED,)):
+            # gone only if it finds the job ended (jobs.worker.runner.drop_scratch_after_horse). Only the run
+            # it saw held (runs): had that run stopped and the job been retried meanwhile, the new run is not it.
+            if self.life.cancel(rec, (JobStatus.STARTED,), runs=rec.runs):
                 try:
                     send_stop_job_command(self.conn, rec.rq_id)
                 except Exception:  # noqa: BLE001 - the horse may have just finished
