@@ -332,3 +332,50 @@ def test_a_run_from_before_a_retry_never_moves_the_retried_job(redis_url: str) -
         assert stored().status is JobStatus.FINISHED
     finally:
         conn.flushdb()
+
+
+def test_a_take_started_in_one_step_runs_each_run_as_its_own_start_would(redis_url: str) -> None:
+    """A worker starts its take of fast runs in one round trip (jobs.worker.runner.begin_take) and runs each
+    with what its start read: a fresh run is taken and finished, a run whose job has a cancel waiting is
+    canceled without running, a deleted job's run is skipped; the finishes, held back, go out together
+    with the take's counters. In-process, on a database and a queue no worker serves."""
+    import uuid
+
+    from jobs.settings import Settings
+    from jobs.store.keys import JOB_CONTROL_KEY, JOB_KEY, TYPE_STATS_KEY
+    from jobs.store.lifecycle import Lifecycle
+    from jobs.store.queues import JsonQueue
+    from jobs.store.record import JobRecord
+    from jobs.store.request_cache import request_cache_for
+    from jobs.store.scripts import Tally
+    from jobs.worker.runner import _lifecycle, begin_take, run
+
+    conn = Redis.from_url(f"{redis_url.rpartition('/')[0]}/8")
+    conn.flushdb()
+    life = Lifecycle(conn, request_cache_for(conn), Settings(),
+                     queue_factory=lambda name: JsonQueue(f"take-{name}", connection=conn))
+    recs = []
+    for n in (10, 11, 12):
+        job_id = uuid.uuid4().hex
+        recs.append(JobRecord(id=job_id, type="fibonacci", params={"n": n}, queue="fast", cache_key=f"take:{job_id}",
+                              pausable=False, created_at=time.time(), runs=1, rq_id=f"{job_id}-1"))
+        assert life.claim(life.cache.full_key(recs[-1].cache_key), recs[-1])
+    conn.set(JOB_CONTROL_KEY.format(id=recs[1].id), "cancel")
+    conn.delete(JOB_KEY.format(id=recs[2].id))
+    try:
+        begun = begin_take(conn, [(r.id, r.rq_id, []) for r in recs], "w")
+        assert [b.took for b in begun] == [True, False, False] and begun[2].fields == {}
+        status = lambda r: JobRecord.from_hash(conn.hgetall(JOB_KEY.format(id=r.id))).status.value  # noqa: E731
+        assert status(recs[0]) == "started" and status(recs[1]) == "queued"
+        chain, tally = [], Tally()
+        outs = [run(conn, r.id, r.rq_id, "w", chain=chain, tally=tally, begun=b)
+                for r, b in zip(recs, begun, strict=True)]
+        assert outs == [{"job": recs[0].id, "status": "finished"}, None, None]
+        assert status(recs[0]) == "started" and len(chain) == 1  # the finish is held back...
+        _lifecycle(conn).flush(chain, tally)  # ...and sent with the counters
+        assert status(recs[0]) == "finished" and status(recs[1]) == "canceled"
+        assert conn.hget(TYPE_STATS_KEY.format(type="fibonacci"), "finished") == b"1"
+        started_at = float(conn.hget(JOB_KEY.format(id=recs[0].id), "started_at"))
+        assert started_at == begun[0].started
+    finally:
+        conn.flushdb()

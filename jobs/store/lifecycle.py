@@ -124,6 +124,8 @@ class Begun:
     checkpoint: bytes | None
     #: Whether the start took STARTED (a fresh run); else the caller decides (see Lifecycle.start).
     took: bool
+    #: The time the start wrote as started_at (epoch seconds).
+    started: float = 0.0
 
 
 class Lifecycle:
@@ -255,18 +257,31 @@ class Lifecycle:
         no checkpoint), take STARTED with `reset` and `then` replayed: one round trip (BEGIN_LUA).
         A run that is not fresh (resumed or recovered) then calls start_resumed. after: steps held back
         (the previous run's finish, see transition) that go first in the same round trip."""
+        script, keys, args = self.start_call(job_id, rq_id, worker, started, reset, then)
+        reply = script.after(after, keys, args) if after else script(keys=keys, args=args)
+        return self.begun(reply, started)
+
+    def start_call(self, job_id: str, rq_id: str, worker: str, started: float, reset: Commands,
+                   then: Sequence[Sequence[Any]] = ()) -> Call:
+        """start's step as a call to send later (start_many)."""
         cmds = Commands()
         cmds.extend(reset.commands)
         cmds.zadd(RUNNING_KEY, {job_id: started + self.settings.heartbeat_timeout})
         publish(cmds, job_id, STARTED.value)
         keys = [JOB_KEY.format(id=job_id), JOB_CONTROL_KEY.format(id=job_id), JOB_CHECKPOINT_KEY.format(id=job_id)]
-        args = [rq_id, worker, repr(started), *packed(recorded(cmds)), *packed(then)]
-        if after:
-            flat, control, checkpoint, took = self._begin.after(after, keys, args)
-        else:
-            flat, control, checkpoint, took = self._begin(keys=keys, args=args)
+        return self._begin, keys, [rq_id, worker, repr(started), *packed(recorded(cmds)), *packed(then)]
+
+    @staticmethod
+    def begun(reply: Any, started: float) -> Begun:
+        """What a start's step answered."""
+        flat, control, checkpoint, took = reply
         fields = {k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
-        return Begun(fields, control, checkpoint, bool(took))
+        return Begun(fields, control, checkpoint, bool(took), started)
+
+    def start_many(self, calls: Sequence[Call], started: float) -> list[Begun | Exception]:
+        """Several runs' starts (start_call) in one round trip, each its own atomic step: a worker's take of
+        fast runs (jobs.worker.rq_worker). Per run its Begun, or the error its step met."""
+        return [r if isinstance(r, Exception) else self.begun(r, started) for r in send(calls)]
 
     def start_resumed(self, rec: JobRecord, fields: dict[str, Any], reset: Commands,
                       then: Sequence[Sequence[Any]] = ()) -> bool:

@@ -42,6 +42,9 @@ HORSE_DONE_KEY = PREFIX + "worker:{name}:horse-done"
 #: A cheap job takes milliseconds, so a worker's handful delays the last of them by milliseconds too.
 #: Measured with `python -m bench --only batches` (see README "Batches and webhooks").
 FAST_TAKE = 16
+#: The longest a take holds back its runs' finishes (seconds): a cheap job's result is not kept from its
+#: client behind the rest of the take for longer than this, should a take's runs be slower than expected.
+CHAIN_HOLD = 0.02
 
 #: rq heartbeats a worker three times around every job (three round trips each) for a key that lives
 #: minutes: a heartbeat this soon after the previous one is skipped while the key's expiry covers it.
@@ -139,36 +142,49 @@ class CrunchWorker(QuietState, Worker):
         if not isinstance(job, InlineRun):
             super().execute_job(job, queue)
             return
-        from jobs.worker.runner import _lifecycle
+        if not job.more:
+            self._run_inline(job)
+            return
+        from jobs.worker.runner import _lifecycle, begin_take
 
+        # A take of several runs: their starts go in one round trip (begin_take), their finishes are held
+        # back and sent together at the end (or once CHAIN_HOLD has passed), their counters are written once
+        # (Tally), and rq's view of this worker is busy from the first start to the last finish. A take is
+        # run to its end even when a shutdown is asked for: its runs are started, and cheap.
         runs = [job, *job.more]
-        # Several runs: each run's finish is held back and sent with the next run's start (one round trip
-        # per run instead of two), their counters are written once (Tally), and rq's view of this worker
-        # goes idle only after the last; the last finish goes on its own.
-        chain: list[Any] | None = [] if job.more else None
-        tally = Tally() if job.more else None
+        begun = list(begin_take(self.connection, [(r.crunch_id, r.id, self.start_commands(r.id) if not i else [])
+                                                  for i, r in enumerate(runs)], self.name))
+        chain: list[Any] = []
+        tally = Tally()
+        life = _lifecycle(self.connection)
+        held_since = time.monotonic()
         try:
-            while runs and not self._stopping:
-                run = runs.pop(0)
-                self._run_inline(run, chain=chain, tally=tally, last=not runs)
+            while runs:
+                run, first = runs.pop(0), begun.pop(0)
+                self._run_inline(run, chain=chain, tally=tally, last=not runs, begun=first)
+                if chain and time.monotonic() - held_since > CHAIN_HOLD:
+                    life.flush(chain, tally)
+                    held_since = time.monotonic()
         finally:
-            life = _lifecycle(self.connection)
             try:
-                if chain or tally:
-                    life.flush(chain or [], tally)
-                if runs:  # shutting down (or a BaseException): the runs not started go back to their lines
-                    life.undispatch([r.id for r in runs])
+                life.flush(chain, tally)
+                if runs:  # a BaseException: started runs are re-queued now, the others go back to their lines
+                    for run, one in zip(runs, begun, strict=True):
+                        if not isinstance(one, Exception) and one.took:
+                            life.recover_run(run.crunch_id, run.id)
+                    life.undispatch([r.id for r, one in zip(runs, begun, strict=True)
+                                     if isinstance(one, Exception) or not one.took])
             except Exception:  # the reaper recovers both (heal_dispatch, the heartbeat check)
-                log.warning("could not send the last finish or give back %d taken runs", len(runs), exc_info=True)
+                log.warning("could not send the last finishes or give back %d taken runs", len(runs), exc_info=True)
 
     def _run_inline(self, run: InlineRun, beside_horse: bool = False, chain: list[Any] | None = None,
-                    tally: Tally | None = None, last: bool = True) -> None:
+                    tally: Tally | None = None, last: bool = True, begun: Any = None) -> None:
         """A fast-queue run of jobs.worker.runner without rq's per-job records (execution, registries, result):
         Crunch's job hash already holds all of it, and this is two round trips instead of eight. The type's
         timeout still applies; the RQ job hash goes in the finish's own atomic step. beside_horse: run while
         this worker's horse runs a long job (wait_for_horse), so rq's view of the worker stays the horse's. chain,
-        tally: see jobs.worker.runner.run; last: whether rq's view of the worker goes idle after this run (a
-        run followed by another of the same take leaves it busy, the next start naming its own run)."""
+        tally, begun: see jobs.worker.runner.run; last: whether rq's view of the worker goes idle after this run
+        (a run followed by another of the same take leaves it busy)."""
         from jobs.worker.runner import run as run_job
 
         rq_key = JsonJob.key_for(run.id)
@@ -184,7 +200,7 @@ class CrunchWorker(QuietState, Worker):
                           finish_then=[("DEL", rq_key), *counted, *idle],
                           time_limit=lambda seconds: self.death_penalty_class(seconds, JobTimeoutException,
                                                                              job_id=run.id),
-                          chain=chain, tally=tally)
+                          chain=chain, tally=tally, begun=begun)
             finished = bool(out) and out.get("status") == "finished"
             if finished and tally is not None:
                 for cmd in self.count_commands(True):
