@@ -436,3 +436,47 @@ def test_canceling_a_batch_stops_every_part_of_its_split_item(stack: Api) -> Non
     b = wait_for("the batch finished", lambda: (x := stack.get(f"/api/v1/batches/{batch['id']}").json())["status"]
                  == "finished" and x, 30)
     assert b["counts"]["canceled"] == 1, b
+
+
+def test_a_split_lists_copy_goes_in_bounded_steps_and_a_copy_that_lost_the_race_leaves_nothing(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parts' results are copied a few chunks per script (COPY_STEP) into the copy's own scratch lists,
+    then swapped in at once: the whole job's lists are the parts' in order, and no scratch list is left. A
+    copy that finds the whole job ended (another settle finished it) stops and drops its lists. In-process,
+    on a database no worker serves."""
+    import types
+    import uuid
+
+    from jobs.settings import Settings
+    from jobs.store import fanout
+    from jobs.store.keys import JOB_KEY, RESULT_CHUNKS_KEY, RESULT_COUNTS_KEY
+    from jobs.store.lifecycle import Lifecycle
+    from jobs.store.request_cache import request_cache_for
+
+    conn = Redis.from_url(f"{redis_url.rpartition('/')[0]}/8")
+    conn.flushdb()
+    monkeypatch.setattr(fanout, "COPY_STEP", 2)
+    fan = fanout.Fanout(Lifecycle(conn, request_cache_for(conn), Settings()))
+    whole = types.SimpleNamespace(id=uuid.uuid4().hex)
+    parts = [types.SimpleNamespace(id=uuid.uuid4().hex) for _ in range(3)]
+    sizes = (5, 0, 2)  # chunks per part: two full steps and a short one, none, one full step and an empty one
+    for p, size in zip(parts, sizes, strict=True):
+        for k in range(size):
+            conn.rpush(RESULT_CHUNKS_KEY.format(id=p.id), f"{p.id}:{k}")
+            conn.rpush(RESULT_COUNTS_KEY.format(id=p.id), k)
+    try:
+        conn.hset(JOB_KEY.format(id=whole.id), "status", "started")
+        conn.rpush(RESULT_CHUNKS_KEY.format(id=whole.id), "stale")  # an earlier, cut-short settle's leftovers
+        assert fan._copy_parts(whole, parts)
+        want = [f"{p.id}:{k}" for p, size in zip(parts, sizes, strict=True) for k in range(size)]
+        assert [c.decode() for c in conn.lrange(RESULT_CHUNKS_KEY.format(id=whole.id), 0, -1)] == want
+        assert [int(c) for c in conn.lrange(RESULT_COUNTS_KEY.format(id=whole.id), 0, -1)] == [
+            k for size in sizes for k in range(size)]
+        assert conn.ttl(RESULT_CHUNKS_KEY.format(id=whole.id)) == -1
+        assert not list(conn.scan_iter(f"*:job:{whole.id}:copy:*"))
+        conn.hset(JOB_KEY.format(id=whole.id), "status", "finished")  # another settle's finish came first
+        assert not fan._copy_parts(whole, parts)
+        assert not list(conn.scan_iter(f"*:job:{whole.id}:copy:*"))
+        assert conn.llen(RESULT_CHUNKS_KEY.format(id=whole.id)) == len(want)
+    finally:
+        conn.flushdb()

@@ -19,6 +19,9 @@ JOB_CHECKPOINT_KEY = PREFIX + "job:{id}:checkpoint"
 JOB_CONTROL_KEY = PREFIX + "job:{id}:control"
 #: List of byte chunks: the encoded result.
 RESULT_CHUNKS_KEY = PREFIX + "job:{id}:result"
+#: Lists, short-lived (an hour at most): one copy of a split list job's parts' results being assembled,
+#: what = chunks or counts (jobs.store.fanout); they become the job's result lists at once when complete.
+FANOUT_COPY_KEY = PREFIX + "job:{id}:copy:{token}:{what}"
 #: List of ints: items per result chunk, for paging without decoding everything.
 RESULT_COUNTS_KEY = PREFIX + "job:{id}:result:counts"
 
