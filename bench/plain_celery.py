@@ -45,14 +45,24 @@ def worker_main(argv: list[str]) -> int:
     return 0
 
 
+def _client(redis_url: str, qname: str) -> Celery:
+    """The sending side's own app, one per section: a full `make bench` runs two sections on two Redis
+    servers, and an app keeps its broker connections and result backend from its first use (reusing the
+    module's app, the batches section sent to the throughput section's stopped server). Tasks go by name
+    (send_task, signature), as a client that does not import the task's code sends them."""
+    client = Celery("bench_celery_client", broker=redis_url, backend=redis_url)
+    client.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
+                       broker_connection_retry_on_startup=True, task_default_queue=qname)
+    return client
+
+
 def measure(redis_url: str, log_dir: Path, n_jobs: int, procs: int = 2, clients: int = 16, sampler: Any = None,
             redis_pid: int | None = None, timeout: float = 120, warmup: int = 32) -> dict[str, Any]:
     """Start `procs` solo workers; `clients` threads each apply_async one task and block on .get()."""
     qname = "bench-celery"
     conn = Redis.from_url(redis_url)
     conn.delete(qname)
-    app.conf.broker_url = app.conf.result_backend = redis_url
-    app.conf.task_default_queue = qname
+    client = _client(redis_url, qname)
     env = base_env(redis_url, **{URL_ENV: redis_url})
     workers = [Proc(f"plain-celery-{i}", [sys.executable, "-m", "bench.plain_celery", "--url", redis_url,
                                           "--queue", qname, "--name", f"bench-celery-{i}@%h"], env, log_dir)
@@ -63,16 +73,17 @@ def measure(redis_url: str, log_dir: Path, n_jobs: int, procs: int = 2, clients:
             if sampler is not None:
                 sampler.track(f"plain_celery_{i}", w.proc.pid)  # type: ignore[union-attr]
         deadline = time.monotonic() + 60
-        while len(app.control.ping(timeout=0.5) or []) < procs:
+        while len(client.control.ping(timeout=0.5) or []) < procs:
             if time.monotonic() > deadline or not all(w.alive for w in workers):
                 raise BenchError(f"Celery workers did not answer a ping:\n{workers[0].tail()}")
-        _closed_loop(warmup, clients, timeout, offset=100_000)  # connections, imports, prefetch
+        _closed_loop(client, warmup, clients, timeout, offset=100_000)  # connections, imports, prefetch
         calls0 = redis_calls(conn)
         cpu = CpuMeter(reference_pids(workers, redis_pid)).start()
-        wall, lat = _closed_loop(n_jobs, clients, timeout)
+        wall, lat = _closed_loop(client, n_jobs, clients, timeout)
         cpu.stop()
         calls = calls_since(conn, calls0)
     finally:
+        client.close()
         for w in workers:
             w.stop(timeout=15)
         if sampler is not None:
@@ -81,11 +92,12 @@ def measure(redis_url: str, log_dir: Path, n_jobs: int, procs: int = 2, clients:
     return reference_summary(n_jobs, wall, lat, cpu, calls)
 
 
-def _closed_loop(n_jobs: int, clients: int, timeout: float, offset: int = 10) -> tuple[float, list[float]]:
-    """Each of `clients` threads: apply_async one distinct fib task, block on its result, repeat."""
+def _closed_loop(client: Celery, n_jobs: int, clients: int, timeout: float,
+                 offset: int = 10) -> tuple[float, list[float]]:
+    """Each of `clients` threads: send one distinct fib task, block on its result, repeat."""
 
     def call(i: int) -> None:
-        value = fib.apply_async((offset + i,)).get(timeout=timeout)
+        value = client.send_task("bench.fib", (offset + i,)).get(timeout=timeout)
         if value["n"] != offset + i:
             raise BenchError(f"Celery task for n={offset + i} answered {value!r:.80}")
 
@@ -107,8 +119,7 @@ def measure_batches(redis_url: str, log_dir: Path, plan: list[list[range]], proc
     qname = "bench-celery-batches"
     conn = Redis.from_url(redis_url)
     conn.delete(qname)
-    app.conf.broker_url = app.conf.result_backend = redis_url
-    app.conf.task_default_queue = qname
+    client = _client(redis_url, qname)
     env = base_env(redis_url, **{URL_ENV: redis_url})
     workers = [Proc(f"plain-celery-batch-{i}", [sys.executable, "-m", "bench.plain_celery", "--url", redis_url,
                                                 "--queue", qname, "--name", f"bench-celery-batch-{i}@%h"], env,
@@ -120,12 +131,13 @@ def measure_batches(redis_url: str, log_dir: Path, plan: list[list[range]], proc
             if sampler is not None:
                 sampler.track(f"plain_celery_{i}", w.proc.pid)  # type: ignore[union-attr]
         deadline = time.monotonic() + 60
-        while len(app.control.ping(timeout=0.5) or []) < procs:
+        while len(client.control.ping(timeout=0.5) or []) < procs:
             if time.monotonic() > deadline or not all(w.alive for w in workers):
                 raise BenchError(f"Celery workers did not answer a ping:\n{workers[0].tail()}")
 
         def one(values: range) -> None:
-            results = group(fib.s(10 + v) for v in values).apply_async().get(timeout=timeout)
+            results = group(client.signature("bench.fib", (10 + v,)) for v in values).apply_async().get(
+                timeout=timeout)
             if [r["n"] for r in results] != [10 + v for v in values]:
                 raise BenchError("a Celery group's results came back wrong")
 
@@ -135,6 +147,7 @@ def measure_batches(redis_url: str, log_dir: Path, plan: list[list[range]], proc
         cpu.stop()
         calls, trips = calls_since(conn, calls0), reads(conn) - reads0
     finally:
+        client.close()
         for w in workers:
             w.stop(timeout=15)
         if sampler is not None:
