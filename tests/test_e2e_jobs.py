@@ -70,9 +70,14 @@ def result_json(api: Api, job: dict) -> object:
 # -- results against references -------------------------------------------------
 
 def test_fibonacci_one_round_trip_with_prefer_wait(api: Api) -> None:
-    n = rng.randrange(2000, 5000)
-    r = api.post("/api/v1/fibonacci", json={"n": n}, headers={"Prefer": "wait=10"})
-    assert r.status_code == 200, r.text
+    # A fresh n: an n another test of the session computed (the 1,000-item batch alone makes 250 F(n) below
+    # 5,000) answers from the cache, 200 with "cached": true and no wait to apply. Seen once in a full run.
+    for _ in range(50):
+        n = rng.randrange(2000, 5000)
+        r = api.post("/api/v1/fibonacci", json={"n": n}, headers={"Prefer": "wait=10"})
+        assert r.status_code == 200, r.text
+        if not r.json()["cached"]:
+            break
     assert r.headers["Preference-Applied"] == "wait=10"
     job = r.json()
     assert job["status"] == "finished"
