@@ -332,6 +332,11 @@
     retry: function () { return "Job queued again."; }
   };
 
+  // Answers to the buttons can arrive out of order (a pause that waited for its checkpoint answers after
+  // the cancel clicked once the page showed "paused"): only the latest action's answer may set the
+  // message and the shown state; an earlier one's would put back a state the job has left.
+  var actionSeq = 0;
+
   function onAction(ev) {
     var form = ev.currentTarget;
     var action = form.getAttribute("data-action");
@@ -345,12 +350,16 @@
     }
     // Signed in by cookie (API_TOKENS on), the API wants the form's CSRF token as a header.
     var csrf = form.querySelector("input[name=csrf_token]");
+    var mine = ++actionSeq;
     fetch("/api/v1/jobs/" + encodeURIComponent(jobId) + "/" + action, {
       method: "POST",
       headers: { Accept: "application/json", "X-CSRF-Token": csrf ? csrf.value : "" }
     })
       .then(function (r) {
         return r.json().catch(function () { return {}; }).then(function (body) {
+          if (mine !== actionSeq) {
+            return; // a later action's answer speaks for the page
+          }
           if (r.ok) {
             flash("ok", DONE[action](body));
             apply(body); // fetches the buttons again if the status changed
@@ -362,7 +371,9 @@
         });
       })
       .catch(function () {
-        flash("error", "Could not reach the server; try again.");
+        if (mine === actionSeq) {
+          flash("error", "Could not reach the server; try again.");
+        }
       })
       .then(function () {
         if (button) {
