@@ -467,7 +467,7 @@ def test_a_split_lists_copy_goes_in_bounded_steps_and_a_copy_that_lost_the_race_
     try:
         conn.hset(JOB_KEY.format(id=whole.id), "status", "started")
         conn.rpush(RESULT_CHUNKS_KEY.format(id=whole.id), "stale")  # an earlier, cut-short settle's leftovers
-        assert fan._copy_parts(whole, parts)
+        assert fan.copy_parts(whole, parts)
         want = [f"{p.id}:{k}" for p, size in zip(parts, sizes, strict=True) for k in range(size)]
         assert [c.decode() for c in conn.lrange(RESULT_CHUNKS_KEY.format(id=whole.id), 0, -1)] == want
         assert [int(c) for c in conn.lrange(RESULT_COUNTS_KEY.format(id=whole.id), 0, -1)] == [
@@ -475,7 +475,7 @@ def test_a_split_lists_copy_goes_in_bounded_steps_and_a_copy_that_lost_the_race_
         assert conn.ttl(RESULT_CHUNKS_KEY.format(id=whole.id)) == -1
         assert not list(conn.scan_iter(f"*:job:{whole.id}:copy:*"))
         conn.hset(JOB_KEY.format(id=whole.id), "status", "finished")  # another settle's finish came first
-        assert not fan._copy_parts(whole, parts)
+        assert not fan.copy_parts(whole, parts)
         assert not list(conn.scan_iter(f"*:job:{whole.id}:copy:*"))
         assert conn.llen(RESULT_CHUNKS_KEY.format(id=whole.id)) == len(want)
     finally:

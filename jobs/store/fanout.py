@@ -204,7 +204,7 @@ class Fanout:
             meta = {"kind": "value", "chunks": 1, "items": 1, "bytes": len(data), "nonempty": 1,
                     "json_bytes": len(data)}
         else:
-            if not self._copy_parts(rec, parts):
+            if not self.copy_parts(rec, parts):
                 return self.get(rec.id).status if self.get(rec.id) else None
             meta = {"kind": "array"}
             for name in ("chunks", "items", "bytes", "nonempty"):
@@ -230,7 +230,7 @@ class Fanout:
         got = self.get(rec.id)
         return got.status if got else None
 
-    def _copy_parts(self, rec: JobRecord, parts: list[JobRecord]) -> bool:
+    def copy_parts(self, rec: JobRecord, parts: list[JobRecord]) -> bool:
         """A split list job's parts' results into its own result lists, COPY_STEP chunks a script (FANOUT_COPY),
         then swapped in at once (FANOUT_COMMIT). Two settles of one job may copy at the same time: each fills
         its own scratch lists, so neither sees the other's half. False: the job ended meanwhile."""

@@ -394,12 +394,17 @@ return removed
 #: part's chunks and counts. ARGV[1] = the part's first chunk to copy, ARGV[2] = most chunks, ARGV[3] = 1 to
 #: start the scratch lists afresh. Only while the whole job is queued or started (else the scratch lists go).
 #: Returns the chunks copied (fewer than ARGV[2]: the part is done), or -1.
-FANOUT_COPY_LUA = """
+#: Shared opening of FANOUT_COPY and FANOUT_COMMIT: KEYS[1] = the whole job's hash, KEYS[2], KEYS[3] = the
+#: copy's scratch lists; a job no longer queued or started ends the copy, its scratch lists dropped.
+_FANOUT_LIVE_LUA = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'queued' and st ~= 'started' then
   redis.call('DEL', KEYS[2], KEYS[3])
   return -1
 end
+"""
+
+FANOUT_COPY_LUA = _FANOUT_LIVE_LUA + """
 if ARGV[3] == '1' then redis.call('DEL', KEYS[2], KEYS[3]) end
 local a, most = tonumber(ARGV[1]), tonumber(ARGV[2])
 local chunks = redis.call('LRANGE', KEYS[4], a, a + most - 1)
@@ -416,12 +421,7 @@ return #chunks
 #: job is still queued or started; a copy that lost the race to another settle's finish drops its lists.
 #: KEYS[1] = the whole job's hash, KEYS[2], KEYS[3] = the scratch chunks and counts, KEYS[4], KEYS[5] = the
 #: job's result chunks and counts. Returns 1, or -1.
-FANOUT_COMMIT_LUA = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= 'queued' and st ~= 'started' then
-  redis.call('DEL', KEYS[2], KEYS[3])
-  return -1
-end
+FANOUT_COMMIT_LUA = _FANOUT_LIVE_LUA + """
 redis.call('DEL', KEYS[4], KEYS[5])
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('RENAME', KEYS[2], KEYS[4])
@@ -606,7 +606,9 @@ class Tally:
         """The held increments as commands (then forgotten)."""
         out = [(*k, v) for k, v in self._ints.items()] + [(*k, v) for k, v in self._floats.items()]
         out += [("EXPIRE", k, s) for k, s in self._expire.items()]
-        self.__init__()  # type: ignore[misc]
+        self._ints.clear()
+        self._floats.clear()
+        self._expire.clear()
         return out
 
 
