@@ -404,3 +404,22 @@ def test_the_generated_secret_is_shared_through_redis(url: str) -> None:
     one, two = DeliveryStore(conn).secret(""), DeliveryStore(conn).secret("")
     assert one == two and one.startswith("whsec_")
     assert DeliveryStore(conn).secret(SECRET) == SECRET
+
+
+def test_the_retry_schedule_is_seconds_first_then_exponential_with_jitter_for_24_hours() -> None:
+    """The issue's schedule: retries after about 5 and 30 s, then growing delays with jitter, no attempt
+    later than 24 h after the first, and a last try at that moment."""
+    import random as _random
+
+    from jobs.webhooks import RetryPolicy
+
+    policy, rng = RetryPolicy(), _random.Random(7)
+    for k, base in ((1, 5.0), (2, 30.0), (3, 120.0), (4, 480.0), (9, 6 * 3600.0)):
+        d = [policy.delay(k, rng) for _ in range(200)]
+        assert all(base * 0.8 <= x <= base * 1.2 for x in d) and max(d) - min(d) > base * 0.2  # spread
+    t0, now, failures, times = 1_000.0, 1_000.0, 0, []
+    while (nxt := policy.next_attempt(failures := failures + 1, t0, now, rng)) is not None:
+        times.append(nxt)
+        now = nxt
+    assert times[0] - t0 < 10 and times[1] - times[0] < 40
+    assert times[-1] == t0 + 24 * 3600 and len(times) < 20
