@@ -13,6 +13,7 @@ from infra.processes import Api, Web, Workers
 from jobs.types.spec import Limits
 from rest import create_app
 from rest.settings import Settings
+from tests.ranges import WEB_ENV
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +66,7 @@ def workers(redis_url: str, log_dir: Path) -> Iterator[Workers]:
 
 @pytest.fixture(scope="session")
 def web(redis_url: str, log_dir: Path, workers: Workers) -> Iterator[Web]:
-    w = Web(redis_url, log_dir).start()
+    w = Web(redis_url, log_dir, **WEB_ENV).start()
     yield w
     w.stop()
 

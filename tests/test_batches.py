@@ -28,6 +28,7 @@ from jobs.store.keys import (
 )
 from rest import create_app
 from tests.conftest import TEST_LIMITS, TEST_RATE_LIMITS, fib_reference
+from tests.ranges import fresh_range
 
 pytestmark = pytest.mark.e2e
 PROBLEM = "application/problem+json"
@@ -191,7 +192,7 @@ def test_duplicate_items_count_once_each(api: Api) -> None:
 
 
 def test_canceling_a_batch_cancels_every_live_item(api: Api) -> None:
-    base = 10**11 + random.randrange(10**9)
+    base, _ = fresh_range(8 * 10**10)
     # Wide prime counts: seconds each, so most are still queued or running when the cancel comes.
     items = [{"type": "primes", "params": {"start": base + k * 10**10, "end": base + (k + 1) * 10**10,
                                            "output": "count"}} for k in range(8)]
@@ -367,7 +368,7 @@ def test_batch_shape_errors(url: str) -> None:
 
 
 def test_deleting_a_live_item_counts_it_canceled(api: Api) -> None:
-    base = 2 * 10**11 + random.randrange(10**9)
+    base, _ = fresh_range(3 * 10**10)
     items = [{"type": "primes", "params": {"start": base, "end": base + 3 * 10**10, "output": "count"}},
              {"type": "fibonacci", "params": {"n": 60_000 + random.randrange(10**5)}}]
     batch_id = api.post("/api/v1/batches", json={"jobs": items}).json()["id"]

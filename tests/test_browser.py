@@ -21,6 +21,7 @@ from redis import Redis
 from requests.adapters import HTTPAdapter
 
 from infra.processes import ROOT, Api, Web
+from tests.ranges import WEB_ENV, fresh_range
 
 pytestmark = pytest.mark.e2e
 
@@ -75,9 +76,8 @@ def job_id(pg: Any) -> str:
 
 
 def long_count(width: int) -> tuple[int, int]:
-    """A fresh range of `width` numbers between 10^11 and MAX_PRIMES_END (10^12)."""
-    lo = rng.randrange(10**11, 10**12 - width)
-    return lo, lo + width
+    """A range of `width` numbers no earlier job counted (tests/ranges.py), so it runs for as long as its width."""
+    return fresh_range(width)
 
 
 def wait_js(pg: Any, expression: str, timeout: float = 30) -> Any:
@@ -469,7 +469,7 @@ def auth_web(redis_url: str, log_dir: Path, workers: Any) -> Iterator[tuple[Web,
     from rest.auth import hash_token
 
     token = os.urandom(24).hex()
-    w = Web(redis_url, log_dir, API_TOKENS=f"carol:{hash_token(token)}")
+    w = Web(redis_url, log_dir, API_TOKENS=f"carol:{hash_token(token)}", **WEB_ENV)
     w.log_path = log_dir / "web-browser-auth.log"
     w.start()
     yield w, token

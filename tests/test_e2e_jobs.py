@@ -16,6 +16,7 @@ from redis import Redis
 from infra.processes import Api
 from jobs.store.keys import JOBS_INDEX_KEY
 from tests.conftest import fib_reference
+from tests.ranges import fresh_range
 
 pytestmark = pytest.mark.e2e
 rng = random.Random()
@@ -164,8 +165,8 @@ def test_identical_finished_request_is_a_cache_hit(api: Api, redis_conn: Redis) 
 
 
 def test_thirty_identical_requests_at_once_create_one_job(api: Api, redis_conn: Redis) -> None:
-    lo = rng.randrange(10**11, 2 * 10**11)
-    body = {"start": lo, "end": lo + 3 * 10**8, "output": "count"}
+    lo, hi = fresh_range(3 * 10**8)
+    body = {"start": lo, "end": hi, "output": "count"}
     barrier = threading.Barrier(30)
     answers: list[tuple[int, dict]] = []
     lock = threading.Lock()
@@ -195,8 +196,8 @@ def test_thirty_identical_requests_at_once_create_one_job(api: Api, redis_conn: 
 
 
 def test_in_flight_identical_request_joins(api: Api) -> None:
-    lo = rng.randrange(10**11, 2 * 10**11)
-    body = {"start": lo, "end": lo + 10**9, "output": "count"}
+    lo, hi = fresh_range(10**9)
+    body = {"start": lo, "end": hi, "output": "count"}
     s1, first = submit(api, "primes", body)
     s2, second = submit(api, "primes", body)
     assert s1 == 202 and first["deduplicated"] is False
@@ -208,8 +209,8 @@ def test_in_flight_identical_request_joins(api: Api) -> None:
 # -- long-poll ------------------------------------------------------------------
 
 def test_long_poll_returns_when_the_job_ends(api: Api) -> None:
-    lo = rng.randrange(10**11, 2 * 10**11)
-    _, job = submit(api, "primes", {"start": lo, "end": lo + 2 * 10**9, "output": "count"})
+    lo, hi = fresh_range(2 * 10**9)
+    _, job = submit(api, "primes", {"start": lo, "end": hi, "output": "count"})
     t0 = time.monotonic()
     r = api.get(f"/api/v1/jobs/{job['id']}?wait=30")
     elapsed = time.monotonic() - t0
@@ -343,16 +344,18 @@ def wait_until_started(api: Api, job_id: str, timeout: float = 60) -> None:
 
 
 def test_running_job_survives_a_worker_restart(api: Api, workers) -> None:
-    lo = rng.randrange(10**11, 2 * 10**11)
     # Wide enough (seconds of sieving) that the stop lands mid-job even on a slow or busy machine.
     width = 4 * 10**10
+    lo, _ = fresh_range(width)
     body = {"start": lo, "end": lo + width, "output": "count"}
     _, job = submit(api, "primes", body)
     wait_until_started(api, job["id"])
     workers.stop()  # SIGTERM: the running job checkpoints and goes back to the queue
-    state = api.get(f"/api/v1/jobs/{job['id']}").json()
-    assert state["status"] == "queued", state
-    workers.start()
+    try:
+        state = api.get(f"/api/v1/jobs/{job['id']}").json()
+        assert state["status"] == "queued", state
+    finally:
+        workers.start()  # whatever happened: the tests after this one need the workers
     done = api.wait_done(job["id"], timeout=180)
     assert done["status"] == "finished"
     assert done["runs"] >= 2, "the job ran again after the restart"
@@ -365,12 +368,14 @@ def test_running_job_survives_a_worker_restart(api: Api, workers) -> None:
 
 
 def test_killed_worker_job_is_recovered(api: Api, workers) -> None:
-    lo = rng.randrange(10**11, 2 * 10**11)
-    _, job = submit(api, "primes", {"start": lo, "end": lo + 4 * 10**10, "output": "count"})
+    lo, hi = fresh_range(4 * 10**10)
+    _, job = submit(api, "primes", {"start": lo, "end": hi, "output": "count"})
     wait_until_started(api, job["id"])
     workers.kill()  # SIGKILL to supervisor, workers and horses: no one cleans up
-    assert api.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "started"
-    workers.start()
+    try:
+        assert api.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "started"
+    finally:
+        workers.start()
     done = api.wait_done(job["id"], timeout=240)
     assert done["status"] == "finished", done
     assert done["attempt"] == 1
