@@ -14,7 +14,8 @@ from redis import Redis
 
 from infra.embedded_redis import EmbeddedRedis
 from jobs.store import scripts
-from jobs.store.scripts import REPLAY_LUA, LuaScript
+from jobs.store.commands import LuaScript
+from jobs.store.scripts import REPLAY_LUA
 
 _tmp = tempfile.TemporaryDirectory(prefix="crunch-batch-counts-")
 _srv = EmbeddedRedis(Path(_tmp.name)).start()

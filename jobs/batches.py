@@ -30,6 +30,7 @@ from jobs.settings import Settings
 from jobs.sharing import share_many
 from jobs.store.admission import Admission, Rejected
 from jobs.store.batches import COUNTED, ITEMS_LUA
+from jobs.store.commands import LuaScript, packed
 from jobs.store.deliveries import DeliveryStore
 from jobs.store.fanout import plan
 from jobs.store.keys import (
@@ -44,7 +45,7 @@ from jobs.store.keys import (
     RESULT_CHUNKS_KEY,
 )
 from jobs.store.record import JobRecord, rfc3339
-from jobs.store.scripts import READ_WITH_RESULT_LUA, LuaScript, packed
+from jobs.store.scripts import READ_WITH_RESULT_LUA
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES
 from jobs.types.spec import Limits, Submission, decode_json

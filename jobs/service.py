@@ -1,8 +1,8 @@
 """The web-facing job service: submit, read, wait, list and steer jobs.
 
 A thin facade: every status change is an operation of jobs.store.lifecycle (one atomic Redis step
-each); this module adds what the web needs around them (dedupe lookups, long-polls, listing, the
-queue and worker views).
+each); this module adds what the web needs around them (dedupe lookups, long-polls, listing). The queue and
+worker views are jobs.overview's (JobService.overview).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -22,13 +21,14 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq.command import send_stop_job_command
 from rq.queue import Queue
-from rq.worker import Worker, WorkerStatus
 
+from jobs.overview import Overview
 from jobs.settings import Settings
 from jobs.store.admission import Admission
 from jobs.store.batches import FORGET_LUA
+from jobs.store.commands import LuaScript
 from jobs.store.deliveries import DeliveryStore
-from jobs.store.dispatch import Schedule, job_ids
+from jobs.store.dispatch import Schedule
 from jobs.store.events import EventHub, Watch, publish
 from jobs.store.fanout import Fanout, plan
 from jobs.store.keys import (
@@ -40,8 +40,6 @@ from jobs.store.keys import (
     JOB_KEY,
     JOBS_INDEX_KEY,
     PREFETCH_MAX_BYTES,
-    QUEUE_STATS_KEY,
-    QUEUES,
     RESULT_CHUNKS_KEY,
     RUNNING_KEY,
     job_keys,
@@ -51,7 +49,7 @@ from jobs.store.quota import RELEASE_LUA, STORED_KEY, STORED_TOTAL_KEY
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import RequestCache
 from jobs.store.results import ResultReader
-from jobs.store.scripts import ADMIT_ONLY_LUA, LOOKUP_LUA, READ_WITH_RESULT_LUA, LuaScript
+from jobs.store.scripts import ADMIT_ONLY_LUA, LOOKUP_LUA, READ_WITH_RESULT_LUA
 from jobs.store.status import SETTLED, TERMINAL, JobStatus
 from jobs.types.registry import JOB_TYPES, summary_of
 from jobs.types.spec import Submission
@@ -100,6 +98,7 @@ class JobService:
         self.life = Lifecycle(conn, cache, self.settings, queue_factory)
         self.schedule = Schedule(conn)
         self.fanout = Fanout(self.life)
+        self.overview = Overview(conn, self.settings, self.schedule, self.queue)
         self._hub = hub
         self._deliveries: DeliveryStore | None = None
         self._read_script = LuaScript(conn, READ_WITH_RESULT_LUA)
@@ -475,97 +474,6 @@ class JobService:
     def recover_stalled(self, now: float | None = None) -> list[str]:
         """Re-queue (from checkpoint) or fail running jobs whose worker stopped heartbeating."""
         return self.life.recover(now)
-
-    # -- queues and workers -------------------------------------------------------
-
-    def running_per_queue(self) -> dict[str, int]:
-        """Started jobs per queue, from Crunch's running set (fast runs leave no trace in rq's registries)."""
-        ids = [m.decode() for m in self.conn.zrange(RUNNING_KEY, 0, -1)]
-        pipe = self.conn.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(JOB_KEY.format(id=job_id), "queue", "status")
-        counts: dict[str, int] = {}
-        for queue, status in pipe.execute() if ids else ():
-            if queue and status == JobStatus.STARTED.value.encode():
-                counts[queue.decode()] = counts.get(queue.decode(), 0) + 1
-        return counts
-
-    def queues(self) -> list[dict[str, Any]]:
-        workers = Worker.all(connection=self.conn)
-        started = self.running_per_queue()
-        out = []
-        for name in QUEUES:
-            q = self.queue(name)
-            stats = {k.decode(): int(v) for k, v in
-                     self.conn.hgetall(QUEUE_STATS_KEY.format(name=name)).items()}
-            out.append({
-                "name": name,
-                "queued": q.count,
-                "started": started.get(name, 0),
-                "finished": stats.get("finished", 0),
-                "failed": stats.get("failed", 0),
-                "canceled": stats.get("canceled", 0),
-                "workers": sum(1 for w in workers if name in w.queue_names()),
-            })
-        return out
-
-    def queue_job_ids(self, name: str) -> list[str]:
-        """Crunch job ids waiting in a queue, in dispatch order (jobs.store.dispatch): the lane's runs, then
-        any run rq's list holds that no lane knows (queued before fair dispatch; taken once the lane is empty)."""
-        runs = self.schedule.order(name)
-        known = set(runs)
-        runs += [r for r in self.queue(name).get_job_ids() if r not in known]
-        return job_ids(runs)
-
-    def waiting_line(self, rec: JobRecord) -> str | None:
-        """Why a queued job waits, for the job page: "waiting: N ahead, all W workers busy"."""
-        pos = self.schedule.position(rec) if rec.status is JobStatus.QUEUED else None
-        if pos is None:
-            return None
-        states = [w.get_state() for w in Worker.all(connection=self.conn) if rec.queue in w.queue_names()]
-        return waiting_phrase(pos, len(states), sum(1 for s in states if s == WorkerStatus.BUSY))
-
-    def live_workers(self) -> list[Worker]:
-        """rq's registered workers that heartbeat within HEARTBEAT_TIMEOUT. A SIGKILLed worker stays
-        registered until its key expires (minutes); it leaves this list within the timeout instead.
-        Workers heartbeat at least every HEARTBEAT_TIMEOUT / 2 (jobs.worker.supervisor sets their ttl)."""
-        now = datetime.now(UTC)
-        limit = self.settings.heartbeat_timeout
-        return [w for w in Worker.all(connection=self.conn)
-                if w.last_heartbeat is None or (now - w.last_heartbeat).total_seconds() <= limit]
-
-    def workers(self) -> list[dict[str, Any]]:
-        """Live workers; a worker running a part of a split job names the whole job (jobs.store.fanout),
-        the one resource its client knows, so every worker on a wide job shows that job."""
-        out = []
-        for w in self.live_workers():
-            current = w.get_current_job_id()
-            hb = w.last_heartbeat
-            out.append({
-                "name": w.name,
-                "state": str(w.get_state()),
-                "queues": w.queue_names(),
-                "current_job": current.rsplit("-", 1)[0] if current else None,
-                "last_heartbeat": hb.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if hb else None,
-            })
-        busy = [o for o in out if o["current_job"]]
-        if busy:
-            pipe = self.conn.pipeline(transaction=False)
-            for o in busy:
-                pipe.hget(JOB_KEY.format(id=o["current_job"]), "parent")
-            for o, parent in zip(busy, pipe.execute(), strict=True):
-                if parent:
-                    o["current_job"] = parent.decode()
-        return out
-
-
-def waiting_phrase(ahead: int, workers: int, busy: int) -> str:
-    """The job page's line for a queued job (the crunch CLI words it the same way)."""
-    if not workers:
-        return f"waiting: {ahead} ahead, no worker running"
-    if busy >= workers:
-        return f"waiting: {ahead} ahead, all {workers} workers busy"
-    return f"waiting: {ahead} ahead, {busy} of {workers} workers busy"
 
 
 def _may_reach(event: dict[str, Any], statuses: frozenset[JobStatus]) -> bool:

@@ -363,21 +363,21 @@ def delete_job(job_id: str) -> Response:
 
 @bp.get("/queues")
 def list_queues() -> Response:
-    return json_response(service().queues())
+    return json_response(service().overview.queues())
 
 
 @bp.get("/queues/<name>/jobs")
 def queue_jobs(name: str) -> Response:
     svc = service()
-    if name not in {q["name"] for q in svc.queues()}:
+    if name not in {q["name"] for q in svc.overview.queues()}:
         raise Problem(404, "Not Found", f"no queue named {name!r}")
-    recs = [r for r in (auth.visible(svc.get(i)) for i in svc.queue_job_ids(name)) if r is not None]
+    recs = [r for r in (auth.visible(svc.get(i)) for i in svc.overview.queue_job_ids(name)) if r is not None]
     return json_response({"queue": name, "jobs": [svc.resource(r, inline=False) for r in recs]})
 
 
 @bp.get("/workers")
 def list_workers() -> Response:
-    workers = service().workers()
+    workers = service().overview.workers()
     if auth.enabled():  # another owner's job id must not show, even as a worker's current job
         svc = service()
         for w in workers:

@@ -22,7 +22,7 @@ def readyz() -> Response:
     try:
         conn = crunch().rq.connection
         conn.ping()
-        workers = len(crunch().service.live_workers())  # a dead worker stops counting within HEARTBEAT_TIMEOUT
+        workers = len(crunch().service.overview.live_workers())  # a dead worker stops counting within HEARTBEAT_TIMEOUT
     except Exception as exc:  # noqa: BLE001 - any Redis trouble means not ready
         return not_ready(exc)
     return Response(orjson.dumps({"status": "ok", "redis": "ok", "workers": workers}),

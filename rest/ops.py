@@ -116,10 +116,10 @@ def snapshot() -> dict[str, Any]:
     """Everything the page shows, from Redis; the sample for the depth chart is written here too."""
     now = time.time()
     svc = service()
-    queues = svc.queues()
+    queues = svc.overview.queues()
     _sample(now, queues)
     samples = _samples(now)
-    workers = svc.workers()
+    workers = svc.overview.workers()
     for w in workers:
         w["job"] = _job_link(w.pop("current_job"))
     depth_names = [q["name"] for q in queues]

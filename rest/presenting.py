@@ -73,7 +73,7 @@ def worker_of(rec: JobRecord) -> str | None:
         return None
     if rec.worker:
         return rec.worker
-    for w in service().workers():
+    for w in service().overview.workers():
         if w.get("current_job") == rec.id:
             return str(w["name"])
     return None

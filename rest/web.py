@@ -213,7 +213,7 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
         "preview": result_preview(rec),
         "downloads": download_formats(rec),
         "error": rec.error,
-        "waiting": service().waiting_line(rec) if status is JobStatus.QUEUED else None,
+        "waiting": service().overview.waiting_line(rec) if status is JobStatus.QUEUED else None,
         "can": can,
         "actions": presenting.action_set(can, status.terminal),
         "split": presenting.is_split(rec),

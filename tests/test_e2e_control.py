@@ -281,12 +281,12 @@ def test_a_run_from_before_a_retry_never_moves_the_retried_job(redis_url: str) -
 
     from jobs.context import Stop
     from jobs.settings import Settings
+    from jobs.store.commands import Commands
     from jobs.store.keys import JOB_CONTROL_KEY, JOB_KEY
     from jobs.store.lifecycle import Lifecycle
     from jobs.store.queues import JsonQueue
     from jobs.store.record import JobRecord
     from jobs.store.request_cache import request_cache_for
-    from jobs.store.scripts import Commands
     from jobs.store.status import JobStatus
     from jobs.worker.runner import RedisContext, _stopped
 
@@ -342,12 +342,12 @@ def test_a_take_started_in_one_step_runs_each_run_as_its_own_start_would(redis_u
     import uuid
 
     from jobs.settings import Settings
+    from jobs.store.commands import Tally
     from jobs.store.keys import JOB_CONTROL_KEY, JOB_KEY, TYPE_STATS_KEY
     from jobs.store.lifecycle import Lifecycle
     from jobs.store.queues import JsonQueue
     from jobs.store.record import JobRecord
     from jobs.store.request_cache import request_cache_for
-    from jobs.store.scripts import Tally
     from jobs.worker.runner import _lifecycle, begin_take, run
 
     conn = Redis.from_url(f"{redis_url.rpartition('/')[0]}/8")

@@ -20,12 +20,12 @@ from jobs.compat.rq import enqueue_recorded
 from jobs.service import JobService
 from jobs.settings import Settings
 from jobs.store.admission import CLIENT_LIVE_KEY, Admission, RateLimit, Rejected
+from jobs.store.commands import Commands, packed, recorded
 from jobs.store.connection import redis_from_url
 from jobs.store.keys import EVENTS_CHANNEL, JOB_KEY, JOBS_INDEX_KEY, RESULT_CHUNKS_KEY
 from jobs.store.queues import ON_FAILURE, RUNNER, JsonJob, JsonQueue
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import request_cache_for
-from jobs.store.scripts import Commands, packed, recorded
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES
 from jobs.types.spec import Submission, canonical_json

@@ -244,7 +244,7 @@ def test_dispatch_takes_runs_in_the_listed_order_and_positions_count_it(unserved
         sub.extra["client"] = client
         ids.append(svc.submit(sub).rec.id)
         time.sleep(0.002)  # distinct join times
-    listed = svc.queue_job_ids("default")
+    listed = svc.overview.queue_job_ids("default")
     assert sorted(listed) == sorted(ids)
     for i, job_id in enumerate(listed):
         assert svc.resource(svc.get(job_id))["position"] == i
@@ -258,7 +258,7 @@ def test_dispatch_takes_runs_in_the_listed_order_and_positions_count_it(unserved
         assert rec.status.value == "queued" and svc.resource(rec)["position"] == 0  # dispatched, not started
         assert conn.zscore(CLIENT_RUNNING_KEY.format(client=client_of(rec)), run) is not None
     assert job_ids(taken) == listed
-    assert svc.queue_job_ids("default") == [] and conn.llen(rq_list("default")) == 0
+    assert svc.overview.queue_job_ids("default") == [] and conn.llen(rq_list("default")) == 0
 
 
 def test_a_take_of_several_runs_keeps_the_order_and_rq_list_holds_only_waiting_runs(unserved: Unserved) -> None:
@@ -281,7 +281,7 @@ def test_a_take_of_several_runs_keeps_the_order_and_rq_list_holds_only_waiting_r
         sub.extra["client"] = ("c1", "c2", "c3")[k % 3] if k < 30 else "c1"
         svc.submit(sub)
         time.sleep(0.002)  # distinct join times
-    order = svc.queue_job_ids("fast")
+    order = svc.overview.queue_job_ids("fast")
     assert len(order) == 40
     consistent()
     # Two workers' pops cross: each gets the run whose entry the other popped.
@@ -311,12 +311,12 @@ def test_a_take_of_several_runs_keeps_the_order_and_rq_list_holds_only_waiting_r
         assert after[c] == mine + before[c], c
     assert all(svc.get(j).rq_id not in returned for j in job_ids(returned))
     waiting = [*job_ids(returned), *(j for line in before.values() for j in line)]
-    assert sorted(svc.queue_job_ids("fast")) == sorted(waiting)
+    assert sorted(svc.overview.queue_job_ids("fast")) == sorted(waiting)
 
 
 def test_the_waiting_line_reads_the_same_in_the_cli_and_on_the_page() -> None:
     from client.cli import waiting
-    from jobs.service import waiting_phrase
+    from jobs.overview import waiting_phrase
 
     busy = [{"state": "busy", "queues": ["fast", "default"]}] * 3
     assert waiting(4, "default", busy) == waiting_phrase(4, 3, 3) == "waiting: 4 ahead, all 3 workers busy"
@@ -347,15 +347,15 @@ def test_the_reaper_puts_back_a_run_whose_worker_died_between_dispatch_and_start
     assert svc.life.heal_dispatch(now=time.time() + svc.settings.heartbeat_timeout + 1) == 2
     again = svc.get(recs[0].id)
     assert again.status.value == "queued" and again.rq_id != runs[0]
-    assert svc.resource(again)["position"] == 0 and svc.queue_job_ids("default") == [recs[0].id]
+    assert svc.resource(again)["position"] == 0 and svc.overview.queue_job_ids("default") == [recs[0].id]
     assert conn.zcard(running) == 0 and conn.llen(rq_list("default")) == 1
 
 
 def test_a_recovered_or_requeued_job_waits_at_the_head_of_its_clients_line(unserved: Unserved) -> None:
     """A running job that loses its worker (the reaper's recover) or is re-queued by a worker's shutdown
     goes back before its client's jobs that were submitted after it, not behind them."""
+    from jobs.store.commands import Commands
     from jobs.store.dispatch import rq_list
-    from jobs.store.scripts import Commands
     from jobs.types.registry import JOB_TYPES
 
     svc, conn = unserved.svc, unserved.conn
@@ -373,13 +373,13 @@ def test_a_recovered_or_requeued_job_waits_at_the_head_of_its_clients_line(unser
         assert svc.get(job_id).status.value == "started"
 
     start_first()
-    assert svc.queue_job_ids("default") == ids[1:]
+    assert svc.overview.queue_job_ids("default") == ids[1:]
     assert svc.life.recover(now=time.time() + svc.settings.heartbeat_timeout + 5) == [ids[0]]
-    assert svc.queue_job_ids("default") == ids
+    assert svc.overview.queue_job_ids("default") == ids
     assert [svc.resource(svc.get(j))["position"] for j in ids] == [0, 1, 2]
     start_first()
     assert svc.life.requeue(svc.get(ids[0]), "1.0")
-    assert svc.queue_job_ids("default") == ids
+    assert svc.overview.queue_job_ids("default") == ids
 
 
 def test_a_preempted_csv_sort_gives_the_same_file(api: Api, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@
   into each module that builds them, so the override replaces it there. Fallback: rq's own lookup.
 - Enqueueing into a command recorder: rq's Queue.enqueue_call(pipeline=...) writes the job through the
   pipeline it is given, and asks `explicit_transaction` before calling multi(); Crunch hands it a
-  recorder (jobs.store.scripts.Commands) so the enqueue rides in the lifecycle's one atomic script.
+  recorder (jobs.store.commands.Commands) so the enqueue rides in the lifecycle's one atomic script.
   Fallback: a real redis-py pipeline, never executed, as the recorder (about 3x the CPU per command).
 - The fast-queue inline path (jobs.worker.rq_worker): InlineDequeue replaces the worker queue's
   `_fetch_dequeued_job` so a fast run is not read back from rq's job hash; the worker's `_state` is

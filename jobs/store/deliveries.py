@@ -27,6 +27,7 @@ from typing import Any
 
 from redis import Redis
 
+from jobs.store.commands import LuaScript
 from jobs.store.keys import (
     BATCH_KEY,
     BATCH_WEBHOOKS_KEY,
@@ -191,15 +192,12 @@ class DeliveryStore:
     """Registration, claiming and settling of deliveries; every step is one atomic script."""
 
     def __init__(self, conn: Redis, settled_ttl: int = 86_400) -> None:
-        # Imported here: jobs.store.scripts includes this module's Lua (through jobs.store.batches) at import.
-        from jobs.store import scripts
-
         self.conn = conn
         self.settled_ttl = settled_ttl
-        self._register = scripts.LuaScript(conn, REGISTER_LUA)
-        self._claim = scripts.LuaScript(conn, CLAIM_LUA)
-        self._settle = scripts.LuaScript(conn, SETTLE_LUA)
-        self._read = scripts.LuaScript(conn, READ_LUA)
+        self._register = LuaScript(conn, REGISTER_LUA)
+        self._claim = LuaScript(conn, CLAIM_LUA)
+        self._settle = LuaScript(conn, SETTLE_LUA)
+        self._read = LuaScript(conn, READ_LUA)
 
     @staticmethod
     def fields(delivery_id: str, url: str, kind: str, target: str, client: str, now: float) -> list[Any]:

@@ -63,6 +63,7 @@ from typing import Any
 
 from redis import Redis
 
+from jobs.store.commands import LuaScript
 from jobs.store.keys import (
     CLIENT_RUNNING_KEY,
     LANE_CLIENT_KEY,
@@ -72,7 +73,7 @@ from jobs.store.keys import (
 )
 from jobs.store.queues import JsonQueue
 from jobs.store.record import JobRecord
-from jobs.store.scripts import POSITION_LUA, LuaScript
+from jobs.store.scripts import POSITION_LUA
 
 #: A worker that runs a lane inline (the fast lane) takes up to this many runs per dispatch, and at most
 #: one per DISPATCH_SHARE waiting runs, so a burst is shared between the idle workers and one or two

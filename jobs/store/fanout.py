@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from jobs.store.commands import Commands, LuaScript, packed, recorded
 from jobs.store.events import publish
 from jobs.store.keys import (
     FANOUT_COPY_KEY,
@@ -45,7 +46,7 @@ from jobs.store.keys import (
 )
 from jobs.store.lifecycle import _RETRY_FIELDS, Lifecycle, count_live
 from jobs.store.record import JobRecord
-from jobs.store.scripts import FANOUT_COMMIT_LUA, FANOUT_COPY_LUA, Commands, LuaScript, packed, recorded
+from jobs.store.scripts import FANOUT_COMMIT_LUA, FANOUT_COPY_LUA
 from jobs.store.status import JobStatus
 
 QUEUED, STARTED, PAUSED = JobStatus.QUEUED, JobStatus.STARTED, JobStatus.PAUSED

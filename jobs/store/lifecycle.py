@@ -34,6 +34,7 @@ from rq.registry import StartedJobRegistry
 from jobs.compat.rq import enqueue_recorded
 from jobs.settings import Settings
 from jobs.store.admission import CLIENT_LIVE_KEY
+from jobs.store.commands import Call, Commands, LuaScript, Tally, packed, recorded, send
 from jobs.store.dispatch import (
     DISPATCH_SHARE,
     RUN_ID_RE,
@@ -83,13 +84,6 @@ from jobs.store.scripts import (
     TRANSITION_LUA,
     UNDUE_LUA,
     YIELD_LUA,
-    Call,
-    Commands,
-    LuaScript,
-    Tally,
-    packed,
-    recorded,
-    send,
 )
 from jobs.store.status import JobStatus
 

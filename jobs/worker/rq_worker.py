@@ -15,9 +15,9 @@ from rq.timeouts import HorseMonitorTimeoutException, JobTimeoutException, UnixS
 from rq.worker import Worker
 
 from jobs.compat.rq import INLINE, InlineDequeue, QuietState
+from jobs.store.commands import Tally
 from jobs.store.keys import JOB_CONTROL_KEY, PREFIX
 from jobs.store.queues import RUNNER, JsonJob, JsonQueue
-from jobs.store.scripts import Tally
 from jobs.types.spec import FAST_QUEUE
 
 #: RQ's list of the fast queue.

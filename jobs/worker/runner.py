@@ -25,6 +25,7 @@ from rq import get_current_job
 from jobs.compat.rq import ACTIVE as RQ_OVERRIDES
 from jobs.context import Stop
 from jobs.settings import Settings, process_settings
+from jobs.store.commands import Call, Commands, Tally
 from jobs.store.dispatch import client_of
 from jobs.store.events import publish
 from jobs.store.fanout import Fanout
@@ -45,7 +46,6 @@ from jobs.store.lifecycle import Begun, Lifecycle
 from jobs.store.record import JobRecord
 from jobs.store.request_cache import request_cache_for
 from jobs.store.results import RedisResultWriter, RedisScratch
-from jobs.store.scripts import Call, Commands, Tally
 from jobs.store.status import JobStatus
 from jobs.types.registry import JOB_TYPES
 
@@ -280,7 +280,7 @@ def run(conn: Redis, job_id: str, rq_id: str, worker: str, *, start_then: Sequen
     timeout around the kernel, for callers that run it outside rq's own. chain: a worker running several
     fast runs in a row: the steps held back there (the previous run's finish) go with this run's start,
     and this run's finish is held back there in turn (the caller flushes it, Lifecycle.flush); tally: that
-    chain's statistics, written once at its end (jobs.store.scripts.Tally).
+    chain's statistics, written once at its end (jobs.store.commands.Tally).
     dispatched=False: rq popped the run itself (jobs.compat.rq inactive: another rq version), so the fair
     dispatch never took it off its lane; the start does (Lifecycle.undispatched_start). begun: the run's
     start already taken with others of its take (begin_take), or the error that step met."""
