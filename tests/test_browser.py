@@ -75,11 +75,6 @@ def job_id(pg: Any) -> str:
     return m.group(1)
 
 
-def long_count(width: int) -> tuple[int, int]:
-    """A range of `width` numbers no earlier job counted (tests/ranges.py), so it runs for as long as its width."""
-    return fresh_range(width)
-
-
 def wait_js(pg: Any, expression: str, timeout: float = 30) -> Any:
     """Poll a JS expression until truthy (wait_for_function would need eval, which the pages' CSP forbids)."""
     deadline = time.monotonic() + timeout
@@ -176,7 +171,7 @@ def test_each_form_submits_and_shows_its_result(web: Web, api: Api, page: Any) -
 def test_progress_moves_and_the_result_appears_without_a_reload(web: Web, api: Api, page: Any) -> None:
     ex = expect()
     navs = main_frame_navigations(page)
-    lo, hi = long_count(2 * 10**10)
+    lo, hi = fresh_range(2 * 10**10)
     page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
     page.wait_for_url(JOB_PATH)
     jid = job_id(page)
@@ -227,7 +222,7 @@ def test_pause_resume_cancel_and_retry_buttons(web: Web, api: Api, page: Any) ->
     navs = main_frame_navigations(page)
     # Wide enough that the retried run (which reuses the segments its first run stored) is still running
     # when its cancel button is clicked on a busy machine: 4e10 split over both workers could end first.
-    lo, hi = long_count(2 * 10**11)
+    lo, hi = fresh_range(2 * 10**11)
     page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
     page.wait_for_url(JOB_PATH)
     jid = job_id(page)
@@ -305,13 +300,13 @@ def test_buttons_stay_the_same_elements_while_a_split_job_moves_between_parts(we
     # Another client's long count fills the workers first; dispatch is fair between clients, so from then
     # on the page's job runs on one worker, part after part, and reads `queued` in each gap.
     other = api_from(web, "127.0.0.2")
-    lo, hi = long_count(6 * 10**11)  # outlasts the test on one worker, and is canceled at its end
+    lo, hi = fresh_range(6 * 10**11)  # outlasts the test on one worker, and is canceled at its end
     r = other.post("/api/v1/primes", json={"start": lo, "end": hi, "output": "count"})
     assert r.status_code == 202, r.text
     blocker = r.json()["id"]
     jid = None
     try:
-        lo, hi = long_count(2 * 10**11)
+        lo, hi = fresh_range(2 * 10**11)
         page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
         page.wait_for_url(JOB_PATH)
         jid = job_id(page)
@@ -437,7 +432,7 @@ def test_without_javascript_the_page_refreshes_itself_and_the_buttons_still_work
         page = ctx.new_page()
         page.set_default_timeout(20_000)
         navs = main_frame_navigations(page)
-        lo, hi = long_count(6 * 10**9)
+        lo, hi = fresh_range(6 * 10**9)
         page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
         page.wait_for_url(JOB_PATH)
         jid = job_id(page)
@@ -450,7 +445,7 @@ def test_without_javascript_the_page_refreshes_itself_and_the_buttons_still_work
         time.sleep(2.5)
         assert len(navs) == reloads, "a finished job's page stops refreshing"
 
-        lo, hi = long_count(4 * 10**10)
+        lo, hi = fresh_range(4 * 10**10)
         page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
         page.wait_for_url(JOB_PATH)
         jid = job_id(page)
@@ -479,7 +474,7 @@ def auth_web(redis_url: str, log_dir: Path, workers: Any) -> Iterator[tuple[Web,
 def test_with_api_tokens_the_pages_sign_in_and_the_buttons_still_work(auth_web: tuple[Web, str], page: Any) -> None:
     ex = expect()
     web, token = auth_web
-    lo, hi = long_count(4 * 10**10)
+    lo, hi = fresh_range(4 * 10**10)
     page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
     page.wait_for_url(re.compile(r"/login\?next="))
     page.fill("#login-token", "not-the-token")
@@ -546,7 +541,7 @@ def test_operations_page_draws_live_charts_and_links_running_jobs(web: Web, api:
     for _ in range(20):
         submit(api, "fibonacci", {"n": rng.randrange(10**5, 10**6)})
     long_jobs = [submit(api, "primes", {"start": lo, "end": hi, "output": "count"})
-                 for lo, hi in (long_count(6 * 10**10) for _ in range(4))]
+                 for lo, hi in (fresh_range(6 * 10**10) for _ in range(4))]
     try:
         wait_js(page, "window.crunchOps.updates >= 2 && window.crunchOps.lastDepth &&"
                       " window.crunchOps.lastDepth.slice(1).some(n => n > 0)", timeout=45)
@@ -594,7 +589,7 @@ def test_list_pages_refresh_themselves_with_local_times(web: Web, api: Api, page
 
 def test_a_running_job_shows_its_worker_elapsed_time_eta_and_unit(web: Web, api: Api, page: Any) -> None:
     ex = expect()
-    lo, hi = long_count(6 * 10**10)
+    lo, hi = fresh_range(6 * 10**10)
     page.goto(f"{web.url}/primes?start={lo}&end={hi}&output=count")
     page.wait_for_url(JOB_PATH)
     jid = job_id(page)
@@ -701,7 +696,7 @@ def test_every_page_passes_axe_with_no_serious_or_critical_violation(web: Web, a
     with open(ROOT / "examples" / "sales.csv", "rb") as f:
         csv_job = api.post("/api/v1/csv", files={"file": f}, data={"date_column": "date", "sort_by": "amount"},
                            headers={"Prefer": "wait=20"}).json()
-    lo, hi = long_count(6 * 10**10)
+    lo, hi = fresh_range(6 * 10**10)
     running = submit(api, "primes", {"start": lo, "end": hi, "output": "count"})
     pages = {
         "home": "/", "jobs": "/jobs", "queues": "/queues", "job-fibonacci": f"/jobs/{fib['id']}",

@@ -345,9 +345,8 @@ def wait_until_started(api: Api, job_id: str, timeout: float = 60) -> None:
 
 def test_running_job_survives_a_worker_restart(api: Api, workers) -> None:
     # Wide enough (seconds of sieving) that the stop lands mid-job even on a slow or busy machine.
-    width = 4 * 10**10
-    lo, _ = fresh_range(width)
-    body = {"start": lo, "end": lo + width, "output": "count"}
+    lo, hi = fresh_range(4 * 10**10)
+    body = {"start": lo, "end": hi, "output": "count"}
     _, job = submit(api, "primes", body)
     wait_until_started(api, job["id"])
     workers.stop()  # SIGTERM: the running job checkpoints and goes back to the queue
@@ -362,7 +361,7 @@ def test_running_job_survives_a_worker_restart(api: Api, workers) -> None:
     # Same range split differently by two uninterrupted jobs must agree with the resumed one.
     mid = lo + 3 * 10**9 + 12345
     _, a = submit(api, "primes", {"start": lo, "end": mid, "output": "count"}, wait=30)
-    _, b = submit(api, "primes", {"start": mid + 1, "end": lo + width, "output": "count"}, wait=30)
+    _, b = submit(api, "primes", {"start": mid + 1, "end": hi, "output": "count"}, wait=30)
     a, b = api.wait_done(a["id"]), api.wait_done(b["id"])
     assert done["result"]["count"] == a["result"]["count"] + b["result"]["count"]
 

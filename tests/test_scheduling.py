@@ -23,6 +23,7 @@ import requests
 from infra.processes import Api, Web, Workers
 from rest.auth import hash_token
 from tests.conftest import TEST_LIMITS
+from tests.ranges import WEB_ENV, fresh_range
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = os.urandom(3).hex()
@@ -34,14 +35,6 @@ AS_BOB = {"Authorization": f"Bearer {BOB_TOKEN}"}
 WORKERS = 2
 #: pi(10^11) and pi(10^10): known values (OEIS A006880), independent of the sieve under test.
 PI_1E11, PI_1E10 = 4_118_054_813, 455_052_511
-#: Each test's long ranges start from its own base, so no two jobs share stored segments.
-_next_base = [5 * 10**11]
-
-
-def fresh_range(width: int) -> tuple[int, int]:
-    start = _next_base[0]
-    _next_base[0] += width + 10**6
-    return start, start + width
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +48,7 @@ def stack(url: str, log_dir: Path) -> Iterator[tuple[Web, Workers]]:
                       PREEMPT_QUANTUM=1).start()
     # Whole jobs here (FANOUT_MIN_SECONDS=0): these tests are about dispatching runs; split jobs are
     # tests/test_fanout.py's.
-    web = Web(url, log_dir, API_TOKENS=API_TOKENS, FANOUT_MIN_SECONDS=0).start()
+    web = Web(url, log_dir, API_TOKENS=API_TOKENS, FANOUT_MIN_SECONDS=0, **WEB_ENV).start()
     try:
         deadline = time.monotonic() + 60
         while len(requests.get(web.url + "/api/v1/workers", headers=AS_ALICE, timeout=10).json()) < WORKERS:

@@ -409,11 +409,9 @@ def test_the_generated_secret_is_shared_through_redis(url: str) -> None:
 def test_the_retry_schedule_is_seconds_first_then_exponential_with_jitter_for_24_hours() -> None:
     """The issue's schedule: retries after about 5 and 30 s, then growing delays with jitter, no attempt
     later than 24 h after the first, and a last try at that moment."""
-    import random as _random
-
     from jobs.webhooks import RetryPolicy
 
-    policy, rng = RetryPolicy(), _random.Random(7)
+    policy, rng = RetryPolicy(), random.Random(7)
     for k, base in ((1, 5.0), (2, 30.0), (3, 120.0), (4, 480.0), (9, 6 * 3600.0)):
         d = [policy.delay(k, rng) for _ in range(200)]
         assert all(base * 0.8 <= x <= base * 1.2 for x in d) and max(d) - min(d) > base * 0.2  # spread
