@@ -439,18 +439,20 @@ class JobService:
 
     def delete(self, job_id: str) -> None:
         rec = self._require(job_id)
-        if rec.extra.get("parts"):  # a split job's parts go first (a running one stops at its next checkpoint)
+        if rec.status.live:
+            self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "cancel", ex=3600)
+            # Its batches count it canceled and its webhooks are called, before it is forgotten. A split job
+            # takes CANCELED before its parts go: a part's run ending meanwhile settles the whole job, and a
+            # live whole job with a part gone is failed (Fanout.settle); one batch test met that once.
+            self._forget_script(keys=[JOB_KEY.format(id=job_id)])
+            self._remove_from_queue(rec)
+        if rec.extra.get("parts"):  # a running part stops at its next checkpoint
             self.conn.srem(FANOUT_LIVE_KEY, job_id)
             for pid in rec.extra["parts"].split(","):
                 try:
                     self.delete(pid)
                 except KeyError:
                     pass
-        if rec.status.live:
-            self.conn.set(JOB_CONTROL_KEY.format(id=job_id), "cancel", ex=3600)
-            # Its batches count it canceled and its webhooks are called, before it is forgotten.
-            self._forget_script(keys=[JOB_KEY.format(id=job_id)])
-            self._remove_from_queue(rec)
         self.cache.release(rec.cache_key, job_id)
         pipe = self.conn.pipeline(transaction=False)
         pipe.delete(*[k for k in job_keys(job_id) if k != JOB_CONTROL_KEY.format(id=job_id)])
