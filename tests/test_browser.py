@@ -471,6 +471,55 @@ def auth_web(redis_url: str, log_dir: Path, workers: Any) -> Iterator[tuple[Web,
     w.stop()
 
 
+def test_a_batch_page_refreshes_itself_pages_its_items_and_cancels(web: Web, api: Api, page: Any) -> None:
+    """The batch page in Chromium: while items run it reloads itself and its counts move, its items are paged
+    50 at a time in submission order, and its cancel button (a plain form with the CSRF token) ends every
+    live item, after which the page stops reloading."""
+    ex = expect()
+    navs = main_frame_navigations(page)
+    lo, _ = fresh_range(4 * 10**11)
+    salt = rng.randrange(10**6)
+    # Two wide counts (minutes of sieving on two workers) keep the batch live; 53 Fibonacci items end at once.
+    items = [{"type": "primes", "params": {"start": lo + k * 2 * 10**11, "end": lo + (k + 1) * 2 * 10**11,
+                                           "output": "count"}} for k in range(2)]
+    items += [{"type": "fibonacci", "params": {"n": 30_000 + salt % 10_000 + i}} for i in range(53)]
+    r = api.post("/api/v1/batches", json={"jobs": items})
+    assert r.status_code == 202, r.text
+    batch_id = r.json()["id"]
+    try:
+        page.goto(f"{web.url}/batches/{batch_id}")
+        ex(page.locator("#batch-status")).not_to_have_text("finished")
+        assert page.locator("meta[http-equiv=refresh]").count() == 1
+        ex(page.locator("#items-title")).to_contain_text("Jobs 1\u201350 of 55")
+        ex(page.locator("table.jobs tbody tr")).to_have_count(50)
+        assert page.locator("table.jobs tbody tr").first.locator("td").nth(2).text_content() == "primes"
+        # The counts move by the page's own reloads: the 53 Fibonacci items show as finished.
+        finished = page.locator("table.counts tbody td").nth(3)
+        ex(finished).to_have_text("53", timeout=60_000)
+        assert len(navs) >= 2, "the page reloaded itself while the batch ran"
+        assert float(page.locator("#batch-progress").get_attribute("value")) < 100
+
+        page.click("a[rel=next]")
+        ex(page.locator("#items-title")).to_contain_text("Jobs 51\u201355 of 55")
+        ex(page.locator("table.jobs tbody tr")).to_have_count(5)
+        page.click("a[rel=prev]")
+        ex(page.locator("#items-title")).to_contain_text("Jobs 1\u201350 of 55")
+
+        page.click("#batch form button[type=submit]")
+        ex(page.locator("#batch-status")).to_have_text("finished", timeout=30_000)
+        batch = api.get(f"/api/v1/batches/{batch_id}").json()
+        assert batch["counts"]["finished"] >= 53 and batch["counts"]["canceled"] >= 1, batch["counts"]
+        assert batch["counts"]["finished"] + batch["counts"]["canceled"] == 55, batch["counts"]
+        ex(page.locator("#batch-progress")).to_have_attribute("value", "100.00")
+        ex(page.locator("#batch form")).to_have_count(0)
+        assert page.locator("meta[http-equiv=refresh]").count() == 0
+        reloads = len(navs)
+        time.sleep(2.5)
+        assert len(navs) == reloads, "an ended batch's page stops reloading"
+    finally:
+        api.post(f"/api/v1/batches/{batch_id}/cancel")
+
+
 def test_with_api_tokens_the_pages_sign_in_and_the_buttons_still_work(auth_web: tuple[Web, str], page: Any) -> None:
     ex = expect()
     web, token = auth_web
